@@ -1,0 +1,507 @@
+/*
+ * osslproc - make OpenSSL 3.x safe across fork, plugin unload and host
+ * allocators.
+ *
+ * A host calls osslproc at three points:
+ *
+ *  - load:   ossl_proc_init() before any other OpenSSL use;
+ *  - fork:   ossl_proc_fork_prepare() / ossl_proc_fork_parent() /
+ *            ossl_proc_child_reinit(), registered with pthread_atfork() by
+ *            default;
+ *  - unload: ossl_proc_module_close() for every plugin scope and
+ *            ossl_proc_teardown() for the library itself.
+ *
+ * Conventions: functions return 0 (or a documented non-negative value) on
+ * success and a negative errno on failure; every failure is also logged
+ * with the reason through the log callback.  Structs that cross the ABI
+ * start with a size field that the caller sets to sizeof() the struct it
+ * was compiled with.
+ *
+ * Functions marked "Not implemented yet" return -ENOSYS (or NULL with errno
+ * set to ENOSYS) and log an ERROR; they are part of the contract and will
+ * be filled in by later releases without changing their signature.
+ */
+#ifndef OSSLPROC_H
+#define OSSLPROC_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define OSSL_PROC_VERSION_MAJOR 0
+#define OSSL_PROC_VERSION_MINOR 1
+#define OSSL_PROC_VERSION_MICRO 0
+
+/**
+ * A memory backend that the tracked allocator places its blocks on.
+ *
+ * The tracked allocator adds a 16-byte header to every block it hands to
+ * OpenSSL and asks the backend for the header plus the payload.  All
+ * functions must be thread-safe; with @c shared set they must also be safe
+ * to call from several processes at once.
+ */
+struct ossl_proc_allocator {
+	/** Returns @p size bytes aligned to alignof(max_align_t), or NULL. */
+	void *(*malloc)(size_t size, void *arg);
+	/** Reserved: osslproc moves reallocated blocks itself so that the old
+	 * address is quarantined; may be NULL. */
+	void *(*realloc)(void *ptr, size_t size, void *arg);
+	/** Releases a block returned by @c malloc. */
+	void (*free)(void *ptr, void *arg);
+	/** Passed unchanged to the three functions. */
+	void *arg;
+	/** Non-zero when the memory is shared between processes. */
+	int shared;
+};
+
+/** Log levels; a message is delivered when its level <= the configured one. */
+enum ossl_proc_log_level {
+	OSSL_PROC_LOG_ERROR = 10,
+	OSSL_PROC_LOG_WARNING = 20,
+	OSSL_PROC_LOG_INFO = 30,
+	OSSL_PROC_LOG_DEBUG = 40,
+};
+
+/**
+ * Log callback.  @p msg is a NUL-terminated line without a trailing
+ * newline, valid only during the call.  The callback may be called from
+ * inside OpenSSL's allocator, from fork handlers and from any thread: it
+ * must not call back into OpenSSL or osslproc and should not allocate.
+ */
+typedef void (*ossl_proc_log_fn)(enum ossl_proc_log_level level,
+				 const char *msg, void *arg);
+
+/** What the tracked allocator does with a free it must refuse. */
+enum ossl_proc_bad_free {
+	/** Log once per call site (pointer and reason), skip the free. */
+	OSSL_PROC_BAD_FREE_LOG = 0,
+	/** Count it and skip the free silently. */
+	OSSL_PROC_BAD_FREE_IGNORE,
+	/** Log an ERROR, then abort(). */
+	OSSL_PROC_BAD_FREE_ABORT,
+};
+
+/** Do not install the tracked allocator. */
+#define OSSL_PROC_F_NO_ALLOCATOR (1u << 0)
+/** Do not register pthread_atfork() handlers; the host calls the fork
+ * functions itself. */
+#define OSSL_PROC_F_NO_ATFORK (1u << 1)
+/** Zero every block when OpenSSL frees it. */
+#define OSSL_PROC_F_SCRUB (1u << 2)
+/** Remember file:line of each allocation and of its first free (costs 32
+ * bytes per block). */
+#define OSSL_PROC_F_TRACK_SITES (1u << 3)
+/** All flags this version knows. */
+#define OSSL_PROC_F_ALL (OSSL_PROC_F_NO_ALLOCATOR | OSSL_PROC_F_NO_ATFORK | \
+			 OSSL_PROC_F_SCRUB | OSSL_PROC_F_TRACK_SITES)
+
+/**
+ * Configuration for ossl_proc_init().  Start from OSSL_PROC_CONFIG_INIT so
+ * that @c size is right and every other field has its default.
+ */
+struct ossl_proc_config {
+	/** sizeof(struct ossl_proc_config) as the caller compiled it. */
+	size_t size;
+	/** OSSL_PROC_F_* flags. */
+	unsigned int flags;
+	/** Backend for the tracked allocator; NULL: malloc/free.  Must stay
+	 * valid until the process exits. */
+	const struct ossl_proc_allocator *allocator;
+	/** Policy for double, invalid and foreign frees. */
+	enum ossl_proc_bad_free on_bad_free;
+	/** Bytes of freed blocks each thread holds back before releasing
+	 * them (the double-free detection window); 0: 256 KiB. */
+	size_t quarantine_bytes;
+	/** Log callback; NULL: lines go to stderr. */
+	ossl_proc_log_fn log;
+	/** Passed to @c log. */
+	void *log_arg;
+	/** Most verbose level delivered; 0: OSSL_PROC_LOG_WARNING. */
+	enum ossl_proc_log_level log_level;
+	/** CA bundle and directory; NULL: resolved at init (see
+	 * ossl_proc_ca_file()). */
+	const char *ca_file;
+	const char *ca_dir;
+};
+
+#define OSSL_PROC_CONFIG_INIT { .size = sizeof(struct ossl_proc_config) }
+
+/** Result of ossl_proc_teardown() and ossl_proc_module_close(). */
+enum ossl_proc_unload {
+	/** Nothing can reach the unloaded code any more. */
+	OSSL_PROC_UNLOAD_SAFE = 0,
+	/** OpenSSL can still call into this object; it was made
+	 * RTLD_NODELETE and stays mapped (the log says why). */
+	OSSL_PROC_UNLOAD_PINNED = 1,
+	/** Other references remain; nothing was undone yet. */
+	OSSL_PROC_UNLOAD_IN_USE = 2,
+};
+
+/* ------------------------------------------------------------------ */
+/* Load                                                                */
+/* ------------------------------------------------------------------ */
+
+/**
+ * Initialise osslproc, or take one more reference.
+ *
+ * The first call copies @p cfg, installs the tracked allocator with
+ * CRYPTO_set_mem_functions() (unless OSSL_PROC_F_NO_ALLOCATOR), snapshots
+ * the environment values OpenSSL reads later and resolves the CA paths,
+ * and makes OpenSSL load its configuration now (OPENSSL_init_ssl with
+ * OPENSSL_INIT_LOAD_CONFIG).  Call it before any other OpenSSL function:
+ * once OpenSSL has allocated with its default allocator the tracked one
+ * cannot be installed; init then still succeeds, untracked, with a WARNING
+ * (ossl_proc_get_stats() reports OSSL_PROC_ALLOC_UNTRACKED).
+ *
+ * If another custom allocator is already installed, it becomes the
+ * backend, and blocks it allocated before are freed by it.  If that
+ * allocator belongs to another copy of osslproc in the process (a
+ * statically vendored one), this copy attaches to it instead: one set of
+ * statistics and one bad-free policy cover the process.
+ *
+ * Later calls take a reference and return 1; settings in their @p cfg that
+ * differ from the first call's are logged and ignored (a NULL @p cfg asks
+ * for a reference only and is never a conflict).
+ *
+ * @param cfg Configuration, or NULL for the defaults.  A @c size smaller
+ *        than this version's struct is accepted (the fields it covers are
+ *        used); a larger one is accepted only if the unknown tail is zero.
+ * @return 0 on first initialisation, 1 if a reference was added,
+ *         -EINVAL for a bad configuration (wrong size, unknown flags,
+ *         unknown enum values), -ENOMEM, -EIO if OpenSSL's initialisation
+ *         failed.
+ *
+ * Thread-safety: safe; concurrent calls are serialised.  Call it in the
+ * host's single-threaded initialisation phase if at all possible: OpenSSL's
+ * configuration and the environment are read here.
+ * Fork-safety: do not call between fork() and exec() in a child of a
+ * multi-threaded process.
+ */
+int ossl_proc_init(const struct ossl_proc_config *cfg);
+
+/**
+ * Drop one reference taken by ossl_proc_init().
+ *
+ * The last reference undoes what init did: the per-process state is reset
+ * and statistics stop at their final values.  The tracked allocator cannot
+ * be removed (OpenSSL frees through it until exit, atexit included), so it
+ * stays installed; if the code implementing it lives in an object that
+ * could be dlclose'd, that object is made RTLD_NODELETE and
+ * OSSL_PROC_UNLOAD_PINNED is returned.
+ *
+ * @return OSSL_PROC_UNLOAD_IN_USE if references remain,
+ *         OSSL_PROC_UNLOAD_SAFE or OSSL_PROC_UNLOAD_PINNED after the last
+ *         one, -EINVAL if osslproc is not initialised.
+ *
+ * Thread-safety: safe.  Fork-safety: as ossl_proc_init().
+ */
+int ossl_proc_teardown(void);
+
+/* ------------------------------------------------------------------ */
+/* Fork                                                                */
+/* ------------------------------------------------------------------ */
+
+/**
+ * pthread_atfork() prepare handler.  Not implemented yet: logs an ERROR
+ * when called by hand.
+ *
+ * Thread-safety: safe.
+ */
+void ossl_proc_fork_prepare(void);
+
+/**
+ * pthread_atfork() parent handler.  Not implemented yet: logs an ERROR when
+ * called by hand.
+ */
+void ossl_proc_fork_parent(void);
+
+/**
+ * Re-initialise osslproc and OpenSSL's per-process state in a child.
+ * Not implemented yet.
+ *
+ * @return -ENOSYS.
+ */
+int ossl_proc_child_reinit(void);
+
+/**
+ * Number of forks this process's lineage went through since init.
+ * Not implemented yet: returns 0.
+ *
+ * Thread-safety: safe, async-signal-safe.
+ */
+unsigned long ossl_proc_generation(void);
+
+/**
+ * Register a function that child re-initialisation runs in every child.
+ * Not implemented yet.
+ *
+ * @param fn  Function to call; must not be NULL.
+ * @param arg Passed to @p fn.
+ * @return -ENOSYS.
+ */
+int ossl_proc_on_child(void (*fn)(void *arg), void *arg);
+
+/* ------------------------------------------------------------------ */
+/* Built-in process-shared arena                                       */
+/* ------------------------------------------------------------------ */
+
+struct ossl_proc_arena;
+
+/**
+ * Create an arena of @p capacity bytes in an anonymous MAP_SHARED mapping,
+ * so that memory allocated from it by one process is visible to every
+ * process forked afterwards.  Allocation is serialised by a robust,
+ * process-shared mutex inside the mapping; when the arena is full,
+ * allocation returns NULL and logs an ERROR.  Create it before
+ * ossl_proc_init() and before forking.
+ *
+ * @param capacity Usable bytes, at least 64 KiB, rounded up to pages.
+ * @return the arena, or NULL with errno set (EINVAL for a bad capacity,
+ *         ENOMEM when the mapping fails).
+ *
+ * Thread-safety: safe.
+ */
+struct ossl_proc_arena *ossl_proc_arena_new(size_t capacity);
+
+/**
+ * The arena as a backend for ossl_proc_config.allocator (with @c shared
+ * set).
+ *
+ * @param a The arena.
+ * @return a pointer valid for the arena's lifetime, or NULL if @p a is NULL.
+ *
+ * Thread-safety: safe.
+ */
+const struct ossl_proc_allocator *
+ossl_proc_arena_allocator(struct ossl_proc_arena *a);
+
+/** Arena counters, shared by every process using the arena. */
+struct ossl_proc_arena_stats {
+	/** Caller sets sizeof(struct ossl_proc_arena_stats). */
+	size_t size;
+	uint64_t capacity;      /**< usable bytes */
+	uint64_t used_bytes;    /**< bytes in allocated blocks (rounded) */
+	uint64_t peak_bytes;    /**< highest used_bytes seen */
+	uint64_t allocs;        /**< successful allocations */
+	uint64_t frees;         /**< successful frees */
+	uint64_t failed;        /**< allocations refused: arena full */
+	uint64_t bad_frees;     /**< frees refused: not a live arena block */
+};
+
+/**
+ * Read the arena's counters.
+ *
+ * @param a   The arena.
+ * @param out Filled in; out->size must be set.
+ * @return 0, or -EINVAL for a NULL argument or a bad size.
+ *
+ * Thread-safety: safe (takes the arena lock).
+ */
+int ossl_proc_arena_get_stats(struct ossl_proc_arena *a,
+			      struct ossl_proc_arena_stats *out);
+
+/**
+ * Unmap the arena.  Refused (with an ERROR) while it is the backend of the
+ * installed tracked allocator, because OpenSSL can still free into it.
+ *
+ * @param a The arena, or NULL.
+ *
+ * Thread-safety: no other thread or process may use the arena.
+ */
+void ossl_proc_arena_free(struct ossl_proc_arena *a);
+
+/* ------------------------------------------------------------------ */
+/* Per-process SSL_CTX                                                 */
+/* ------------------------------------------------------------------ */
+
+struct ossl_proc_ctx;
+
+/**
+ * A per-process SSL_CTX built by @p build.  Not implemented yet.
+ *
+ * @return NULL with errno set to ENOSYS.
+ */
+struct ossl_proc_ctx *ossl_proc_ctx_new(SSL_CTX *(*build)(void *arg),
+					void *arg);
+
+/**
+ * This process's SSL_CTX (borrowed).  Not implemented yet.
+ *
+ * @return NULL.
+ */
+SSL_CTX *ossl_proc_ctx_get(struct ossl_proc_ctx *pc);
+
+/** Free a per-process context.  Not implemented yet: no-op. */
+void ossl_proc_ctx_free(struct ossl_proc_ctx *pc);
+
+/* ------------------------------------------------------------------ */
+/* Unload: module scopes                                               */
+/* ------------------------------------------------------------------ */
+
+struct ossl_proc_module;
+
+/**
+ * Open a scope for everything a plugin registers with OpenSSL.
+ * Not implemented yet.
+ *
+ * @param name Name used in log lines.
+ * @return NULL with errno set to ENOSYS.
+ */
+struct ossl_proc_module *ossl_proc_module_open(const char *name);
+
+/**
+ * Undo everything registered through @p m, in reverse order.
+ * Not implemented yet.
+ *
+ * @return -ENOSYS.
+ */
+int ossl_proc_module_close(struct ossl_proc_module *m);
+
+/** CRYPTO_get_ex_new_index() scoped to @p m.  Not implemented yet.
+ * @return -ENOSYS. */
+int ossl_proc_module_ex_new_index(struct ossl_proc_module *m,
+				  int class_index, long argl, void *argp,
+				  CRYPTO_EX_new *new_func,
+				  CRYPTO_EX_dup *dup_func,
+				  CRYPTO_EX_free *free_func);
+
+/** SSL_CTX_set_info_callback() scoped to @p m.  Not implemented yet.
+ * @return -ENOSYS. */
+int ossl_proc_module_set_info_callback(struct ossl_proc_module *m,
+				       SSL_CTX *ctx,
+				       void (*cb)(const SSL *ssl, int where,
+						  int ret));
+
+/** SSL_CTX_set_verify() scoped to @p m.  Not implemented yet.
+ * @return -ENOSYS. */
+int ossl_proc_module_set_verify(struct ossl_proc_module *m, SSL_CTX *ctx,
+				int mode, SSL_verify_cb cb);
+
+/** SSL_CTX_set_msg_callback() scoped to @p m.  Not implemented yet.
+ * @return -ENOSYS. */
+int ossl_proc_module_set_msg_callback(struct ossl_proc_module *m,
+				      SSL_CTX *ctx,
+				      void (*cb)(int write_p, int version,
+						 int content_type,
+						 const void *buf, size_t len,
+						 SSL *ssl, void *arg));
+
+/** ERR_load_strings() scoped to @p m.  Not implemented yet.
+ * @return -ENOSYS. */
+int ossl_proc_module_load_strings(struct ossl_proc_module *m, int lib,
+				  ERR_STRING_DATA *str);
+
+/** A private OSSL_LIB_CTX freed at close.  Not implemented yet.
+ * @return NULL. */
+OSSL_LIB_CTX *ossl_proc_module_libctx(struct ossl_proc_module *m);
+
+/** Register a generic undo hook run at close (LIFO).  Not implemented
+ * yet.  @return -ENOSYS. */
+int ossl_proc_module_on_close(struct ossl_proc_module *m,
+			      void (*undo)(void *arg), void *arg);
+
+/* ------------------------------------------------------------------ */
+/* Environment and CA paths                                            */
+/* ------------------------------------------------------------------ */
+
+/**
+ * Load the CA locations resolved at init into @p ctx with explicit paths
+ * (no getenv, no setenv).  Not implemented yet.
+ *
+ * @return -ENOSYS.
+ */
+int ossl_proc_load_verify_paths(SSL_CTX *ctx);
+
+/** The CA bundle resolved at init, or NULL.  Not implemented yet: NULL. */
+const char *ossl_proc_ca_file(void);
+
+/** The CA directory resolved at init, or NULL.  Not implemented yet: NULL. */
+const char *ossl_proc_ca_dir(void);
+
+/* ------------------------------------------------------------------ */
+/* Observability                                                       */
+/* ------------------------------------------------------------------ */
+
+/** State of the tracked allocator, in ossl_proc_stats.allocator. */
+enum ossl_proc_alloc_mode {
+	/** osslproc is not initialised. */
+	OSSL_PROC_ALLOC_NONE = 0,
+	/** Installed and tracking every OpenSSL allocation. */
+	OSSL_PROC_ALLOC_TRACKED = 1,
+	/** Not installed: OSSL_PROC_F_NO_ALLOCATOR. */
+	OSSL_PROC_ALLOC_DISABLED = 2,
+	/** Not installed: OpenSSL had already allocated at init. */
+	OSSL_PROC_ALLOC_UNTRACKED = 3,
+	/** Another copy of osslproc owns the allocator; the counters are
+	 * that copy's. */
+	OSSL_PROC_ALLOC_ATTACHED = 4,
+	/** Installed, but someone replaced OpenSSL's memory functions since:
+	 * blocks allocated by osslproc may now reach a foreign free. */
+	OSSL_PROC_ALLOC_REPLACED = 5,
+};
+
+/**
+ * Counters.  All are process-wide (every thread, every copy of osslproc in
+ * the process) and count since ossl_proc_init() in this process.
+ */
+struct ossl_proc_stats {
+	/** Caller sets sizeof(struct ossl_proc_stats). */
+	size_t size;
+	uint64_t allocs;          /**< blocks allocated (realloc moves count) */
+	uint64_t frees;           /**< blocks freed by OpenSSL */
+	uint64_t reallocs;        /**< realloc calls with a live block */
+	uint64_t live_blocks;     /**< allocated and not yet freed */
+	uint64_t live_bytes;      /**< payload bytes of live blocks */
+	uint64_t peak_bytes;      /**< highest live_bytes seen (see docs) */
+	uint64_t double_frees;    /**< frees of a block already freed */
+	uint64_t invalid_frees;   /**< pointers osslproc never returned */
+	uint64_t foreign_frees;   /**< page-aligned pointers not from us */
+	uint64_t inherited_frees; /**< shared blocks of another process */
+	uint64_t generation;      /**< ossl_proc_generation() */
+	/* Added in 0.1, after the contract's fields. */
+	uint64_t allocator;       /**< enum ossl_proc_alloc_mode */
+	uint64_t prior_frees;     /**< frees handed to the allocator that was
+				       installed before osslproc */
+	uint64_t quarantined_blocks; /**< freed, held back, not released */
+	uint64_t quarantined_bytes;
+};
+
+/**
+ * Read the counters.
+ *
+ * @param out Filled in; out->size must be set by the caller.  A smaller
+ *        size (an older caller) gets the prefix it knows.
+ * @return 0, -EINVAL for NULL or a size smaller than the contract's first
+ *         version of the struct.
+ *
+ * Thread-safety: safe, lock-free for the allocator.  The values are a
+ * consistent-enough snapshot: counters updated concurrently may be read
+ * mid-update by at most the operations in flight.
+ */
+int ossl_proc_get_stats(struct ossl_proc_stats *out);
+
+/**
+ * Print a human-readable state report: mode, allocator owner and backend,
+ * counters, leaks (count and bytes, and sites with
+ * OSSL_PROC_F_TRACK_SITES).
+ *
+ * @param out Stream to print to.
+ * @return 0, -EINVAL for NULL, -EIO if writing failed.
+ *
+ * Thread-safety: safe.  Do not call from the log callback.
+ */
+int ossl_proc_report(FILE *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* OSSLPROC_H */

@@ -1,0 +1,298 @@
+/*
+ * Installing the tracked allocator into OpenSSL, and living with whoever
+ * else has: OpenSSL's default (install refused once it allocated), a
+ * host's custom functions (we stack on them), another copy of osslproc
+ * (we attach to it), or someone replacing ours later (we report it).
+ */
+#include <dlfcn.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "alloc-int.h"
+
+/*
+ * The record an installed osslproc allocator gives to a later copy that
+ * probes it (see PROBE_FILE).  This layout is an ABI between copies of
+ * different versions: fields are only ever appended, and a reader checks
+ * @size before using a field.
+ */
+#define OWNER_MAGIC 0x6f73736c70726f63ull /* "osslproc" */
+#define OWNER_VERSION 1
+
+struct owner_record {
+	uint64_t magic;
+	uint32_t version;
+	uint32_t size;
+	const struct owner_record *self;
+	const char *object;
+	int (*get_stats)(struct ossl_proc_stats *out);
+	void (*report)(FILE *out);
+};
+
+static int owner_get_stats(struct ossl_proc_stats *out);
+static void owner_report(FILE *out);
+
+static char owner_object[512] = "the main program";
+static struct owner_record owner = {
+	.magic = OWNER_MAGIC,
+	.version = OWNER_VERSION,
+	.size = sizeof(struct owner_record),
+	.self = &owner,
+	.object = owner_object,
+	.get_stats = owner_get_stats,
+	.report = owner_report,
+};
+
+static bool installed;   /* our functions went into OpenSSL, ever */
+static _Atomic int mode; /* enum ossl_proc_alloc_mode */
+static const struct owner_record *attached;
+
+void *
+owner_probe_answer(const char *file, int line)
+{
+	if (line == PROBE_LINE && file && !strcmp(file, PROBE_FILE))
+		return (void *)&owner;
+	return NULL; /* OpenSSL's own malloc(0) answer */
+}
+
+static const struct owner_record *
+probe_osslproc(CRYPTO_malloc_fn m, CRYPTO_free_fn f)
+{
+	const struct owner_record *r = m(0, PROBE_FILE, PROBE_LINE);
+
+	if (!r)
+		return NULL;
+	if (r->magic == OWNER_MAGIC && r->self == r && r->version >= 1 &&
+	    r->size >= sizeof(struct owner_record))
+		return r;
+	f((void *)r, PROBE_FILE, PROBE_LINE); /* a foreign malloc(0) block */
+	return NULL;
+}
+
+static uint64_t
+draw_secret(void)
+{
+	uint64_t s = 0;
+	struct timespec ts;
+
+	if (getrandom(&s, sizeof(s), GRND_NONBLOCK) == sizeof(s) && s)
+		return s;
+	/* No entropy yet (early boot): weaker, but still per process tree. */
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ((uint64_t)ts.tv_nsec << 32) ^ (uint64_t)ts.tv_sec ^
+	       (uint64_t)getpid() << 16 ^ (uintptr_t)&s;
+}
+
+static void
+name_owner_object(void)
+{
+	Dl_info info;
+
+	if (dladdr((void *)om_malloc, &info) && info.dli_fname &&
+	    info.dli_fname[0])
+		snprintf(owner_object, sizeof(owner_object), "%s",
+			 info.dli_fname);
+}
+
+static void
+conf_set(const struct proc_config *cfg, CRYPTO_malloc_fn m,
+	 CRYPTO_realloc_fn r, CRYPTO_free_fn f)
+{
+	aconf.flags = cfg->flags;
+	aconf.on_bad_free = cfg->on_bad_free;
+	aconf.quarantine_bytes = cfg->quarantine_bytes;
+	if (cfg->has_allocator)
+		aconf.host = cfg->allocator;
+	if (m != CRYPTO_malloc) {
+		aconf.prior_m = m;
+		aconf.prior_r = r;
+		aconf.prior_f = f;
+	}
+	aconf.secret = draw_secret();
+	atomic_store(&alloc_pid, getpid());
+}
+
+static int
+install(const struct proc_config *cfg, CRYPTO_malloc_fn m,
+	CRYPTO_realloc_fn r, CRYPTO_free_fn f)
+{
+	conf_set(cfg, m, r, f);
+	if (!CRYPTO_set_mem_functions(om_malloc, om_realloc, om_free)) {
+		memset(&aconf, 0, sizeof(aconf));
+		atomic_store(&mode, OSSL_PROC_ALLOC_UNTRACKED);
+		log_warn("OpenSSL had already allocated memory, so the tracked "
+			 "allocator is not installed and frees are not "
+			 "guarded; call ossl_proc_init() before any other "
+			 "OpenSSL function");
+		return 0;
+	}
+	installed = true;
+	name_owner_object();
+	if (cfg->has_allocator)
+		arena_set_in_use(&aconf.host, true);
+	if (aconf.prior_m)
+		log_info("custom memory functions were already installed: "
+			 "osslproc tracks on top of them, and blocks they "
+			 "allocated before are freed by them");
+	atomic_store(&mode, OSSL_PROC_ALLOC_TRACKED);
+	return 0;
+}
+
+/* Settings are frozen once blocks exist: say so if a new init differs. */
+static void
+warn_frozen(const struct proc_config *cfg)
+{
+	bool host_differs = cfg->has_allocator != (aconf.host.malloc != NULL) ||
+		(cfg->has_allocator &&
+		 memcmp(&cfg->allocator, &aconf.host, sizeof(aconf.host)));
+
+	if (host_differs || cfg->on_bad_free != aconf.on_bad_free ||
+	    cfg->quarantine_bytes != aconf.quarantine_bytes ||
+	    (cfg->flags ^ aconf.flags) & (OSSL_PROC_F_SCRUB |
+					  OSSL_PROC_F_TRACK_SITES))
+		log_warn("the tracked allocator keeps the settings it was "
+			 "installed with until the process exits; the new "
+			 "allocator settings are ignored");
+}
+
+int
+alloc_init(const struct proc_config *cfg)
+{
+	CRYPTO_malloc_fn m;
+	CRYPTO_realloc_fn r;
+	CRYPTO_free_fn f;
+
+	CRYPTO_get_mem_functions(&m, &r, &f);
+	if (m == om_malloc) {
+		/* This copy installed it in an earlier init/teardown cycle. */
+		warn_frozen(cfg);
+		atomic_store(&mode, OSSL_PROC_ALLOC_TRACKED);
+		return 0;
+	}
+	if (cfg->flags & OSSL_PROC_F_NO_ALLOCATOR) {
+		atomic_store(&mode, OSSL_PROC_ALLOC_DISABLED);
+		return 0;
+	}
+	if (m != CRYPTO_malloc) {
+		attached = probe_osslproc(m, f);
+		if (attached) {
+			atomic_store(&mode, OSSL_PROC_ALLOC_ATTACHED);
+			log_info("OpenSSL's allocator belongs to the osslproc "
+				 "copy in %s; this copy uses its statistics "
+				 "and bad-free policy", attached->object);
+			return 0;
+		}
+	}
+	return install(cfg, m, r, f);
+}
+
+bool
+alloc_teardown(void)
+{
+	attached = NULL;
+	/* The functions stay installed: OpenSSL frees through them until
+	 * exit, atexit handlers included. */
+	if (!installed)
+		atomic_store(&mode, OSSL_PROC_ALLOC_NONE);
+	return installed;
+}
+
+/* Someone may call CRYPTO_set_mem_functions after us; OpenSSL lets them. */
+static void
+check_replaced(void)
+{
+	CRYPTO_malloc_fn m;
+	CRYPTO_realloc_fn r;
+	CRYPTO_free_fn f;
+	int expected = OSSL_PROC_ALLOC_TRACKED;
+
+	if (!installed || atomic_load(&mode) != OSSL_PROC_ALLOC_TRACKED)
+		return;
+	CRYPTO_get_mem_functions(&m, &r, &f);
+	if (m == om_malloc && r == om_realloc && f == om_free)
+		return;
+	if (atomic_compare_exchange_strong(&mode, &expected,
+					   OSSL_PROC_ALLOC_REPLACED))
+		log_error("OpenSSL's memory functions were replaced after "
+			  "osslproc installed its allocator: blocks osslproc "
+			  "allocated will reach the new free function.  Find "
+			  "the CRYPTO_set_mem_functions() call and remove it");
+}
+
+enum ossl_proc_alloc_mode
+alloc_mode(void)
+{
+	check_replaced();
+	return (enum ossl_proc_alloc_mode)atomic_load(&mode);
+}
+
+static void
+own_stats(struct ossl_proc_stats *st)
+{
+	tstate_sum(st);
+	st->double_frees = atomic_load(&bad_double);
+	st->invalid_frees = atomic_load(&bad_invalid);
+	st->foreign_frees = atomic_load(&bad_foreign);
+	st->inherited_frees = atomic_load(&bad_inherited);
+	st->generation = atomic_load(&alloc_generation);
+}
+
+/* Fill every field this version knows; the caller copies the prefix. */
+void
+alloc_get_stats(struct ossl_proc_stats *st)
+{
+	enum ossl_proc_alloc_mode m = alloc_mode();
+	struct ossl_proc_stats theirs;
+
+	if (m == OSSL_PROC_ALLOC_ATTACHED) {
+		memset(&theirs, 0, sizeof(theirs));
+		theirs.size = sizeof(theirs);
+		if (attached->get_stats(&theirs) == 0)
+			*st = theirs;
+	} else if (installed) {
+		own_stats(st);
+	}
+	st->allocator = m;
+}
+
+static int
+owner_get_stats(struct ossl_proc_stats *out)
+{
+	struct ossl_proc_stats st = { .size = sizeof(st) };
+	size_t n;
+
+	if (!out || out->size < STATS_V0_SIZE)
+		return -EINVAL;
+	own_stats(&st);
+	st.allocator = alloc_mode();
+	n = out->size < sizeof(st) ? out->size : sizeof(st);
+	memcpy((char *)out + sizeof(size_t), (char *)&st + sizeof(size_t),
+	       n - sizeof(size_t));
+	return 0;
+}
+
+static void
+owner_report(FILE *out)
+{
+	fprintf(out, "allocator owner: %s\n", owner.object);
+	sites_report(out);
+}
+
+void
+alloc_report(FILE *out)
+{
+	if (alloc_mode() == OSSL_PROC_ALLOC_ATTACHED) {
+		attached->report(out);
+		return;
+	}
+	if (!installed)
+		return;
+	owner_report(out);
+	fprintf(out, "backend: %s%s, quarantine %zu bytes per thread\n",
+		aconf.host.malloc ? "host allocator" :
+		aconf.prior_m ? "previously installed functions" : "malloc",
+		aconf.host.shared ? " (shared after the first fork)" : "",
+		aconf.quarantine_bytes);
+}

@@ -1,0 +1,120 @@
+/* Internals of the tracked allocator (alloc*.c only). */
+#ifndef OSSLPROC_ALLOC_INT_H
+#define OSSLPROC_ALLOC_INT_H
+
+#include <sys/types.h>
+
+#include "osslproc-int.h"
+
+/*
+ * Every block handed to OpenSSL is preceded by this 16-byte header, so the
+ * user pointer keeps alignof(max_align_t) when the backend's does:
+ *
+ *   base ... [pad 16]? [struct blk_site]? [struct blk] user ...
+ *
+ * @magic authenticates the immutable part of the header and the block's
+ * address with a secret drawn at install, so a header that is stale (the
+ * block was released and its bytes reused by someone else), forged or
+ * simply random memory validates only with probability 2^-32.  @word
+ * holds the state, changed only by compare-and-swap: two threads, or two
+ * processes sharing the memory, racing to free one block cannot both win.
+ */
+struct blk {
+	uint64_t size_gen;      /* payload size (48 bits), generation (16) */
+	_Atomic uint32_t word;  /* state, backend, flags, owner pid */
+	uint32_t magic;
+};
+
+#define BLK_SIZE_BITS 48
+#define BLK_SIZE_MAX ((1ull << 47) - 1)
+
+/* word layout */
+#define ST_MASK 0x3u
+#define ST_LIVE 0x1u
+#define ST_QUAR 0x2u           /* freed, held in a quarantine */
+#define ST_RELEASED 0x3u       /* handed back to the backend */
+#define BK_SHIFT 2
+#define BK_MASK (0x3u << BK_SHIFT)
+#define W_PADDED (1u << 4)      /* 16 bytes of padding before the prefix */
+#define W_SITES (1u << 5)       /* a struct blk_site precedes the header */
+#define OWNER_SHIFT 8           /* pid of the owning process (shared) */
+
+/* Backends a block can come from. */
+enum backend {
+	BK_LIBC = 0,   /* malloc/free */
+	BK_HOST = 1,   /* cfg->allocator, process-private */
+	BK_SHARED = 2, /* cfg->allocator with .shared, after the first fork */
+	BK_PRIOR = 3,  /* the custom functions installed before us */
+};
+
+/* With OSSL_PROC_F_TRACK_SITES: where the block came from and went. */
+struct blk_site {
+	struct blk_site *prev, *next; /* live list, under site_lock */
+	const char *alloc_file, *free_file;
+	int alloc_line, free_line;
+	uint64_t reserved;
+};
+
+/* Per-thread state: counters written only by the owning thread. */
+struct tstate {
+	_Atomic uint64_t allocs, frees, reallocs, prior_frees;
+	_Atomic uint64_t bytes_in, bytes_out;
+	_Atomic uint64_t q_blocks, q_bytes;
+	int64_t unflushed;       /* live-byte delta not yet in the global */
+	void **qring;            /* quarantine FIFO of user pointers */
+	size_t qcap, qhead;
+	struct tstate *prev, *next;
+	bool shared;             /* the fallback for exiting threads */
+};
+
+/* The allocator's settings, frozen at install. */
+struct alloc_conf {
+	unsigned int flags;
+	enum ossl_proc_bad_free on_bad_free;
+	size_t quarantine_bytes;
+	struct ossl_proc_allocator host; /* .malloc NULL: none */
+	CRYPTO_malloc_fn prior_m;        /* NULL: nothing was installed */
+	CRYPTO_realloc_fn prior_r;
+	CRYPTO_free_fn prior_f;
+	uint64_t secret;
+};
+
+extern struct alloc_conf aconf;
+extern _Atomic uint64_t alloc_generation;
+extern _Atomic pid_t alloc_pid;
+
+/* alloc.c */
+void *om_malloc(size_t n, const char *file, int line);
+void *om_realloc(void *p, size_t n, const char *file, int line);
+void om_free(void *p, const char *file, int line);
+void blk_release(void *user);
+extern _Atomic uint64_t bad_double, bad_invalid, bad_foreign, bad_inherited;
+void sites_report(FILE *out);
+
+/* alloc-thread.c */
+/* Never NULL: a thread that is exiting gets a shared fallback without a
+ * quarantine. */
+struct tstate *tstate_get(void);
+void tstate_count_alloc(struct tstate *t, size_t n);
+void tstate_count_free(struct tstate *t, size_t n);
+void tstate_sum(struct ossl_proc_stats *st);
+
+static inline void
+counter_add(const struct tstate *t, _Atomic uint64_t *c, uint64_t v)
+{
+	/* Only the owning thread writes: a plain add, readable by others. */
+	if (likely(!t->shared))
+		atomic_store_explicit(c, atomic_load_explicit(c,
+				      memory_order_relaxed) + v,
+				      memory_order_relaxed);
+	else
+		atomic_fetch_add_explicit(c, v, memory_order_relaxed);
+}
+
+/* alloc-install.c */
+/* Probe: an osslproc malloc called with these returns its owner record. */
+#define PROBE_FILE "osslproc:owner-probe"
+#define PROBE_LINE 0x6f70726f
+void *owner_probe_answer(const char *file, int line);
+
+#endif /* OSSLPROC_ALLOC_INT_H */

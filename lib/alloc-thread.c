@@ -1,0 +1,213 @@
+/*
+ * Per-thread state of the tracked allocator: counters that only their
+ * thread writes (so they never bounce between cores), the thread's
+ * quarantine, and the registry that sums them.  The registry lock is taken
+ * when a thread first allocates, when it exits and when stats are read,
+ * never on the common path.
+ */
+#include <stdlib.h>
+
+#include "alloc-int.h"
+
+/* Live-byte deltas are folded into the global this often, which is what
+ * makes peak_bytes exact to within this many bytes per thread. */
+#define FLUSH_BYTES ((int64_t)64 * 1024)
+
+static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct tstate reg = { .prev = &reg, .next = &reg };
+/* Counters of exited threads and of the exiting-thread fallback. */
+static struct tstate retired = { .shared = true };
+static _Atomic int64_t live_global;
+static _Atomic uint64_t peak_global;
+
+static pthread_key_t tkey;
+static pthread_once_t tkey_once = PTHREAD_ONCE_INIT;
+static int tkey_ok;
+
+/* Initial-exec: one pointer, cheap to reach even from a dlopen'ed copy. */
+static __thread struct tstate *tls_state
+	__attribute__((tls_model("initial-exec")));
+static __thread bool tls_exiting __attribute__((tls_model("initial-exec")));
+
+static void
+peak_raise(uint64_t now)
+{
+	uint64_t peak = atomic_load_explicit(&peak_global,
+					     memory_order_relaxed);
+
+	while (now > peak && !atomic_compare_exchange_weak_explicit(
+			&peak_global, &peak, now, memory_order_relaxed,
+			memory_order_relaxed))
+		;
+}
+
+static void
+flush(struct tstate *t)
+{
+	int64_t v = t->unflushed;
+	int64_t now;
+
+	t->unflushed = 0;
+	now = atomic_fetch_add_explicit(&live_global, v,
+					memory_order_relaxed) + v;
+	if (v > 0 && now > 0)
+		peak_raise((uint64_t)now);
+}
+
+static void
+fold(struct tstate *dst, const struct tstate *src)
+{
+	_Atomic uint64_t *d[] = { &dst->allocs, &dst->frees, &dst->reallocs,
+				  &dst->prior_frees, &dst->bytes_in,
+				  &dst->bytes_out };
+	const _Atomic uint64_t *s[] = { &src->allocs, &src->frees,
+					&src->reallocs, &src->prior_frees,
+					&src->bytes_in, &src->bytes_out };
+
+	for (size_t i = 0; i < ARRAY_SIZE(d); i++)
+		atomic_fetch_add_explicit(d[i], atomic_load_explicit(s[i],
+					  memory_order_relaxed),
+					  memory_order_relaxed);
+}
+
+/* Thread exit: release the quarantine, keep the counts, forget the thread. */
+static void
+tstate_exit(void *arg)
+{
+	struct tstate *t = arg;
+	uint64_t count = atomic_load(&t->q_blocks);
+
+	tls_exiting = true;
+	tls_state = NULL;
+	for (; count; count--) {
+		blk_release(t->qring[t->qhead]);
+		t->qhead = t->qhead + 1 == t->qcap ? 0 : t->qhead + 1;
+	}
+	flush(t);
+	pthread_mutex_lock(&reg_lock);
+	fold(&retired, t);
+	t->prev->next = t->next;
+	t->next->prev = t->prev;
+	pthread_mutex_unlock(&reg_lock);
+	free(t->qring);
+	free(t);
+}
+
+static void
+key_create(void)
+{
+	tkey_ok = pthread_key_create(&tkey, tstate_exit) == 0;
+}
+
+static size_t
+ring_slots(void)
+{
+	size_t slots = aconf.quarantine_bytes / 64;
+
+	if (slots < 64)
+		return 64;
+	return slots > 16384 ? 16384 : slots;
+}
+
+static struct tstate *
+tstate_new(void)
+{
+	struct tstate *t;
+
+	pthread_once(&tkey_once, key_create);
+	if (tls_exiting || !tkey_ok)
+		return &retired;
+	t = calloc(1, sizeof(*t));
+	if (!t)
+		return &retired;
+	t->qcap = ring_slots();
+	t->qring = calloc(t->qcap, sizeof(*t->qring));
+	if (!t->qring)
+		t->qcap = 0;
+	pthread_mutex_lock(&reg_lock);
+	t->next = reg.next;
+	t->prev = &reg;
+	reg.next->prev = t;
+	reg.next = t;
+	pthread_mutex_unlock(&reg_lock);
+	pthread_setspecific(tkey, t);
+	tls_state = t;
+	return t;
+}
+
+struct tstate *
+tstate_get(void)
+{
+	struct tstate *t = tls_state;
+
+	return likely(t) ? t : tstate_new();
+}
+
+void
+tstate_count_alloc(struct tstate *t, size_t n)
+{
+	counter_add(t, &t->allocs, 1);
+	counter_add(t, &t->bytes_in, n);
+	if (unlikely(t->shared)) {
+		int64_t now = atomic_fetch_add(&live_global, (int64_t)n) +
+			      (int64_t)n;
+
+		peak_raise(now > 0 ? (uint64_t)now : 0);
+		return;
+	}
+	t->unflushed += (int64_t)n;
+	if (unlikely(t->unflushed > FLUSH_BYTES))
+		flush(t);
+}
+
+void
+tstate_count_free(struct tstate *t, size_t n)
+{
+	counter_add(t, &t->frees, 1);
+	counter_add(t, &t->bytes_out, n);
+	if (unlikely(t->shared)) {
+		atomic_fetch_sub(&live_global, (int64_t)n);
+		return;
+	}
+	t->unflushed -= (int64_t)n;
+	if (unlikely(t->unflushed < -FLUSH_BYTES))
+		flush(t);
+}
+
+static void
+add_counts(struct ossl_proc_stats *st, const struct tstate *t)
+{
+	uint64_t in = atomic_load_explicit(&t->bytes_in, memory_order_relaxed);
+	uint64_t out = atomic_load_explicit(&t->bytes_out,
+					    memory_order_relaxed);
+
+	st->allocs += atomic_load_explicit(&t->allocs, memory_order_relaxed);
+	st->frees += atomic_load_explicit(&t->frees, memory_order_relaxed);
+	st->reallocs += atomic_load_explicit(&t->reallocs,
+					     memory_order_relaxed);
+	st->prior_frees += atomic_load_explicit(&t->prior_frees,
+						memory_order_relaxed);
+	st->live_bytes += in - out;
+	st->quarantined_blocks += atomic_load_explicit(&t->q_blocks,
+						       memory_order_relaxed);
+	st->quarantined_bytes += atomic_load_explicit(&t->q_bytes,
+						      memory_order_relaxed);
+}
+
+void
+tstate_sum(struct ossl_proc_stats *st)
+{
+	pthread_mutex_lock(&reg_lock);
+	for (struct tstate *t = reg.next; t != &reg; t = t->next)
+		add_counts(st, t);
+	add_counts(st, &retired);
+	pthread_mutex_unlock(&reg_lock);
+	st->live_blocks = st->allocs - st->frees;
+	/* Counters read mid-update by other threads can be a block apart;
+	 * never report a negative number of live bytes. */
+	if ((int64_t)st->live_bytes < 0)
+		st->live_bytes = 0;
+	peak_raise(st->live_bytes);
+	st->peak_bytes = atomic_load_explicit(&peak_global,
+					      memory_order_relaxed);
+}

@@ -1,0 +1,518 @@
+/*
+ * The tracked allocator's blocks: headers, the free state machine, the
+ * quarantine and bad-free handling.  These functions run inside every
+ * OpenSSL allocation, so the common path takes no lock and makes no
+ * system call; locks appear only with OSSL_PROC_F_TRACK_SITES (a debugging
+ * mode) and on the first allocation of a thread.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "alloc-int.h"
+
+#define PAGE_MASK ((uintptr_t)4095)
+#define ALIGN_MASK ((uintptr_t)15)
+
+struct alloc_conf aconf;
+_Atomic uint64_t alloc_generation;
+_Atomic pid_t alloc_pid;
+_Atomic uint64_t bad_double, bad_invalid, bad_foreign, bad_inherited;
+
+static pthread_mutex_t site_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct blk_site site_list = { &site_list, &site_list, 0, 0, 0, 0, 0 };
+
+enum bad_kind { BAD_DOUBLE, BAD_INVALID, BAD_FOREIGN, BAD_INHERITED };
+
+static inline struct blk *
+hdr_of(void *user)
+{
+	return (struct blk *)user - 1;
+}
+
+static inline struct blk_site *
+site_of(struct blk *h)
+{
+	return (struct blk_site *)h - 1;
+}
+
+static inline uint32_t
+blk_magic(const void *user, uint64_t size_gen, uint32_t word)
+{
+	uint64_t x = (uintptr_t)user ^ aconf.secret;
+
+	x ^= size_gen * 0x9e3779b97f4a7c15ull;
+	x ^= (uint64_t)(word & ~ST_MASK) << 29;
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+	return (uint32_t)(x >> 32) ^ (uint32_t)x;
+}
+
+static inline size_t
+blk_size(const struct blk *h)
+{
+	return (size_t)(h->size_gen & ((1ull << BLK_SIZE_BITS) - 1));
+}
+
+static inline size_t
+prefix_len(uint32_t word)
+{
+	return sizeof(struct blk) +
+	       (word & W_SITES ? sizeof(struct blk_site) : 0) +
+	       (word & W_PADDED ? 16 : 0);
+}
+
+/* ---- backends ---- */
+
+static void *
+bk_alloc(enum backend bk, size_t n, const char *file, int line)
+{
+	switch (bk) {
+	case BK_LIBC:
+		return malloc(n);
+	case BK_HOST:
+	case BK_SHARED:
+		return aconf.host.malloc(n, aconf.host.arg);
+	case BK_PRIOR:
+		return aconf.prior_m(n, file, line);
+	}
+	return NULL;
+}
+
+static void
+bk_free(enum backend bk, void *base, const char *file, int line)
+{
+	switch (bk) {
+	case BK_LIBC:
+		free(base);
+		break;
+	case BK_HOST:
+	case BK_SHARED:
+		aconf.host.free(base, aconf.host.arg);
+		break;
+	case BK_PRIOR:
+		aconf.prior_f(base, file, line);
+		break;
+	}
+}
+
+/*
+ * Placement by fork generation: with a shared backend, what is allocated
+ * before the first fork stays private (every worker inherits one
+ * consistent copy-on-write image); afterwards blocks go to the shared
+ * backend and belong to the process that allocated them.
+ */
+static inline enum backend
+placement(void)
+{
+	if (aconf.host.malloc) {
+		if (!aconf.host.shared)
+			return BK_HOST;
+		return atomic_load_explicit(&alloc_generation,
+					    memory_order_relaxed) ? BK_SHARED
+								  : BK_LIBC;
+	}
+	return aconf.prior_m ? BK_PRIOR : BK_LIBC;
+}
+
+/* ---- allocation ---- */
+
+static void
+site_link(struct blk *h, const char *file, int line)
+{
+	struct blk_site *s = site_of(h);
+
+	s->alloc_file = file;
+	s->alloc_line = line;
+	s->free_file = NULL;
+	s->free_line = 0;
+	pthread_mutex_lock(&site_lock);
+	s->next = site_list.next;
+	s->prev = &site_list;
+	site_list.next->prev = s;
+	site_list.next = s;
+	pthread_mutex_unlock(&site_lock);
+}
+
+static void
+site_unlink(struct blk *h, const char *file, int line)
+{
+	struct blk_site *s = site_of(h);
+
+	pthread_mutex_lock(&site_lock);
+	s->prev->next = s->next;
+	s->next->prev = s->prev;
+	s->next = s->prev = s;
+	pthread_mutex_unlock(&site_lock);
+	s->free_file = file;
+	s->free_line = line;
+}
+
+/*
+ * A block whose user pointer is page-aligned could not be told from the
+ * start of a foreign mapping without reading the page before it, which may
+ * fault.  Such blocks are never handed out: take a 16-byte larger block
+ * and, if needed, pad.  This happens for about one block in 256.
+ */
+static void *
+realign(enum backend bk, void *base, size_t total, uint32_t *word,
+	const char *file, int line)
+{
+	void *nb = bk_alloc(bk, total + 16, file, line);
+
+	bk_free(bk, base, file, line);
+	if (!nb)
+		return NULL;
+	if ((((uintptr_t)nb + prefix_len(*word)) & PAGE_MASK) == 0)
+		*word |= W_PADDED;
+	return nb;
+}
+
+static void *
+blk_new(size_t n, const char *file, int line)
+{
+	enum backend bk = placement();
+	uint32_t word = ST_LIVE | (uint32_t)bk << BK_SHIFT;
+	struct tstate *t = tstate_get();
+	uint64_t size_gen;
+	size_t total;
+	char *base, *user;
+	struct blk *h;
+
+	if (unlikely(n > BLK_SIZE_MAX))
+		return NULL;
+	if (unlikely(aconf.flags & OSSL_PROC_F_TRACK_SITES))
+		word |= W_SITES;
+	if (bk == BK_SHARED)
+		word |= (uint32_t)atomic_load_explicit(&alloc_pid,
+			memory_order_relaxed) << OWNER_SHIFT;
+	total = n + prefix_len(word);
+	base = bk_alloc(bk, total, file, line);
+	if (unlikely(!base))
+		return NULL;
+	if (unlikely((((uintptr_t)base + prefix_len(word)) & PAGE_MASK) == 0)) {
+		base = realign(bk, base, total, &word, file, line);
+		if (!base)
+			return NULL;
+	}
+	if (unlikely((uintptr_t)base & ALIGN_MASK)) {
+		log_error("the allocator backend returned %p, which is not "
+			  "16-byte aligned; fix the backend", (void *)base);
+		bk_free(bk, base, file, line);
+		return NULL;
+	}
+	user = base + prefix_len(word);
+	h = hdr_of(user);
+	size_gen = (uint64_t)n | atomic_load_explicit(&alloc_generation,
+			memory_order_relaxed) << BLK_SIZE_BITS;
+	h->size_gen = size_gen;
+	atomic_store_explicit(&h->word, word, memory_order_relaxed);
+	h->magic = blk_magic(user, size_gen, word);
+	if (unlikely(word & W_SITES))
+		site_link(h, file, line);
+	tstate_count_alloc(t, n);
+	return user;
+}
+
+void *
+om_malloc(size_t n, const char *file, int line)
+{
+	if (unlikely(n == 0))
+		return owner_probe_answer(file, line);
+	return blk_new(n, file, line);
+}
+
+/* ---- bad frees ---- */
+
+static const char *const bad_names[] = {
+	[BAD_DOUBLE] = "double free",
+	[BAD_INVALID] = "free of a pointer osslproc never returned",
+	[BAD_FOREIGN] = "free of a page-aligned foreign pointer",
+	[BAD_INHERITED] = "free of a shared block owned by another process",
+};
+
+/* Remember up to 256 sites so each is logged once. */
+static _Atomic uintptr_t logged_sites[256];
+
+static bool
+site_first_time(const char *file, int line, enum bad_kind kind)
+{
+	uintptr_t key = ((uintptr_t)file ^ ((uintptr_t)line << 3) ^
+			 (uintptr_t)kind) | 1;
+	size_t i = (key * 0x9e3779b97f4a7c15ull) >> 56;
+
+	for (size_t probe = 0; probe < 8; probe++, i = (i + 1) & 255) {
+		uintptr_t cur = 0;
+
+		if (atomic_compare_exchange_strong(&logged_sites[i], &cur, key))
+			return true;
+		if (cur == key)
+			return false;
+	}
+	return true;
+}
+
+/* ", allocated at f:l, first freed at f:l" while the block's site record
+ * is still ours (quarantined), else "". */
+static const char *
+sites_text(char *buf, size_t len, struct blk *h, uint32_t word)
+{
+	struct blk_site *s;
+
+	buf[0] = '\0';
+	if (!h || !(word & W_SITES) || (word & ST_MASK) != ST_QUAR)
+		return buf;
+	s = site_of(h);
+	snprintf(buf, len, "; allocated at %s:%d, first freed at %s:%d",
+		 s->alloc_file ? s->alloc_file : "?", s->alloc_line,
+		 s->free_file ? s->free_file : "?", s->free_line);
+	return buf;
+}
+
+static void
+bad_free(enum bad_kind kind, void *p, struct blk *h, uint32_t word,
+	 const char *file, int line)
+{
+	static _Atomic uint64_t *const counters[] = {
+		&bad_double, &bad_invalid, &bad_foreign, &bad_inherited,
+	};
+	char sites[512];
+
+	atomic_fetch_add_explicit(counters[kind], 1, memory_order_relaxed);
+	if (aconf.on_bad_free == OSSL_PROC_BAD_FREE_IGNORE)
+		return;
+	if (aconf.on_bad_free == OSSL_PROC_BAD_FREE_ABORT) {
+		log_error("%s: %p at %s:%d%s; aborting as configured "
+			  "(OSSL_PROC_BAD_FREE_ABORT)", bad_names[kind], p,
+			  file ? file : "?", line,
+			  sites_text(sites, sizeof(sites), h, word));
+		abort();
+	}
+	if (!site_first_time(file, line, kind))
+		return;
+	log_warn("%s: %p at %s:%d%s; not released (logged once per call "
+		 "site)", bad_names[kind], p, file ? file : "?", line,
+		 sites_text(sites, sizeof(sites), h, word));
+}
+
+/* ---- free ---- */
+
+/*
+ * Read a header that may lie in memory we do not own (a stale pointer's
+ * block after release, or a stack or static object).  The caller made sure
+ * the 16 bytes are in the same page as the pointer, so the read cannot
+ * fault; sanitizers are told that reading here is deliberate.
+ */
+__attribute__((noinline, no_sanitize_address)) static bool
+blk_peek(void *user, uint32_t *word)
+{
+	struct blk *h = hdr_of(user);
+	uint64_t size_gen = *(volatile uint64_t *)&h->size_gen;
+	uint32_t magic = *(volatile uint32_t *)&h->magic;
+
+	*word = atomic_load_explicit(&h->word, memory_order_acquire);
+	return magic == blk_magic(user, size_gen, *word);
+}
+
+/* Where a pointer without our header goes: the previous allocator, or
+ * the bad-free path. */
+static void
+not_ours(enum bad_kind kind, void *p, const char *file, int line)
+{
+	if (aconf.prior_f) {
+		struct tstate *t = tstate_get();
+
+		aconf.prior_f(p, file, line);
+		counter_add(t, &t->prior_frees, 1);
+		return;
+	}
+	bad_free(kind, p, NULL, 0, file, line);
+}
+
+/* Classify @p; returns true with its word when it is a valid block. */
+static bool
+blk_check(void *p, uint32_t *word, const char *file, int line)
+{
+	if ((uintptr_t)p & ALIGN_MASK) {
+		not_ours(BAD_INVALID, p, file, line);
+		return false;
+	}
+	if (!((uintptr_t)p & PAGE_MASK)) {
+		not_ours(BAD_FOREIGN, p, file, line);
+		return false;
+	}
+	if (!blk_peek(p, word)) {
+		not_ours(BAD_INVALID, p, file, line);
+		return false;
+	}
+	return true;
+}
+
+/* A block of a shared backend may be freed only by the process that
+ * allocated it: anything else means live OpenSSL objects are shared
+ * between processes, which OpenSSL 3 cannot support. */
+static bool
+owned_here(void *p, uint32_t word, const char *file, int line)
+{
+	pid_t owner, self;
+
+	if (((word & BK_MASK) >> BK_SHIFT) != BK_SHARED)
+		return true;
+	owner = (pid_t)(word >> OWNER_SHIFT);
+	self = atomic_load_explicit(&alloc_pid, memory_order_relaxed);
+	if (owner == self)
+		return true;
+	atomic_fetch_add_explicit(&bad_inherited, 1, memory_order_relaxed);
+	if (site_first_time(NULL, 0, BAD_INHERITED))
+		log_warn("process %ld freed %p, a shared block allocated by "
+			 "process %ld (at %s:%d); it is not released.  Keep "
+			 "each SSL object in the process that created it "
+			 "(logged once)", (long)self, p, (long)owner,
+			 file ? file : "?", line);
+	return false;
+}
+
+void
+blk_release(void *user)
+{
+	struct blk *h = hdr_of(user);
+	uint32_t word = atomic_load_explicit(&h->word, memory_order_relaxed);
+	enum backend bk = (enum backend)((word & BK_MASK) >> BK_SHIFT);
+	char *base = (char *)user - prefix_len(word);
+
+	atomic_store_explicit(&h->word, (word & ~ST_MASK) | ST_RELEASED,
+			      memory_order_release);
+	bk_free(bk, base, OPENSSL_FILE, OPENSSL_LINE);
+}
+
+static void
+quarantine_push(struct tstate *t, void *user, size_t n)
+{
+	size_t limit = aconf.quarantine_bytes;
+	size_t count = atomic_load_explicit(&t->q_blocks, memory_order_relaxed);
+	uint64_t bytes = atomic_load_explicit(&t->q_bytes, memory_order_relaxed);
+
+	/* A block larger than the whole window cannot be held back. */
+	if (!t->qring || n > limit) {
+		blk_release(user);
+		return;
+	}
+	while (count && (count == t->qcap || bytes + n > limit)) {
+		void *old = t->qring[t->qhead];
+
+		t->qhead = t->qhead + 1 == t->qcap ? 0 : t->qhead + 1;
+		count--;
+		bytes -= blk_size(hdr_of(old));
+		blk_release(old);
+	}
+	t->qring[t->qhead + count < t->qcap ? t->qhead + count
+					     : t->qhead + count - t->qcap] = user;
+	atomic_store_explicit(&t->q_blocks, count + 1, memory_order_relaxed);
+	atomic_store_explicit(&t->q_bytes, bytes + n, memory_order_relaxed);
+}
+
+/* Free a block known to be valid, live and ours. */
+static void
+blk_retire(void *p, uint32_t word, const char *file, int line)
+{
+	struct blk *h = hdr_of(p);
+	uint32_t live = (word & ~ST_MASK) | ST_LIVE;
+	size_t n = blk_size(h);
+	struct tstate *t;
+
+	if (!atomic_compare_exchange_strong_explicit(&h->word, &live,
+			(live & ~ST_MASK) | ST_QUAR, memory_order_acq_rel,
+			memory_order_acquire)) {
+		bad_free(BAD_DOUBLE, p, h, live, file, line);
+		return;
+	}
+	if (unlikely(word & W_SITES))
+		site_unlink(h, file, line);
+	if (aconf.flags & OSSL_PROC_F_SCRUB)
+		OPENSSL_cleanse(p, n);
+	t = tstate_get();
+	tstate_count_free(t, n);
+	quarantine_push(t, p, n);
+}
+
+void
+om_free(void *p, const char *file, int line)
+{
+	uint32_t word;
+
+	if (!p || !blk_check(p, &word, file, line))
+		return;
+	if ((word & ST_MASK) != ST_LIVE) {
+		bad_free(BAD_DOUBLE, p, hdr_of(p), word, file, line);
+		return;
+	}
+	if (!owned_here(p, word, file, line))
+		return;
+	blk_retire(p, word, file, line);
+}
+
+/*
+ * OpenSSL's realloc: NULL is malloc, size 0 is free.  A live block always
+ * moves, so its old address goes through the quarantine like any free.
+ */
+void *
+om_realloc(void *p, size_t n, const char *file, int line)
+{
+	struct tstate *t;
+	uint32_t word;
+	size_t old;
+	void *np;
+
+	if (!p)
+		return om_malloc(n, file, line);
+	if (n == 0) {
+		om_free(p, file, line);
+		return NULL;
+	}
+	if ((uintptr_t)p & ALIGN_MASK || !((uintptr_t)p & PAGE_MASK) ||
+	    !blk_peek(p, &word)) {
+		if (aconf.prior_r)
+			return aconf.prior_r(p, n, file, line);
+		bad_free((uintptr_t)p & PAGE_MASK ? BAD_INVALID : BAD_FOREIGN,
+			 p, NULL, 0, file, line);
+		return NULL;
+	}
+	if ((word & ST_MASK) != ST_LIVE) {
+		bad_free(BAD_DOUBLE, p, hdr_of(p), word, file, line);
+		return NULL;
+	}
+	if (!owned_here(p, word, file, line))
+		return NULL;
+	np = blk_new(n, file, line);
+	if (!np)
+		return NULL;
+	old = blk_size(hdr_of(p));
+	memcpy(np, p, old < n ? old : n);
+	blk_retire(p, word, file, line);
+	t = tstate_get();
+	counter_add(t, &t->reallocs, 1);
+	return np;
+}
+
+/* ---- leak listing ---- */
+
+void
+sites_report(FILE *out)
+{
+	size_t shown = 0, total = 0;
+
+	pthread_mutex_lock(&site_lock);
+	for (struct blk_site *s = site_list.next; s != &site_list;
+	     s = s->next, total++) {
+		struct blk *h = (struct blk *)(s + 1);
+
+		if (shown++ < 50)
+			fprintf(out, "  leak: %zu bytes at %p, allocated at "
+				"%s:%d\n", blk_size(h), (void *)(h + 1),
+				s->alloc_file ? s->alloc_file : "?",
+				s->alloc_line);
+	}
+	pthread_mutex_unlock(&site_lock);
+	if (total > shown)
+		fprintf(out, "  ... and %zu more\n", total - shown);
+}

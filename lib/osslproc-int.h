@@ -1,0 +1,82 @@
+/* Internals shared by the modules of libosslproc.  Not installed. */
+#ifndef OSSLPROC_INT_H
+#define OSSLPROC_INT_H
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+
+#include "osslproc.h"
+
+#define OSSL_PROC_EXPORT __attribute__((visibility("default")))
+#define OSSL_PROC_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#define likely(x) __builtin_expect(!!(x), 1)
+#define unlikely(x) __builtin_expect(!!(x), 0)
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+/* The contract's first struct ossl_proc_stats ended at .generation. */
+#define STATS_V0_SIZE (offsetof(struct ossl_proc_stats, generation) + \
+		       sizeof(uint64_t))
+
+/* ---- log.c ---- */
+
+/* Set the sink; fn NULL means stderr.  Safe to call at any time. */
+void log_configure(ossl_proc_log_fn fn, void *arg,
+		   enum ossl_proc_log_level level);
+/* True when a message at this level would be delivered. */
+bool log_enabled(enum ossl_proc_log_level level);
+/* Formats into a stack buffer; never allocates, safe inside the allocator. */
+void log_msg(enum ossl_proc_log_level level, const char *fmt, ...)
+	OSSL_PROC_PRINTF(2, 3);
+void log_vmsg(enum ossl_proc_log_level level, const char *fmt, va_list ap);
+
+#define log_error(...) log_msg(OSSL_PROC_LOG_ERROR, __VA_ARGS__)
+#define log_warn(...) log_msg(OSSL_PROC_LOG_WARNING, __VA_ARGS__)
+#define log_info(...) log_msg(OSSL_PROC_LOG_INFO, __VA_ARGS__)
+#define log_debug(...) log_msg(OSSL_PROC_LOG_DEBUG, __VA_ARGS__)
+/* Caller misuse: logged as a client bug. */
+#define log_bug_client(...) \
+	log_msg(OSSL_PROC_LOG_ERROR, "client bug: " __VA_ARGS__)
+
+/* ---- init.c ---- */
+
+/* The configuration of the first ossl_proc_init(), normalised. */
+struct proc_config {
+	unsigned int flags;
+	struct ossl_proc_allocator allocator; /* copy; .malloc NULL: libc */
+	bool has_allocator;
+	enum ossl_proc_bad_free on_bad_free;
+	size_t quarantine_bytes;
+	const char *ca_file; /* owned copies (libc malloc) */
+	const char *ca_dir;
+};
+
+/* Non-zero while initialised (acquire load). */
+bool proc_initialised(void);
+/* Pin the object holding osslproc's code (RTLD_NODELETE) if it is not the
+ * main program.  Returns true if it was pinned (or already is). */
+bool proc_pin_self(const char *why);
+
+/* ---- alloc.c ---- */
+
+#define QUARANTINE_DEFAULT ((size_t)256 * 1024)
+
+/* Install (or attach, or fall back to untracked) at first init. */
+int alloc_init(const struct proc_config *cfg);
+/* Last teardown: the functions stay installed; returns true when OpenSSL
+ * can still call into this copy's code. */
+bool alloc_teardown(void);
+enum ossl_proc_alloc_mode alloc_mode(void);
+void alloc_get_stats(struct ossl_proc_stats *st);
+void alloc_report(FILE *out);
+
+/* ---- arena.c ---- */
+
+/* True when @p a is the arena whose allocator is @p al. */
+bool arena_owns_allocator(const struct ossl_proc_allocator *al);
+/* Marks arenas in use as the tracked allocator's backend. */
+void arena_set_in_use(const struct ossl_proc_allocator *al, bool in_use);
+
+#endif /* OSSLPROC_INT_H */

@@ -1,0 +1,271 @@
+/*
+ * osslproc-bench: OpenSSL's default path against osslproc, side by side
+ * in one run.  Every measurement runs in a fresh child process (an
+ * allocator can be installed into OpenSSL only once per process), the
+ * variants alternate round by round so that drift in the machine hits
+ * both alike, and the table shows medians and their ratio.
+ *
+ *   osslproc-bench [alloc|handshake|all] [-r rounds] [-q]
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <osslproc.h>
+
+#include "../common/tls-util.h"
+
+enum variant { DEFAULT, OSSLPROC };
+
+struct bench {
+	const char *name;     /* row label */
+	const char *unit;     /* what the figure is */
+	const char *target;   /* the target as text */
+	int higher_is_better;
+	double (*run)(enum variant v, int arg);
+	int arg;
+};
+
+static int rounds = 7;
+
+static double
+now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1e9 + ts.tv_nsec;
+}
+
+static void
+setup_variant(enum variant v)
+{
+	if (v == OSSLPROC && ossl_proc_init(NULL) != 0) {
+		fprintf(stderr, "ossl_proc_init failed\n");
+		_exit(2);
+	}
+}
+
+/* ---- alloc: CRYPTO_malloc + CRYPTO_free pairs ---- */
+
+#define PAIRS 2000000
+#define WORKING_SET 64
+
+/* Sizes in the proportions OpenSSL 3 asks for during a handshake:
+ * mostly small objects, some buffers, a few record-sized blocks. */
+static size_t
+openssl_size(unsigned *seed)
+{
+	unsigned r = (unsigned)rand_r(seed) % 100;
+
+	if (r < 60)
+		return 16 + (unsigned)rand_r(seed) % 112;
+	if (r < 90)
+		return 128 + (unsigned)rand_r(seed) % 896;
+	if (r < 98)
+		return 1024 + (unsigned)rand_r(seed) % 3072;
+	return 16384 + (unsigned)rand_r(seed) % 1024;
+}
+
+static void *
+pairs_thread(void *arg)
+{
+	void *held[WORKING_SET] = { 0 };
+	unsigned seed = (unsigned)(uintptr_t)arg;
+	size_t sizes[1024];
+
+	for (int i = 0; i < 1024; i++)
+		sizes[i] = openssl_size(&seed);
+	for (int i = 0; i < PAIRS; i++) {
+		unsigned slot = (unsigned)i * 2654435761u % WORKING_SET;
+
+		CRYPTO_free(held[slot], __FILE__, __LINE__);
+		held[slot] = CRYPTO_malloc(sizes[i & 1023], __FILE__,
+					   __LINE__);
+	}
+	for (int i = 0; i < WORKING_SET; i++)
+		CRYPTO_free(held[i], __FILE__, __LINE__);
+	return NULL;
+}
+
+/* ns per malloc+free pair, per thread. */
+static double
+run_alloc(enum variant v, int threads)
+{
+	pthread_t t[8];
+	double t0;
+
+	setup_variant(v);
+	pairs_thread((void *)1); /* warm up the allocator's caches */
+	t0 = now_ns();
+	for (int i = 0; i < threads; i++)
+		pthread_create(&t[i], NULL, pairs_thread,
+			       (void *)(uintptr_t)(i + 2));
+	for (int i = 0; i < threads; i++)
+		pthread_join(t[i], NULL);
+	return (now_ns() - t0) / PAIRS;
+}
+
+/* ---- handshake: verified TLS 1.3 handshakes per second ---- */
+
+static double
+run_handshake(enum variant v, int n)
+{
+	struct tls_pki *pki;
+	SSL_CTX *s, *c;
+	double t0, secs;
+
+	setup_variant(v);
+	pki = tls_pki_new();
+	s = pki ? tls_server_ctx(pki) : NULL;
+	c = pki ? tls_client_ctx(pki) : NULL;
+	if (!s || !c || tls_handshakes(c, s, 10) != 10)
+		_exit(3);
+	t0 = now_ns();
+	if (tls_handshakes(c, s, n) != n)
+		_exit(4);
+	secs = (now_ns() - t0) / 1e9;
+	SSL_CTX_free(c);
+	SSL_CTX_free(s);
+	tls_pki_free(pki);
+	return n / secs;
+}
+
+/* ---- harness ---- */
+
+static double
+in_child(const struct bench *b, enum variant v)
+{
+	int fds[2];
+	double r = -1;
+	pid_t pid;
+	int status;
+
+	if (pipe(fds) < 0)
+		return -1;
+	pid = fork();
+	if (pid == 0) {
+		double x;
+
+		close(fds[0]);
+		x = b->run(v, b->arg);
+		if (write(fds[1], &x, sizeof(x)) != sizeof(x))
+			_exit(1);
+		_exit(0);
+	}
+	close(fds[1]);
+	if (pid < 0 || read(fds[0], &r, sizeof(r)) != sizeof(r))
+		r = -1;
+	close(fds[0]);
+	if (pid > 0)
+		waitpid(pid, &status, 0);
+	return r;
+}
+
+static int
+cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return (x > y) - (x < y);
+}
+
+static double
+median(double *v, int n)
+{
+	qsort(v, (size_t)n, sizeof(*v), cmp_double);
+	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+static int
+measure(const struct bench *b)
+{
+	double d[64], o[64], md, mo;
+
+	for (int r = 0; r < rounds; r++) {
+		/* Alternate which variant goes first, too. */
+		enum variant first = r % 2 ? OSSLPROC : DEFAULT;
+
+		(first == DEFAULT ? d : o)[r] = in_child(b, first);
+		(first == DEFAULT ? o : d)[r] = in_child(b, !first);
+		if (d[r] < 0 || o[r] < 0) {
+			fprintf(stderr, "%s: a measurement failed\n", b->name);
+			return -1;
+		}
+	}
+	md = median(d, rounds);
+	mo = median(o, rounds);
+	printf("| %-34s | %10.1f | %10.1f | %6.3fx | %-9s |\n", b->name, md,
+	       mo, mo / md, b->target);
+	fflush(stdout);
+	return 0;
+}
+
+static const struct bench benches[] = {
+	{ "alloc+free pair, 1 thread (ns)", "ns", "<= 1.15x", 0,
+	  run_alloc, 1 },
+	{ "alloc+free pair, 2 threads (ns)", "ns", "<= 1.15x", 0,
+	  run_alloc, 2 },
+	{ "verified TLS 1.3 handshakes/s", "1/s", ">= 0.99x", 1,
+	  run_handshake, 400 },
+};
+
+static void
+header(void)
+{
+	struct utsname u;
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+
+	uname(&u);
+	/* OpenSSL_version() needs no allocation; the parent stays clean. */
+	printf("osslproc-bench: %s, %s %s, %ld CPUs, %d rounds, medians\n\n",
+	       OpenSSL_version(OPENSSL_VERSION), u.sysname, u.machine, cpus,
+	       rounds);
+	printf("| %-34s | %10s | %10s | %7s | %-9s |\n", "measure",
+	       "default", "osslproc", "ratio", "target");
+	printf("|%s|%s|%s|%s|%s|\n", "------------------------------------",
+	       "------------", "------------", "---------", "-----------");
+}
+
+static int
+usage(void)
+{
+	fprintf(stderr, "usage: osslproc-bench [alloc|handshake|all] "
+		"[-r rounds]\n");
+	return 2;
+}
+
+int
+main(int argc, char **argv)
+{
+	const char *what = "all";
+	int opt, rc = 0;
+
+	while ((opt = getopt(argc, argv, "r:")) != -1) {
+		if (opt != 'r')
+			return usage();
+		rounds = atoi(optarg);
+		if (rounds < 1 || rounds > 64)
+			return usage();
+	}
+	if (optind < argc)
+		what = argv[optind];
+	if (strcmp(what, "all") && strcmp(what, "alloc") &&
+	    strcmp(what, "handshake"))
+		return usage();
+	header();
+	for (size_t i = 0; i < sizeof(benches) / sizeof(benches[0]); i++) {
+		int is_alloc = benches[i].run == run_alloc;
+
+		if (!strcmp(what, "all") || (is_alloc && !strcmp(what, "alloc"))
+		    || (!is_alloc && !strcmp(what, "handshake")))
+			rc |= measure(&benches[i]);
+	}
+	return rc ? 1 : 0;
+}

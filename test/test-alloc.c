@@ -1,0 +1,586 @@
+/* The tracked allocator: real OpenSSL work through it, every kind of bad
+ * free, realloc, alignment, races between threads and processes, the
+ * bad-free policies, stacking on a host allocator. */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common/testlog.h"
+#include "common/tls-util.h"
+
+static struct ossl_proc_stats
+stats(void)
+{
+	struct ossl_proc_stats st = { .size = sizeof(st) };
+
+	ck_assert_int_eq(ossl_proc_get_stats(&st), 0);
+	return st;
+}
+
+/* ---- a counting host backend that never reuses an address ---- */
+
+/* Its own 16-byte header in front of each block records whether the
+ * backend released it; memory is never given back, so no address is
+ * handed out twice and a second release is always seen. */
+#define BK_FREED 0x46524545u
+
+static struct {
+	atomic_int mallocs, frees, twice;
+} bk;
+
+static void *
+bk_malloc(size_t n, void *arg)
+{
+	uint32_t *h = malloc(n + 16);
+
+	(void)arg;
+	if (!h)
+		return NULL;
+	h[0] = 0;
+	atomic_fetch_add(&bk.mallocs, 1);
+	return h + 4;
+}
+
+static void
+bk_free(void *p, void *arg)
+{
+	uint32_t *h = (uint32_t *)p - 4;
+
+	(void)arg;
+	if (h[0] == BK_FREED)
+		atomic_fetch_add(&bk.twice, 1);
+	h[0] = BK_FREED;
+	atomic_fetch_add(&bk.frees, 1);
+	/* Scribble like a real allocator reusing the memory. */
+	memset(p, 0x5a, 32);
+}
+
+static const struct ossl_proc_allocator counting = {
+	.malloc = bk_malloc, .free = bk_free,
+};
+
+static void
+init_with(const struct ossl_proc_allocator *a, size_t quarantine,
+	  enum ossl_proc_bad_free policy, unsigned flags)
+{
+	struct ossl_proc_config c = tl_config();
+
+	c.allocator = a;
+	c.quarantine_bytes = quarantine;
+	c.on_bad_free = policy;
+	c.flags = flags;
+	ck_assert_int_eq(ossl_proc_init(&c), 0);
+	ck_assert_int_eq(stats().allocator, OSSL_PROC_ALLOC_TRACKED);
+}
+
+/* ---- real OpenSSL work ---- */
+
+static void
+tls_round(int handshakes)
+{
+	struct tls_pki *pki = tls_pki_new();
+	SSL_CTX *s, *c;
+
+	ck_assert_ptr_nonnull(pki);
+	s = tls_server_ctx(pki);
+	c = tls_client_ctx(pki);
+	ck_assert_ptr_nonnull(s);
+	ck_assert_ptr_nonnull(c);
+	ck_assert_int_eq(tls_handshakes(c, s, handshakes), handshakes);
+	SSL_CTX_free(c);
+	SSL_CTX_free(s);
+	tls_pki_free(pki);
+}
+
+START_TEST(handshakes_balance)
+{
+	uint64_t before;
+
+	init_with(NULL, 0, OSSL_PROC_BAD_FREE_LOG, 0);
+	/* The first round fills OpenSSL's caches (fetched algorithms). */
+	tls_round(2);
+	before = stats().live_bytes;
+	tls_round(30);
+	ck_assert_uint_gt(stats().allocs, 1000);
+	ck_assert_uint_eq(stats().live_bytes, before);
+	ck_assert_uint_gt(stats().peak_bytes, before);
+	ck_assert_uint_eq(stats().double_frees + stats().invalid_frees +
+			  stats().foreign_frees, 0);
+	ossl_proc_teardown();
+}
+END_TEST
+
+START_TEST(handshakes_scrub_sites_host)
+{
+	init_with(&counting, 0, OSSL_PROC_BAD_FREE_LOG,
+		  OSSL_PROC_F_SCRUB | OSSL_PROC_F_TRACK_SITES);
+	tls_round(5);
+	ck_assert_int_gt(atomic_load(&bk.mallocs), 1000);
+	ck_assert_int_eq(atomic_load(&bk.twice), 0);
+	ossl_proc_teardown();
+}
+END_TEST
+
+/* ---- bad frees ---- */
+
+START_TEST(double_free_in_quarantine)
+{
+	char *p;
+
+	init_with(&counting, 0, OSSL_PROC_BAD_FREE_LOG, 0);
+	p = OPENSSL_malloc(100);
+	ck_assert_ptr_nonnull(p);
+	OPENSSL_free(p);
+	tl_expect(OSSL_PROC_LOG_WARNING, "double free");
+	OPENSSL_free(p);
+	ck_assert_uint_eq(stats().double_frees, 1);
+	ck_assert_int_eq(tl_count(OSSL_PROC_LOG_WARNING, "double free"), 1);
+	/* Logged once per call site. */
+	for (int i = 0; i < 5; i++)
+		CRYPTO_free(p, "site.c", 7);
+	ck_assert_uint_eq(stats().double_frees, 6);
+	ck_assert_int_eq(tl_count(OSSL_PROC_LOG_WARNING, "double free"), 2);
+	ck_assert_int_eq(atomic_load(&bk.twice), 0);
+	ossl_proc_teardown();
+}
+END_TEST
+
+/* With sites tracked, the report of a double free names both sites. */
+START_TEST(double_free_names_sites)
+{
+	char *p;
+
+	init_with(NULL, 0, OSSL_PROC_BAD_FREE_LOG, OSSL_PROC_F_TRACK_SITES);
+	p = CRYPTO_malloc(64, "alloc-site.c", 11);
+	CRYPTO_free(p, "first-free.c", 22);
+	tl_expect(OSSL_PROC_LOG_WARNING, "double free");
+	CRYPTO_free(p, "second-free.c", 33);
+	ck_assert_int_eq(tl_count(OSSL_PROC_LOG_WARNING, "second-free.c:33; "
+				  "allocated at alloc-site.c:11, first freed "
+				  "at first-free.c:22"), 1);
+	ossl_proc_teardown();
+}
+END_TEST
+
+/* Past the quarantine the block went back to the backend; a stale free
+ * is still refused and never reaches the backend a second time. */
+START_TEST(double_free_after_quarantine)
+{
+	char *p, *churn[64];
+
+	init_with(&counting, 1024, OSSL_PROC_BAD_FREE_LOG, 0);
+	p = OPENSSL_malloc(100);
+	OPENSSL_free(p);
+	for (int i = 0; i < 64; i++)
+		churn[i] = OPENSSL_malloc(100);
+	for (int i = 0; i < 64; i++)
+		OPENSSL_free(churn[i]);
+	ck_assert_int_ge(atomic_load(&bk.frees), 50);
+	tl_expect(OSSL_PROC_LOG_WARNING, "free");
+	OPENSSL_free(p);
+	/* The backend scribbled on the header: refused as not ours. */
+	ck_assert_uint_eq(stats().double_frees + stats().invalid_frees, 1);
+	ck_assert_int_eq(atomic_load(&bk.twice), 0);
+	ossl_proc_teardown();
+}
+END_TEST
+
+static char static_block[256] __attribute__((aligned(16)));
+
+START_TEST(invalid_pointers)
+{
+	_Alignas(16) char stack_block[256];
+	char *p, *libc;
+
+	uint64_t frees0;
+
+	init_with(&counting, 0, OSSL_PROC_BAD_FREE_IGNORE, 0);
+	p = OPENSSL_malloc(256);
+	libc = malloc(64);
+	frees0 = stats().frees;
+	/* Each call site differs, and IGNORE logs nothing anyway. */
+	OPENSSL_free(p + 16);            /* interior */
+	OPENSSL_free(p + 1);             /* misaligned */
+	OPENSSL_free(static_block + 32); /* static */
+	OPENSSL_free(stack_block + 32);  /* stack */
+	OPENSSL_free(libc);              /* malloc'ed, never ours */
+	ck_assert_uint_eq(stats().invalid_frees, 5);
+	ck_assert_uint_eq(stats().frees, frees0);
+	/* The real block is untouched and frees normally. */
+	OPENSSL_free(p);
+	ck_assert_uint_eq(stats().frees, frees0 + 1);
+	ck_assert_int_eq(tl_count(OSSL_PROC_LOG_WARNING, NULL), 0);
+	free(libc);
+	ossl_proc_teardown();
+}
+END_TEST
+
+/* A page-aligned pointer at the start of a mapping whose previous page
+ * is inaccessible: reading the header would fault. */
+START_TEST(foreign_page_aligned)
+{
+	long page = sysconf(_SC_PAGESIZE);
+	char *map = mmap(NULL, 2 * page, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	ck_assert_ptr_ne(map, MAP_FAILED);
+	ck_assert_int_eq(mprotect(map, page, PROT_NONE), 0);
+	init_with(NULL, 0, OSSL_PROC_BAD_FREE_LOG, 0);
+	tl_expect(OSSL_PROC_LOG_WARNING, "page-aligned foreign pointer");
+	OPENSSL_free(map + page);
+	ck_assert_uint_eq(stats().foreign_frees, 1);
+	ck_assert_ptr_null(OPENSSL_realloc(map + page, 10));
+	ck_assert_uint_eq(stats().foreign_frees, 2);
+	ossl_proc_teardown();
+	munmap(map, 2 * page);
+}
+END_TEST
+
+START_TEST(abort_policy)
+{
+	char *p;
+
+	init_with(NULL, 0, OSSL_PROC_BAD_FREE_ABORT, 0);
+	p = OPENSSL_malloc(10);
+	OPENSSL_free(p);
+	tl_expect(OSSL_PROC_LOG_ERROR, "aborting as configured");
+	OPENSSL_free(p);
+	ck_abort_msg("not reached");
+}
+END_TEST
+
+/* ---- realloc and alignment ---- */
+
+START_TEST(realloc_semantics)
+{
+	struct ossl_proc_stats st0;
+	char *p, *q;
+
+	init_with(NULL, 0, OSSL_PROC_BAD_FREE_LOG, 0);
+	st0 = stats();
+	p = OPENSSL_realloc(NULL, 10);          /* NULL: malloc */
+	ck_assert_ptr_nonnull(p);
+	memcpy(p, "0123456789", 10);
+	q = OPENSSL_realloc(p, 5000);           /* grow keeps the bytes */
+	ck_assert_ptr_nonnull(q);
+	ck_assert_int_eq(memcmp(q, "0123456789", 10), 0);
+	p = OPENSSL_realloc(q, 4);              /* shrink keeps the prefix */
+	ck_assert_int_eq(memcmp(p, "0123", 4), 0);
+	ck_assert_uint_eq(stats().reallocs, st0.reallocs + 2);
+	ck_assert_uint_eq(stats().live_blocks, st0.live_blocks + 1);
+	ck_assert_uint_eq(stats().live_bytes, st0.live_bytes + 4);
+	/* The old address was freed through the quarantine: guarded. */
+	tl_expect(OSSL_PROC_LOG_WARNING, "double free");
+	ck_assert_ptr_null(OPENSSL_realloc(q, 8));
+	ck_assert_uint_eq(stats().double_frees, 1);
+	tl_expect(0, NULL);
+	ck_assert_ptr_null(OPENSSL_realloc(p, 0)); /* size 0: free */
+	ck_assert_uint_eq(stats().live_blocks, st0.live_blocks);
+	ossl_proc_teardown();
+}
+END_TEST
+
+START_TEST(alignment)
+{
+	void *ptrs[2048];
+	uint64_t live0;
+
+	init_with(NULL, 0, OSSL_PROC_BAD_FREE_LOG, 0);
+	live0 = stats().live_bytes;
+	for (size_t i = 0; i < 2048; i++) {
+		size_t n = i < 1024 ? i + 1 : (size_t)rand() % 70000 + 1;
+
+		ptrs[i] = OPENSSL_malloc(n);
+		ck_assert_ptr_nonnull(ptrs[i]);
+		ck_assert_uint_eq((uintptr_t)ptrs[i] % _Alignof(max_align_t),
+				  0);
+		/* Never page-aligned: those are told apart without reading. */
+		ck_assert_uint_ne((uintptr_t)ptrs[i] % 4096, 0);
+		memset(ptrs[i], 0xee, n);
+	}
+	for (size_t i = 0; i < 2048; i++)
+		OPENSSL_free(ptrs[i]);
+	ck_assert_uint_eq(stats().live_bytes, live0);
+	ck_assert_ptr_null(OPENSSL_malloc(0));
+	ossl_proc_teardown();
+}
+END_TEST
+
+/* ---- races ---- */
+
+#define RACE_ROUNDS 5000
+
+static void *race_ptr;
+static pthread_barrier_t race_barrier;
+
+static void *
+race_free(void *arg)
+{
+	int me = (int)(intptr_t)arg;
+
+	for (int r = 0; r < RACE_ROUNDS; r++) {
+		/* Both threads leave the barrier together and free one block. */
+		pthread_barrier_wait(&race_barrier);
+		OPENSSL_free(race_ptr);
+		pthread_barrier_wait(&race_barrier);
+		if (me == 0)
+			race_ptr = OPENSSL_malloc(32);
+	}
+	pthread_barrier_wait(&race_barrier);
+	return NULL;
+}
+
+START_TEST(two_threads_one_block)
+{
+	pthread_t t[2];
+	uint64_t frees0;
+
+	init_with(NULL, 0, OSSL_PROC_BAD_FREE_IGNORE, 0);
+	frees0 = stats().frees;
+	pthread_barrier_init(&race_barrier, NULL, 2);
+	race_ptr = OPENSSL_malloc(32);
+	for (intptr_t i = 0; i < 2; i++)
+		pthread_create(&t[i], NULL, race_free, (void *)i);
+	for (int i = 0; i < 2; i++)
+		pthread_join(t[i], NULL);
+	ck_assert_uint_eq(stats().frees - frees0, RACE_ROUNDS);
+	ck_assert_uint_eq(stats().double_frees, RACE_ROUNDS);
+	OPENSSL_free(race_ptr);
+	pthread_barrier_destroy(&race_barrier);
+	ossl_proc_teardown();
+}
+END_TEST
+
+/* Two processes free the same block in shared memory at once: the state
+ * lives in the block, so exactly one of them wins. */
+START_TEST(two_processes_one_block)
+{
+	struct ossl_proc_arena *a = ossl_proc_arena_new(8 << 20);
+	struct ossl_proc_allocator private_view;
+	struct ossl_proc_arena_stats as = { .size = sizeof(as) };
+	atomic_int *go = mmap(NULL, 4096, PROT_READ | PROT_WRITE,
+			      MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	int rounds = 200, parent_wins = 0, child_wins, status;
+	pid_t pid;
+	void **blocks;
+
+	ck_assert_ptr_nonnull(a);
+	ck_assert_ptr_ne(go, MAP_FAILED);
+	/* Placed in the arena from the start, without fork generations. */
+	private_view = *ossl_proc_arena_allocator(a);
+	private_view.shared = 0;
+	init_with(&private_view, 0, OSSL_PROC_BAD_FREE_IGNORE, 0);
+	blocks = (void **)(go + 16);
+	for (int i = 0; i < rounds; i++)
+		blocks[i] = OPENSSL_malloc(48);
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	for (int i = 0; i < rounds; i++) {
+		uint64_t before = stats().frees;
+
+		atomic_fetch_add(&go[0], 1);
+		while (atomic_load(&go[0]) < 2 * (i + 1))
+			;
+		OPENSSL_free(blocks[i]);
+		if (stats().frees > before)
+			pid ? parent_wins++ : atomic_fetch_add(&go[1], 1);
+	}
+	if (pid == 0)
+		_exit(stats().double_frees + (uint64_t)atomic_load(&go[1]) ==
+		      (uint64_t)rounds ? 0 : 1);
+	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+	ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	child_wins = atomic_load(&go[1]);
+	ck_assert_int_eq(parent_wins + child_wins, rounds);
+	ck_assert_uint_eq(stats().double_frees, (uint64_t)child_wins);
+	ck_assert_int_eq(ossl_proc_arena_get_stats(a, &as), 0);
+	ck_assert_uint_eq(as.bad_frees, 0);
+	ossl_proc_teardown();
+}
+END_TEST
+
+#define STAT_THREADS 4
+#define STAT_OPS 20000
+
+static atomic_int workers_done;
+
+static void *
+stat_worker(void *arg)
+{
+	void *held[64] = { 0 };
+	unsigned seed = (unsigned)(uintptr_t)arg;
+
+	for (int i = 0; i < STAT_OPS; i++) {
+		int slot = rand_r(&seed) % 64;
+
+		OPENSSL_free(held[slot]);
+		held[slot] = OPENSSL_malloc(1 + rand_r(&seed) % 2000);
+	}
+	for (int i = 0; i < 64; i++)
+		OPENSSL_free(held[i]);
+	atomic_fetch_add(&workers_done, 1);
+	return NULL;
+}
+
+/* Counters read while threads allocate stay coherent, and add up exactly
+ * once they stop, threads that exited included. */
+START_TEST(stats_under_threads)
+{
+	pthread_t t[STAT_THREADS];
+	uint64_t last_allocs = 0;
+	struct ossl_proc_stats st0;
+
+	init_with(NULL, 4096, OSSL_PROC_BAD_FREE_LOG, 0);
+	st0 = stats();
+	for (uintptr_t i = 0; i < STAT_THREADS; i++)
+		pthread_create(&t[i], NULL, stat_worker, (void *)(i + 1));
+	while (atomic_load(&workers_done) < STAT_THREADS) {
+		struct ossl_proc_stats st = stats();
+
+		ck_assert_uint_ge(st.allocs, last_allocs);
+		ck_assert_uint_le(st.frees, st.allocs);
+		ck_assert_uint_le(st.live_bytes, st.peak_bytes);
+		last_allocs = st.allocs;
+	}
+	for (int i = 0; i < STAT_THREADS; i++)
+		pthread_join(t[i], NULL);
+	ck_assert_uint_ge(stats().allocs - st0.allocs, STAT_THREADS * STAT_OPS);
+	ck_assert_uint_eq(stats().allocs - st0.allocs,
+			  stats().frees - st0.frees);
+	ck_assert_uint_eq(stats().live_blocks, st0.live_blocks);
+	ck_assert_uint_eq(stats().live_bytes, st0.live_bytes);
+	/* Exited threads released their quarantines. */
+	ck_assert_uint_eq(stats().quarantined_blocks, st0.quarantined_blocks);
+	ossl_proc_teardown();
+}
+END_TEST
+
+/* ---- stacking on a host's functions ---- */
+
+static atomic_int host_m, host_f;
+static void *host_watch;
+
+static void *
+host_malloc(size_t n, const char *file, int line)
+{
+	(void)file, (void)line;
+	atomic_fetch_add(&host_m, 1);
+	return malloc(n);
+}
+
+static void *
+host_realloc(void *p, size_t n, const char *file, int line)
+{
+	(void)file, (void)line;
+	return realloc(p, n);
+}
+
+static void
+host_free(void *p, const char *file, int line)
+{
+	(void)file, (void)line;
+	if (p && p == host_watch)
+		atomic_fetch_add(&host_f, 1);
+	free(p);
+}
+
+START_TEST(stacks_on_host_functions)
+{
+	struct ossl_proc_config c = tl_config();
+	void *old, *fresh;
+	uint64_t frees0;
+	int m0;
+
+	ck_assert_int_eq(CRYPTO_set_mem_functions(host_malloc, host_realloc,
+						  host_free), 1);
+	old = OPENSSL_malloc(40);
+	host_watch = old;
+	ck_assert_int_eq(ossl_proc_init(&c), 0);
+	ck_assert_int_eq(stats().allocator, OSSL_PROC_ALLOC_TRACKED);
+	/* A block from before the install goes back to the host's free. */
+	OPENSSL_free(old);
+	ck_assert_int_eq(atomic_load(&host_f), 1);
+	ck_assert_uint_eq(stats().prior_frees, 1);
+	ck_assert_uint_eq(stats().invalid_frees, 0);
+	/* New blocks are tracked on top of the host's functions. */
+	m0 = atomic_load(&host_m);
+	frees0 = stats().frees;
+	fresh = OPENSSL_malloc(40);
+	ck_assert_int_eq(atomic_load(&host_m), m0 + 1);
+	OPENSSL_free(fresh);
+	ck_assert_uint_eq(stats().frees, frees0 + 1);
+	ossl_proc_teardown();
+}
+END_TEST
+
+START_TEST(replacement_detected)
+{
+	struct ossl_proc_config c = tl_config();
+	CRYPTO_malloc_fn m;
+	CRYPTO_realloc_fn r;
+	CRYPTO_free_fn f;
+
+	ck_assert_int_eq(ossl_proc_init(&c), 0);
+	CRYPTO_get_mem_functions(&m, &r, &f);
+	ck_assert_int_eq(CRYPTO_set_mem_functions(host_malloc, host_realloc,
+						  host_free), 1);
+	tl_expect(OSSL_PROC_LOG_ERROR, "were replaced");
+	ck_assert_int_eq(stats().allocator, OSSL_PROC_ALLOC_REPLACED);
+	ck_assert_int_eq(tl_count(OSSL_PROC_LOG_ERROR, "were replaced"), 1);
+	/* Put ours back, or OpenSSL's exit-time cleanup would hand our
+	 * blocks to free(): the crash the report warns about. */
+	ck_assert_int_eq(CRYPTO_set_mem_functions(m, r, f), 1);
+	ossl_proc_teardown();
+}
+END_TEST
+
+static Suite *
+alloc_suite(void)
+{
+	Suite *s = suite_create("alloc");
+	TCase *tc = tcase_create("openssl");
+
+	tcase_set_timeout(tc, 120);
+	tcase_add_test(tc, handshakes_balance);
+	tcase_add_test(tc, handshakes_scrub_sites_host);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("bad-free");
+	tcase_add_test(tc, double_free_in_quarantine);
+	tcase_add_test(tc, double_free_names_sites);
+	tcase_add_test(tc, double_free_after_quarantine);
+	tcase_add_test(tc, invalid_pointers);
+	tcase_add_test(tc, foreign_page_aligned);
+	tcase_add_test_raise_signal(tc, abort_policy, SIGABRT);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("blocks");
+	tcase_add_test(tc, realloc_semantics);
+	tcase_add_test(tc, alignment);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("races");
+	tcase_set_timeout(tc, 120);
+	tcase_add_test(tc, two_threads_one_block);
+	tcase_add_test(tc, two_processes_one_block);
+	tcase_add_test(tc, stats_under_threads);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("stacking");
+	tcase_add_test(tc, stacks_on_host_functions);
+	tcase_add_test(tc, replacement_detected);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int
+main(void)
+{
+	return tl_run(alloc_suite());
+}
