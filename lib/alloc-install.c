@@ -49,25 +49,38 @@ static bool installed;   /* our functions went into OpenSSL, ever */
 static _Atomic int mode; /* enum ossl_proc_alloc_mode */
 static const struct owner_record *attached;
 
+/*
+ * The probe: malloc(0, file, PROBE_LINE) where @file points at a question
+ * that starts with PROBE_FILE.  An osslproc allocator writes its owner
+ * record into the question; any other allocator just allocates 0 bytes,
+ * which we free without ever reading them.  Frozen across versions.
+ */
+struct owner_question {
+	char tag[32];
+	const struct owner_record *answer;
+};
+
 void *
 owner_probe_answer(const char *file, int line)
 {
 	if (line == PROBE_LINE && file && !strcmp(file, PROBE_FILE))
-		return (void *)&owner;
-	return NULL; /* OpenSSL's own malloc(0) answer */
+		((struct owner_question *)(uintptr_t)file)->answer = &owner;
+	return NULL; /* OpenSSL's own answer to malloc(0) */
 }
 
 static const struct owner_record *
 probe_osslproc(CRYPTO_malloc_fn m, CRYPTO_free_fn f)
 {
-	const struct owner_record *r = m(0, PROBE_FILE, PROBE_LINE);
+	struct owner_question q = { .tag = PROBE_FILE };
+	const struct owner_record *r;
+	void *p = m(0, q.tag, PROBE_LINE);
 
-	if (!r)
-		return NULL;
-	if (r->magic == OWNER_MAGIC && r->self == r && r->version >= 1 &&
+	if (p)
+		f(p, OPENSSL_FILE, OPENSSL_LINE); /* a foreign malloc(0) */
+	r = q.answer;
+	if (r && r->magic == OWNER_MAGIC && r->self == r && r->version >= 1 &&
 	    r->size >= sizeof(struct owner_record))
 		return r;
-	f((void *)r, PROBE_FILE, PROBE_LINE); /* a foreign malloc(0) block */
 	return NULL;
 }
 

@@ -25,40 +25,52 @@ stats(void)
 
 /* ---- a counting host backend that never reuses an address ---- */
 
-/* Its own 16-byte header in front of each block records whether the
- * backend released it; memory is never given back, so no address is
- * handed out twice and a second release is always seen. */
+/* Its own 16-byte header in front of each block links every block it
+ * ever handed out (memory is never given back, so no address is handed
+ * out twice) and records whether the block was released, so a second
+ * release is always seen. */
 #define BK_FREED 0x46524545u
 
+struct bk_hdr {
+	struct bk_hdr *next;
+	uint32_t state;
+	uint32_t pad;
+};
+
 static struct {
+	_Atomic(struct bk_hdr *) all;
 	atomic_int mallocs, frees, twice;
 } bk;
 
 static void *
 bk_malloc(size_t n, void *arg)
 {
-	uint32_t *h = malloc(n + 16);
+	struct bk_hdr *h = malloc(n + sizeof(*h));
 
 	(void)arg;
 	if (!h)
 		return NULL;
-	h[0] = 0;
+	h->state = 0;
+	h->next = atomic_load(&bk.all);
+	while (!atomic_compare_exchange_weak(&bk.all, &h->next, h))
+		;
 	atomic_fetch_add(&bk.mallocs, 1);
-	return h + 4;
+	return h + 1;
 }
 
 static void
 bk_free(void *p, void *arg)
 {
-	uint32_t *h = (uint32_t *)p - 4;
+	struct bk_hdr *h = (struct bk_hdr *)p - 1;
 
 	(void)arg;
-	if (h[0] == BK_FREED)
+	if (h->state == BK_FREED)
 		atomic_fetch_add(&bk.twice, 1);
-	h[0] = BK_FREED;
+	h->state = BK_FREED;
 	atomic_fetch_add(&bk.frees, 1);
-	/* Scribble like a real allocator reusing the memory. */
-	memset(p, 0x5a, 32);
+	/* Scribble on osslproc's header (every block is larger than it),
+	 * like a real allocator reusing the memory. */
+	memset(p, 0x5a, 16);
 }
 
 static const struct ossl_proc_allocator counting = {
