@@ -1,0 +1,154 @@
+/* Two copies of osslproc in one process: the host's shared library and a
+ * plugin's vendored static copy.  Whichever installs first owns OpenSSL's
+ * allocator; the other attaches to it instead of stacking a second
+ * tracker, and an owning plugin is pinned when it unloads. */
+#include <dlfcn.h>
+#include <stdbool.h>
+#include <string.h>
+
+#include "common/testlog.h"
+#include "common/tls-util.h"
+
+struct plugin {
+	void *handle;
+	int (*init)(unsigned flags);
+	int (*teardown)(void);
+	int (*get_stats)(struct ossl_proc_stats *st);
+	int (*report)(FILE *out);
+	void *(*init_address)(void);
+};
+
+static struct plugin
+plugin_load(void)
+{
+	struct plugin p = { .handle = dlopen(VENDORED_PLUGIN, RTLD_NOW) };
+
+	ck_assert_msg(p.handle, "dlopen: %s", dlerror());
+	p.init = (int (*)(unsigned))dlsym(p.handle, "vendored_init");
+	p.teardown = (int (*)(void))dlsym(p.handle, "vendored_teardown");
+	p.get_stats = (int (*)(struct ossl_proc_stats *))dlsym(p.handle,
+		"vendored_get_stats");
+	p.report = (int (*)(FILE *))dlsym(p.handle, "vendored_report");
+	p.init_address = (void *(*)(void))dlsym(p.handle,
+		"vendored_init_address");
+	ck_assert(p.init && p.teardown && p.get_stats && p.report &&
+		  p.init_address);
+	/* The plugin's copy is its own, not a binding to ours. */
+	ck_assert_ptr_ne(p.init_address(), (void *)ossl_proc_init);
+	ck_assert_ptr_null(dlsym(p.handle, "ossl_proc_init"));
+	return p;
+}
+
+static bool
+still_mapped(void)
+{
+	void *h = dlopen(VENDORED_PLUGIN, RTLD_NOW | RTLD_NOLOAD);
+
+	if (h)
+		dlclose(h);
+	return h != NULL;
+}
+
+static struct ossl_proc_stats
+host_stats(void)
+{
+	struct ossl_proc_stats st = { .size = sizeof(st) };
+
+	ck_assert_int_eq(ossl_proc_get_stats(&st), 0);
+	return st;
+}
+
+static void
+handshakes(int n)
+{
+	struct tls_pki *pki = tls_pki_new();
+	SSL_CTX *s = tls_server_ctx(pki), *c = tls_client_ctx(pki);
+
+	ck_assert_int_eq(tls_handshakes(c, s, n), n);
+	SSL_CTX_free(c);
+	SSL_CTX_free(s);
+	tls_pki_free(pki);
+}
+
+static char *
+report_of(int (*report)(FILE *), char *buf, size_t len)
+{
+	FILE *f = tmpfile();
+	size_t n;
+
+	ck_assert_int_eq(report(f), 0);
+	rewind(f);
+	n = fread(buf, 1, len - 1, f);
+	buf[n] = '\0';
+	fclose(f);
+	return buf;
+}
+
+/* The host installed first: the plugin attaches, sees the host's
+ * counters, and unloads without pinning. */
+START_TEST(host_owns_plugin_attaches)
+{
+	struct ossl_proc_config c = tl_config();
+	struct ossl_proc_stats ps = { .size = sizeof(ps) };
+	struct plugin p;
+	void *x;
+
+	ck_assert_int_eq(ossl_proc_init(&c), 0);
+	p = plugin_load();
+	ck_assert_int_eq(p.init(0), 0);
+	ck_assert_int_eq(p.get_stats(&ps), 0);
+	ck_assert_int_eq(ps.allocator, OSSL_PROC_ALLOC_ATTACHED);
+	x = OPENSSL_malloc(77);
+	ck_assert_int_eq(p.get_stats(&ps), 0);
+	/* One set of counters: the host's. */
+	ck_assert_uint_eq(ps.allocs, host_stats().allocs);
+	ck_assert_uint_eq(ps.live_bytes, host_stats().live_bytes);
+	OPENSSL_free(x);
+	ck_assert_int_eq(p.teardown(), OSSL_PROC_UNLOAD_SAFE);
+	dlclose(p.handle);
+	ck_assert(!still_mapped());
+	handshakes(3);
+	ck_assert_int_eq(host_stats().allocator, OSSL_PROC_ALLOC_TRACKED);
+	ossl_proc_teardown();
+}
+END_TEST
+
+/* The plugin installed first: the host attaches, is told which object owns
+ * the allocator, and the plugin stays mapped after dlclose because
+ * OpenSSL keeps calling its allocator. */
+START_TEST(plugin_owns_host_attaches)
+{
+	struct ossl_proc_config c = tl_config();
+	char buf[4096];
+	struct plugin p = plugin_load();
+
+	ck_assert_int_eq(p.init(0), 0);
+	ck_assert_int_eq(ossl_proc_init(&c), 0);
+	ck_assert_int_eq(host_stats().allocator, OSSL_PROC_ALLOC_ATTACHED);
+	ck_assert_int_eq(tl_count(OSSL_PROC_LOG_INFO, "libvendored.so"), 1);
+	handshakes(3);
+	ck_assert_ptr_nonnull(strstr(report_of(ossl_proc_report, buf,
+					       sizeof(buf)),
+				     "allocator owner: " VENDORED_PLUGIN));
+	ck_assert_uint_gt(host_stats().allocs, 1000);
+	ck_assert_int_eq(p.teardown(), OSSL_PROC_UNLOAD_PINNED);
+	dlclose(p.handle);
+	ck_assert(still_mapped());
+	/* OpenSSL still allocates through the pinned plugin. */
+	handshakes(3);
+	ck_assert_int_eq(ossl_proc_teardown(), OSSL_PROC_UNLOAD_SAFE);
+}
+END_TEST
+
+int
+main(void)
+{
+	Suite *s = suite_create("copies");
+	TCase *tc = tcase_create("vendored");
+
+	tcase_set_timeout(tc, 120);
+	tcase_add_test(tc, host_owns_plugin_attaches);
+	tcase_add_test(tc, plugin_owns_host_attaches);
+	suite_add_tcase(s, tc);
+	return tl_run(s);
+}
