@@ -20,13 +20,27 @@
  * processes sharing the memory, racing to free one block cannot both win.
  */
 struct blk {
-	uint64_t size_gen;      /* payload size (48 bits), generation (16) */
+	uint64_t size_gen;      /* payload size (40 bits), cache class (8),
+				   generation (16) */
 	_Atomic uint32_t word;  /* state, backend, flags, owner pid */
 	uint32_t magic;
 };
 
-#define BLK_SIZE_BITS 48
-#define BLK_SIZE_MAX ((1ull << 47) - 1)
+#define BLK_SIZE_BITS 40
+#define BLK_SIZE_MAX ((1ull << 40) - 1)
+#define BLK_CLASS_SHIFT 40
+#define BLK_GEN_SHIFT 48
+
+/*
+ * Blocks of at most CACHE_MAX_TOTAL bytes (prefix included) are requested
+ * in 16-byte classes, and when they leave the quarantine they wait in a
+ * per-thread cache for the next request of their class instead of going
+ * back to the backend: their header stays valid, in the released state,
+ * so a double free of a cached block is still caught.
+ */
+#define CACHE_CLASSES 65          /* class c holds c * 16 bytes; 0: none */
+#define CACHE_MAX_TOTAL ((size_t)(CACHE_CLASSES - 1) * 16)
+#define CACHE_PER_CLASS 64
 
 /* word layout */
 #define ST_MASK 0x3u
@@ -63,6 +77,8 @@ struct tstate {
 	int64_t unflushed;       /* live-byte delta not yet in the global */
 	void **qring;            /* quarantine FIFO of user pointers */
 	size_t qcap, qhead;
+	void *cache[CACHE_CLASSES]; /* released blocks, linked in the payload */
+	uint16_t cache_n[CACHE_CLASSES];
 	struct tstate *prev, *next;
 	bool shared;             /* the fallback for exiting threads */
 };
@@ -87,14 +103,29 @@ extern _Atomic pid_t alloc_pid;
 void *om_malloc(size_t n, const char *file, int line);
 void *om_realloc(void *p, size_t n, const char *file, int line);
 void om_free(void *p, const char *file, int line);
-void blk_release(void *user);
+/* Hand a quarantined block on: to @t's cache when it has room, else to
+ * the backend (@t NULL: always the backend). */
+void blk_release(struct tstate *t, void *user);
+/* Return every cached block of @t to the backend. */
+void cache_flush(struct tstate *t);
 extern _Atomic uint64_t bad_double, bad_invalid, bad_foreign, bad_inherited;
 void sites_report(FILE *out);
 
 /* alloc-thread.c */
+/* Initial-exec: one pointer, cheap to reach even from a dlopen'ed copy. */
+extern __thread struct tstate *tls_state
+	__attribute__((tls_model("initial-exec")));
+struct tstate *tstate_new(void);
+
 /* Never NULL: a thread that is exiting gets a shared fallback without a
  * quarantine. */
-struct tstate *tstate_get(void);
+static inline struct tstate *
+tstate_get(void)
+{
+	struct tstate *t = tls_state;
+
+	return likely(t) ? t : tstate_new();
+}
 void tstate_count_alloc(struct tstate *t, size_t n);
 void tstate_count_free(struct tstate *t, size_t n);
 void tstate_sum(struct ossl_proc_stats *st);

@@ -24,9 +24,7 @@ static pthread_key_t tkey;
 static pthread_once_t tkey_once = PTHREAD_ONCE_INIT;
 static int tkey_ok;
 
-/* Initial-exec: one pointer, cheap to reach even from a dlopen'ed copy. */
-static __thread struct tstate *tls_state
-	__attribute__((tls_model("initial-exec")));
+__thread struct tstate *tls_state __attribute__((tls_model("initial-exec")));
 static __thread bool tls_exiting __attribute__((tls_model("initial-exec")));
 
 static void
@@ -80,9 +78,10 @@ tstate_exit(void *arg)
 	tls_exiting = true;
 	tls_state = NULL;
 	for (; count; count--) {
-		blk_release(t->qring[t->qhead]);
+		blk_release(NULL, t->qring[t->qhead]);
 		t->qhead = t->qhead + 1 == t->qcap ? 0 : t->qhead + 1;
 	}
+	cache_flush(t);
 	flush(t);
 	pthread_mutex_lock(&reg_lock);
 	fold(&retired, t);
@@ -109,7 +108,7 @@ ring_slots(void)
 	return slots > 16384 ? 16384 : slots;
 }
 
-static struct tstate *
+struct tstate *
 tstate_new(void)
 {
 	struct tstate *t;
@@ -133,14 +132,6 @@ tstate_new(void)
 	pthread_setspecific(tkey, t);
 	tls_state = t;
 	return t;
-}
-
-struct tstate *
-tstate_get(void)
-{
-	struct tstate *t = tls_state;
-
-	return likely(t) ? t : tstate_new();
 }
 
 void

@@ -54,6 +54,12 @@ blk_size(const struct blk *h)
 	return (size_t)(h->size_gen & ((1ull << BLK_SIZE_BITS) - 1));
 }
 
+static inline unsigned
+blk_class(const struct blk *h)
+{
+	return (unsigned)(h->size_gen >> BLK_CLASS_SHIFT) & 0xff;
+}
+
 static inline size_t
 prefix_len(uint32_t word)
 {
@@ -168,15 +174,54 @@ realign(enum backend bk, void *base, size_t total, uint32_t *word,
 	return nb;
 }
 
+/* A cached block of class @c, or NULL.  Shared blocks are never cached:
+ * they belong to the process that allocated them. */
+static inline void *
+cache_pop(struct tstate *t, unsigned c)
+{
+	void *user = t->cache[c];
+
+	if (user) {
+		t->cache[c] = *(void **)user;
+		t->cache_n[c]--;
+	}
+	return user;
+}
+
+/* Fresh memory from the backend for a block with @word's layout. */
+static char *
+backend_block(enum backend bk, size_t total, uint32_t *word, unsigned *c,
+	      const char *file, int line)
+{
+	char *base = bk_alloc(bk, total, file, line);
+
+	if (unlikely(!base))
+		return NULL;
+	if (unlikely((((uintptr_t)base + prefix_len(*word)) & PAGE_MASK) ==
+		     0)) {
+		base = realign(bk, base, total, word, file, line);
+		*c = 0; /* its size is no longer its class's */
+		if (!base)
+			return NULL;
+	}
+	if (unlikely((uintptr_t)base & ALIGN_MASK)) {
+		log_error("the allocator backend returned %p, which is not "
+			  "16-byte aligned; fix the backend", (void *)base);
+		bk_free(bk, base, file, line);
+		return NULL;
+	}
+	return base + prefix_len(*word);
+}
+
 static void *
 blk_new(size_t n, const char *file, int line)
 {
 	enum backend bk = placement();
 	uint32_t word = ST_LIVE | (uint32_t)bk << BK_SHIFT;
 	struct tstate *t = tstate_get();
-	uint64_t size_gen;
+	unsigned c = 0;
 	size_t total;
-	char *base, *user;
+	char *user = NULL;
 	struct blk *h;
 
 	if (unlikely(n > BLK_SIZE_MAX))
@@ -187,27 +232,21 @@ blk_new(size_t n, const char *file, int line)
 		word |= (uint32_t)atomic_load_explicit(&alloc_pid,
 			memory_order_relaxed) << OWNER_SHIFT;
 	total = n + prefix_len(word);
-	base = bk_alloc(bk, total, file, line);
-	if (unlikely(!base))
-		return NULL;
-	if (unlikely((((uintptr_t)base + prefix_len(word)) & PAGE_MASK) == 0)) {
-		base = realign(bk, base, total, &word, file, line);
-		if (!base)
-			return NULL;
+	if (total <= CACHE_MAX_TOTAL && bk != BK_SHARED) {
+		c = (unsigned)((total + 15) >> 4);
+		total = (size_t)c << 4;
+		user = cache_pop(t, c);
 	}
-	if (unlikely((uintptr_t)base & ALIGN_MASK)) {
-		log_error("the allocator backend returned %p, which is not "
-			  "16-byte aligned; fix the backend", (void *)base);
-		bk_free(bk, base, file, line);
+	if (!user)
+		user = backend_block(bk, total, &word, &c, file, line);
+	if (unlikely(!user))
 		return NULL;
-	}
-	user = base + prefix_len(word);
 	h = hdr_of(user);
-	size_gen = (uint64_t)n | atomic_load_explicit(&alloc_generation,
-			memory_order_relaxed) << BLK_SIZE_BITS;
-	h->size_gen = size_gen;
+	h->size_gen = (uint64_t)n | (uint64_t)c << BLK_CLASS_SHIFT |
+		      atomic_load_explicit(&alloc_generation,
+					   memory_order_relaxed) << BLK_GEN_SHIFT;
 	atomic_store_explicit(&h->word, word, memory_order_relaxed);
-	h->magic = blk_magic(user, size_gen, word);
+	h->magic = blk_magic(user, h->size_gen, word);
 	if (unlikely(word & W_SITES))
 		site_link(h, file, line);
 	tstate_count_alloc(t, n);
@@ -373,17 +412,44 @@ owned_here(void *p, uint32_t word, const char *file, int line)
 	return false;
 }
 
+static void
+to_backend(void *user, uint32_t word)
+{
+	enum backend bk = (enum backend)((word & BK_MASK) >> BK_SHIFT);
+
+	bk_free(bk, (char *)user - prefix_len(word), OPENSSL_FILE,
+		OPENSSL_LINE);
+}
+
 void
-blk_release(void *user)
+blk_release(struct tstate *t, void *user)
 {
 	struct blk *h = hdr_of(user);
 	uint32_t word = atomic_load_explicit(&h->word, memory_order_relaxed);
-	enum backend bk = (enum backend)((word & BK_MASK) >> BK_SHIFT);
-	char *base = (char *)user - prefix_len(word);
+	unsigned c = blk_class(h);
 
 	atomic_store_explicit(&h->word, (word & ~ST_MASK) | ST_RELEASED,
 			      memory_order_release);
-	bk_free(bk, base, OPENSSL_FILE, OPENSSL_LINE);
+	if (c && t && !t->shared && t->cache_n[c] < CACHE_PER_CLASS) {
+		*(void **)user = t->cache[c];
+		t->cache[c] = user;
+		t->cache_n[c]++;
+		return;
+	}
+	to_backend(user, word);
+}
+
+void
+cache_flush(struct tstate *t)
+{
+	for (unsigned c = 1; c < CACHE_CLASSES; c++) {
+		void *user;
+
+		while ((user = cache_pop(t, c)))
+			to_backend(user, atomic_load_explicit(
+					&hdr_of(user)->word,
+					memory_order_relaxed));
+	}
 }
 
 static void
@@ -395,7 +461,7 @@ quarantine_push(struct tstate *t, void *user, size_t n)
 
 	/* A block larger than the whole window cannot be held back. */
 	if (!t->qring || n > limit) {
-		blk_release(user);
+		blk_release(t, user);
 		return;
 	}
 	while (count && (count == t->qcap || bytes + n > limit)) {
@@ -404,7 +470,7 @@ quarantine_push(struct tstate *t, void *user, size_t n)
 		t->qhead = t->qhead + 1 == t->qcap ? 0 : t->qhead + 1;
 		count--;
 		bytes -= blk_size(hdr_of(old));
-		blk_release(old);
+		blk_release(t, old);
 	}
 	t->qring[t->qhead + count < t->qcap ? t->qhead + count
 					     : t->qhead + count - t->qcap] = user;

@@ -61,7 +61,7 @@ bool proc_pin_self(const char *why);
 
 /* ---- alloc.c ---- */
 
-#define QUARANTINE_DEFAULT ((size_t)256 * 1024)
+#define QUARANTINE_DEFAULT ((size_t)64 * 1024)
 
 /* Install (or attach, or fall back to untracked) at first init. */
 int alloc_init(const struct proc_config *cfg);

@@ -203,6 +203,32 @@ START_TEST(double_free_after_quarantine)
 }
 END_TEST
 
+/* A block that left the quarantine waits in the thread's cache with its
+ * header intact: a stale free is still a double free, and the next
+ * request of its size gets it back as a new, valid block. */
+START_TEST(double_free_of_cached_block)
+{
+	char *p, *q, *other;
+
+	init_with(&counting, 64, OSSL_PROC_BAD_FREE_IGNORE, 0);
+	p = OPENSSL_malloc(40);
+	OPENSSL_free(p);
+	/* 64 bytes of quarantine: one more 40-byte free evicts p. */
+	other = OPENSSL_malloc(40);
+	OPENSSL_free(other);
+	OPENSSL_free(p);
+	ck_assert_uint_eq(stats().double_frees, 1);
+	ck_assert_uint_eq(stats().invalid_frees, 0);
+	q = OPENSSL_malloc(40);
+	ck_assert_ptr_eq(q, p);
+	memset(q, 1, 40);
+	OPENSSL_free(q);
+	ck_assert_uint_eq(stats().double_frees, 1);
+	ck_assert_int_eq(atomic_load(&bk.twice), 0);
+	ossl_proc_teardown();
+}
+END_TEST
+
 static char static_block[256] __attribute__((aligned(16)));
 
 START_TEST(invalid_pointers)
@@ -384,10 +410,13 @@ START_TEST(two_processes_one_block)
 
 	ck_assert_ptr_nonnull(a);
 	ck_assert_ptr_ne(go, MAP_FAILED);
-	/* Placed in the arena from the start, without fork generations. */
+	/* Placed in the arena from the start, without fork generations.
+	 * Declared private, so both processes inherit one quarantine of
+	 * blocks in shared memory: it is made large enough that neither
+	 * evicts (and so releases) those blocks during the race. */
 	private_view = *ossl_proc_arena_allocator(a);
 	private_view.shared = 0;
-	init_with(&private_view, 0, OSSL_PROC_BAD_FREE_IGNORE, 0);
+	init_with(&private_view, 16 << 20, OSSL_PROC_BAD_FREE_IGNORE, 0);
 	blocks = (void **)(go + 16);
 	for (int i = 0; i < rounds; i++)
 		blocks[i] = OPENSSL_malloc(48);
@@ -567,6 +596,7 @@ alloc_suite(void)
 	tcase_add_test(tc, double_free_in_quarantine);
 	tcase_add_test(tc, double_free_names_sites);
 	tcase_add_test(tc, double_free_after_quarantine);
+	tcase_add_test(tc, double_free_of_cached_block);
 	tcase_add_test(tc, invalid_pointers);
 	tcase_add_test(tc, foreign_page_aligned);
 	tcase_add_test_raise_signal(tc, abort_policy, SIGABRT);
