@@ -31,6 +31,7 @@
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <openssl/x509.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -154,9 +155,9 @@ enum ossl_proc_unload {
  *
  * The first call copies @p cfg, installs the tracked allocator with
  * CRYPTO_set_mem_functions() (unless OSSL_PROC_F_NO_ALLOCATOR), snapshots
- * the environment values OpenSSL reads later and resolves the CA paths,
- * and makes OpenSSL load its configuration now (OPENSSL_init_ssl with
- * OPENSSL_INIT_LOAD_CONFIG).  Call it before any other OpenSSL function:
+ * the environment values OpenSSL reads later and resolves the CA paths
+ * (see "Environment and CA paths" below), and makes OpenSSL load its
+ * configuration now (OPENSSL_init_ssl with OPENSSL_INIT_LOAD_CONFIG).  Call it before any other OpenSSL function:
  * once OpenSSL has allocated with its default allocator the tracked one
  * cannot be installed; init then still succeeds, untracked, with a WARNING
  * (ossl_proc_get_stats() reports OSSL_PROC_ALLOC_UNTRACKED).
@@ -412,18 +413,62 @@ int ossl_proc_module_on_close(struct ossl_proc_module *m,
 /* Environment and CA paths                                            */
 /* ------------------------------------------------------------------ */
 
+/*
+ * ossl_proc_init() copies, with secure_getenv(), the environment values
+ * OpenSSL would otherwise read later in any thread: SSL_CERT_FILE,
+ * SSL_CERT_DIR, OPENSSL_CONF and OPENSSL_MODULES.  It loads OpenSSL's
+ * configuration from the copied OPENSSL_CONF there and then, gives the
+ * default library context an explicit provider directory (so provider
+ * loads never read OPENSSL_MODULES), and resolves the CA bundle and
+ * directory once, each from the first readable source in this order:
+ * cfg->ca_file / cfg->ca_dir; SSL_CERT_FILE / SSL_CERT_DIR;
+ * X509_get_default_cert_file() / _dir(); the distributions' locations
+ * (/etc/ssl/certs/ca-certificates.crt,
+ * /etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem,
+ * /etc/pki/tls/certs/ca-bundle.crt, /etc/ssl/ca-bundle.pem,
+ * /etc/ssl/cert.pem; directory /etc/ssl/certs).  The choice is logged at
+ * INFO.  No other osslproc function reads the environment, and none ever
+ * writes it (no setenv, putenv or unsetenv).
+ */
+
 /**
- * Load the CA locations resolved at init into @p ctx with explicit paths
- * (no getenv, no setenv).  Not implemented yet.
+ * Load the CA locations resolved at init into @p ctx, with explicit paths:
+ * unlike SSL_CTX_set_default_verify_paths(), no environment is read.
  *
- * @return -ENOSYS.
+ * @param ctx The context whose verify store gets the locations.
+ * @return 0; -EINVAL for NULL or before ossl_proc_init(); -ENOENT when no
+ *         CA bundle or directory was found at init; -EIO when OpenSSL
+ *         could not load them (the log names the paths and the error).
+ *
+ * Thread-safety: safe between init and the last teardown.
  */
 int ossl_proc_load_verify_paths(SSL_CTX *ctx);
 
-/** The CA bundle resolved at init, or NULL.  Not implemented yet: NULL. */
+/**
+ * Like ossl_proc_load_verify_paths(), for an X509_STORE.
+ *
+ * @param store The store to load into.
+ * @return as ossl_proc_load_verify_paths().
+ */
+int ossl_proc_load_verify_store(X509_STORE *store);
+
+/**
+ * The CA bundle resolved at init.
+ *
+ * @return the path, or NULL when none was found or before init.  Valid
+ *         until the last ossl_proc_teardown().
+ *
+ * Thread-safety: safe between init and the last teardown.
+ */
 const char *ossl_proc_ca_file(void);
 
-/** The CA directory resolved at init, or NULL.  Not implemented yet: NULL. */
+/**
+ * The CA directory resolved at init (for SSL_CERT_DIR, possibly a
+ * colon-separated list).
+ *
+ * @return the path, or NULL when none was found or before init.  Valid
+ *         until the last ossl_proc_teardown().
+ */
 const char *ossl_proc_ca_dir(void);
 
 /* ------------------------------------------------------------------ */

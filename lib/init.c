@@ -174,15 +174,25 @@ active_set(const struct ossl_proc_config *c)
 	return 0;
 }
 
+/* Make OpenSSL load its configuration now, from the snapshot's
+ * OPENSSL_CONF, rather than lazily in some worker thread. */
 static int
 openssl_load(void)
 {
 	uint64_t opts = OPENSSL_INIT_LOAD_CONFIG |
 			OPENSSL_INIT_LOAD_SSL_STRINGS |
 			OPENSSL_INIT_LOAD_CRYPTO_STRINGS;
+	OPENSSL_INIT_SETTINGS *settings = OPENSSL_INIT_new();
+	const char *conf = env_get(ENV_OPENSSL_CONF);
+	int ok;
 
-	if (OPENSSL_init_ssl(opts, NULL) == 1)
-		return 0;
+	if (!settings)
+		return -ENOMEM;
+	ok = !conf || OPENSSL_INIT_set_config_filename(settings, conf);
+	ok = ok && OPENSSL_init_ssl(opts, settings) == 1;
+	OPENSSL_INIT_free(settings);
+	if (ok)
+		return env_pin_openssl();
 	log_error("ossl_proc_init: OPENSSL_init_ssl failed (%lu); check "
 		  "OpenSSL's configuration file (OPENSSL_CONF)",
 		  ERR_peek_last_error());
@@ -201,8 +211,11 @@ first_init(const struct ossl_proc_config *c)
 	if (!rc)
 		rc = alloc_init(&active);
 	if (!rc)
+		rc = env_init(&active);
+	if (!rc)
 		rc = openssl_load();
 	if (rc) {
+		env_teardown();
 		active_clear();
 		log_configure(NULL, NULL, 0);
 		return rc;
@@ -251,6 +264,7 @@ last_teardown(void)
 	if (reachable && proc_pin_self("OpenSSL's memory functions point "
 				       "into it until the process exits"))
 		rc = OSSL_PROC_UNLOAD_PINNED;
+	env_teardown();
 	active_clear();
 	memset(&first, 0, sizeof(first));
 	atomic_store_explicit(&refcount, 0, memory_order_release);

@@ -142,22 +142,3 @@ ossl_proc_module_on_close(struct ossl_proc_module *m,
 	(void)m, (void)undo, (void)arg;
 	NOT_YET(-ENOSYS);
 }
-
-OSSL_PROC_EXPORT int
-ossl_proc_load_verify_paths(SSL_CTX *ctx)
-{
-	(void)ctx;
-	NOT_YET(-ENOSYS);
-}
-
-OSSL_PROC_EXPORT const char *
-ossl_proc_ca_file(void)
-{
-	return NULL;
-}
-
-OSSL_PROC_EXPORT const char *
-ossl_proc_ca_dir(void)
-{
-	return NULL;
-}
