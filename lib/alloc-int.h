@@ -40,7 +40,7 @@ struct blk {
  */
 #define CACHE_CLASSES 65          /* class c holds c * 16 bytes; 0: none */
 #define CACHE_MAX_TOTAL ((size_t)(CACHE_CLASSES - 1) * 16)
-#define CACHE_PER_CLASS 64
+#define CACHE_PER_CLASS 32
 
 /* word layout */
 #define ST_MASK 0x3u
@@ -69,16 +69,24 @@ struct blk_site {
 	uint64_t reserved;
 };
 
+/* A quarantined block, with what releasing it needs, so that neither the
+ * quarantine nor the cache touches the (by then cold) block itself. */
+struct qent {
+	void *user;
+	uint64_t size_class;     /* payload size, class << 56 */
+};
+
 /* Per-thread state: counters written only by the owning thread. */
 struct tstate {
 	_Atomic uint64_t allocs, frees, reallocs, prior_frees;
 	_Atomic uint64_t bytes_in, bytes_out;
 	_Atomic uint64_t q_blocks, q_bytes;
 	int64_t unflushed;       /* live-byte delta not yet in the global */
-	void **qring;            /* quarantine FIFO of user pointers */
+	struct qent *qring;      /* quarantine FIFO */
 	size_t qcap, qhead;
-	void *cache[CACHE_CLASSES]; /* released blocks, linked in the payload */
-	uint16_t cache_n[CACHE_CLASSES];
+	/* Blocks out of the quarantine, by class, still in the freed state. */
+	void *cache[CACHE_CLASSES][CACHE_PER_CLASS];
+	uint8_t cache_n[CACHE_CLASSES];
 	struct tstate *prev, *next;
 	bool shared;             /* the fallback for exiting threads */
 };
@@ -103,9 +111,9 @@ extern _Atomic pid_t alloc_pid;
 void *om_malloc(size_t n, const char *file, int line);
 void *om_realloc(void *p, size_t n, const char *file, int line);
 void om_free(void *p, const char *file, int line);
-/* Hand a quarantined block on: to @t's cache when it has room, else to
- * the backend (@t NULL: always the backend). */
-void blk_release(struct tstate *t, void *user);
+/* Hand a quarantined block of class @c on: to @t's cache when it has
+ * room, else to the backend (@t NULL: always the backend). */
+void blk_release(struct tstate *t, void *user, unsigned c);
 /* Return every cached block of @t to the backend. */
 void cache_flush(struct tstate *t);
 extern _Atomic uint64_t bad_double, bad_invalid, bad_foreign, bad_inherited;

@@ -78,7 +78,7 @@ tstate_exit(void *arg)
 	tls_exiting = true;
 	tls_state = NULL;
 	for (; count; count--) {
-		blk_release(NULL, t->qring[t->qhead]);
+		blk_release(NULL, t->qring[t->qhead].user, 0);
 		t->qhead = t->qhead + 1 == t->qcap ? 0 : t->qhead + 1;
 	}
 	cache_flush(t);

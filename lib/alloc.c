@@ -179,13 +179,7 @@ realign(enum backend bk, void *base, size_t total, uint32_t *word,
 static inline void *
 cache_pop(struct tstate *t, unsigned c)
 {
-	void *user = t->cache[c];
-
-	if (user) {
-		t->cache[c] = *(void **)user;
-		t->cache_n[c]--;
-	}
-	return user;
+	return t->cache_n[c] ? t->cache[c][--t->cache_n[c]] : NULL;
 }
 
 /* Fresh memory from the backend for a block with @word's layout. */
@@ -421,21 +415,25 @@ to_backend(void *user, uint32_t word)
 		OPENSSL_LINE);
 }
 
+/*
+ * A cached block keeps the freed (quarantined) state: a stale free of it
+ * is still a double free, and caching it touches nothing in the block.
+ * Only a block going back to the backend is marked released first.
+ */
 void
-blk_release(struct tstate *t, void *user)
+blk_release(struct tstate *t, void *user, unsigned c)
 {
-	struct blk *h = hdr_of(user);
-	uint32_t word = atomic_load_explicit(&h->word, memory_order_relaxed);
-	unsigned c = blk_class(h);
+	struct blk *h;
+	uint32_t word;
 
-	atomic_store_explicit(&h->word, (word & ~ST_MASK) | ST_RELEASED,
-			      memory_order_release);
 	if (c && t && !t->shared && t->cache_n[c] < CACHE_PER_CLASS) {
-		*(void **)user = t->cache[c];
-		t->cache[c] = user;
-		t->cache_n[c]++;
+		t->cache[c][t->cache_n[c]++] = user;
 		return;
 	}
+	h = hdr_of(user);
+	word = atomic_load_explicit(&h->word, memory_order_relaxed);
+	atomic_store_explicit(&h->word, (word & ~ST_MASK) | ST_RELEASED,
+			      memory_order_release);
 	to_backend(user, word);
 }
 
@@ -446,34 +444,36 @@ cache_flush(struct tstate *t)
 		void *user;
 
 		while ((user = cache_pop(t, c)))
-			to_backend(user, atomic_load_explicit(
-					&hdr_of(user)->word,
-					memory_order_relaxed));
+			blk_release(NULL, user, 0);
 	}
 }
 
+#define QSIZE_MASK ((1ull << 56) - 1)
+
 static void
-quarantine_push(struct tstate *t, void *user, size_t n)
+quarantine_push(struct tstate *t, void *user, size_t n, unsigned c)
 {
 	size_t limit = aconf.quarantine_bytes;
 	size_t count = atomic_load_explicit(&t->q_blocks, memory_order_relaxed);
 	uint64_t bytes = atomic_load_explicit(&t->q_bytes, memory_order_relaxed);
+	struct qent *e;
 
 	/* A block larger than the whole window cannot be held back. */
 	if (!t->qring || n > limit) {
-		blk_release(t, user);
+		blk_release(t, user, c);
 		return;
 	}
 	while (count && (count == t->qcap || bytes + n > limit)) {
-		void *old = t->qring[t->qhead];
-
+		e = &t->qring[t->qhead];
 		t->qhead = t->qhead + 1 == t->qcap ? 0 : t->qhead + 1;
 		count--;
-		bytes -= blk_size(hdr_of(old));
-		blk_release(t, old);
+		bytes -= e->size_class & QSIZE_MASK;
+		blk_release(t, e->user, (unsigned)(e->size_class >> 56));
 	}
-	t->qring[t->qhead + count < t->qcap ? t->qhead + count
-					     : t->qhead + count - t->qcap] = user;
+	e = &t->qring[t->qhead + count < t->qcap ? t->qhead + count
+						 : t->qhead + count - t->qcap];
+	e->user = user;
+	e->size_class = (uint64_t)n | (uint64_t)c << 56;
 	atomic_store_explicit(&t->q_blocks, count + 1, memory_order_relaxed);
 	atomic_store_explicit(&t->q_bytes, bytes + n, memory_order_relaxed);
 }
@@ -499,7 +499,7 @@ blk_retire(void *p, uint32_t word, const char *file, int line)
 		OPENSSL_cleanse(p, n);
 	t = tstate_get();
 	tstate_count_free(t, n);
-	quarantine_push(t, p, n);
+	quarantine_push(t, p, n, blk_class(h));
 }
 
 void
