@@ -211,42 +211,70 @@ int ossl_proc_teardown(void);
 /* ------------------------------------------------------------------ */
 
 /**
- * pthread_atfork() prepare handler.  Not implemented yet: logs an ERROR
- * when called by hand.
+ * Fork prepare handler, registered with pthread_atfork() by the first
+ * ossl_proc_init() unless OSSL_PROC_F_NO_ATFORK (then the host calls it
+ * right before fork()).
  *
- * Thread-safety: safe.
+ * Calls OPENSSL_thread_stop() so the forking thread leaves no OpenSSL
+ * thread-local state (error queue, DRBGs) for the child to inherit (the
+ * parent's thread gets fresh state on its next OpenSSL call), and holds
+ * osslproc's locks across the fork.  Logs a WARNING, once, when other
+ * threads have used OpenSSL (forking while one of them holds an OpenSSL
+ * lock can hang the child), and when a worker of the shared backend forks
+ * again.  Calls nest: calling it by hand as well as automatically is
+ * harmless.  Does nothing before init.
+ *
+ * Thread-safety: safe; concurrent forks are serialised.
  */
 void ossl_proc_fork_prepare(void);
 
 /**
- * pthread_atfork() parent handler.  Not implemented yet: logs an ERROR when
- * called by hand.
+ * Fork parent handler: releases what ossl_proc_fork_prepare() held.
+ * Call it in the parent after fork() when OSSL_PROC_F_NO_ATFORK is set.
  */
 void ossl_proc_fork_parent(void);
 
 /**
- * Re-initialise osslproc and OpenSSL's per-process state in a child.
- * Not implemented yet.
+ * Re-initialise the child after fork(): a new generation and pid, the
+ * allocator state of threads that do not exist in the child released, the
+ * shared blocks of other processes forgotten (never released), a fresh
+ * error queue, then the ossl_proc_on_child() hooks in registration order.
+ * OpenSSL's DRBGs reseed by themselves when the pid changes.
  *
- * @return -ENOSYS.
+ * Runs automatically from the pthread_atfork() child handler.  A fork that
+ * bypasses the handlers (syscall(SYS_fork), clone, _Fork) is noticed at the
+ * next OpenSSL allocation (a MADV_WIPEONFORK page; without it, at the next
+ * osslproc call) and handled there with a WARNING asking the host to call
+ * this function.
+ *
+ * @return 0, also when this process was already re-initialised (it is
+ *         idempotent per process); -EINVAL before ossl_proc_init().
+ *
+ * Thread-safety: call in the child before it starts threads.
+ * Fork-safety: this is the function to call after fork().
  */
 int ossl_proc_child_reinit(void);
 
 /**
- * Number of forks this process's lineage went through since init.
- * Not implemented yet: returns 0.
+ * Number of forks between the initialised ancestor and this process:
+ * 0 in the process that called ossl_proc_init(), 1 in its children, 2 in
+ * theirs.
  *
  * Thread-safety: safe, async-signal-safe.
  */
 unsigned long ossl_proc_generation(void);
 
 /**
- * Register a function that child re-initialisation runs in every child.
- * Not implemented yet.
+ * Register a function that every child runs during its re-initialisation,
+ * after osslproc's own work, in registration order.  Hooks are cleared by
+ * the last ossl_proc_teardown().
  *
  * @param fn  Function to call; must not be NULL.
  * @param arg Passed to @p fn.
- * @return -ENOSYS.
+ * @return 0, -EINVAL for a NULL @p fn or before init, -ENOSPC after 32
+ *         hooks.
+ *
+ * Thread-safety: safe.
  */
 int ossl_proc_on_child(void (*fn)(void *arg), void *arg);
 

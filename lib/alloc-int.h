@@ -116,6 +116,10 @@ void om_free(void *p, const char *file, int line);
 void blk_release(struct tstate *t, void *user, unsigned c);
 /* Return every cached block of @t to the backend. */
 void cache_flush(struct tstate *t);
+/* In a child: forget @t's quarantined shared blocks that belong to another
+ * process; with @release, release the rest too (@t's thread is gone). */
+void quarantine_child(struct tstate *t, bool release);
+void site_lock_fork(enum fork_phase phase);
 extern _Atomic uint64_t bad_double, bad_invalid, bad_foreign, bad_inherited;
 void sites_report(FILE *out);
 

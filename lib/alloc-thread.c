@@ -202,3 +202,78 @@ tstate_sum(struct ossl_proc_stats *st)
 	st->peak_bytes = atomic_load_explicit(&peak_global,
 					      memory_order_relaxed);
 }
+
+/* ---- fork ---- */
+
+void
+alloc_fork_locks(enum fork_phase phase)
+{
+	if (phase == FORK_PREPARE) {
+		pthread_mutex_lock(&reg_lock);
+		site_lock_fork(phase);
+		return;
+	}
+	site_lock_fork(phase);
+	if (phase == FORK_CHILD_RAW)
+		pthread_mutex_init(&reg_lock, NULL);
+	else
+		pthread_mutex_unlock(&reg_lock);
+}
+
+unsigned
+alloc_other_threads(void)
+{
+	unsigned n = 0;
+
+	pthread_mutex_lock(&reg_lock);
+	for (struct tstate *t = reg.next; t != &reg; t = t->next)
+		n += t != tls_state;
+	pthread_mutex_unlock(&reg_lock);
+	return n;
+}
+
+bool
+alloc_shared_worker(void)
+{
+	return aconf.host.malloc && aconf.host.shared &&
+	       atomic_load(&alloc_generation) > 0;
+}
+
+uint64_t
+alloc_generation_get(void)
+{
+	return atomic_load(&alloc_generation);
+}
+
+/* A thread that does not exist in the child: its blocks go back, its
+ * counts stay. */
+static void
+forget_thread(struct tstate *t)
+{
+	quarantine_child(t, true);
+	cache_flush(t);
+	flush(t);
+	fold(&retired, t);
+	t->prev->next = t->next;
+	t->next->prev = t->prev;
+	free(t->qring);
+	free(t);
+}
+
+void
+alloc_child(pid_t self)
+{
+	struct tstate *next;
+
+	atomic_store(&alloc_pid, self);
+	atomic_fetch_add(&alloc_generation, 1);
+	pthread_mutex_lock(&reg_lock);
+	for (struct tstate *t = reg.next; t != &reg; t = next) {
+		next = t->next;
+		if (t == tls_state)
+			quarantine_child(t, false);
+		else
+			forget_thread(t);
+	}
+	pthread_mutex_unlock(&reg_lock);
+}

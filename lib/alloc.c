@@ -250,6 +250,8 @@ blk_new(size_t n, const char *file, int line)
 void *
 om_malloc(size_t n, const char *file, int line)
 {
+	if (unlikely(!*fork_flag))
+		fork_unnoticed();
 	if (unlikely(n == 0))
 		return owner_probe_answer(file, line);
 	return blk_new(n, file, line);
@@ -450,6 +452,54 @@ cache_flush(struct tstate *t)
 
 #define QSIZE_MASK ((1ull << 56) - 1)
 
+/* A shared block allocated by another process: never ours to release. */
+static bool
+blk_inherited(void *user)
+{
+	uint32_t word = atomic_load_explicit(&hdr_of(user)->word,
+					     memory_order_relaxed);
+
+	return ((word & BK_MASK) >> BK_SHIFT) == BK_SHARED &&
+	       (pid_t)(word >> OWNER_SHIFT) !=
+	       atomic_load_explicit(&alloc_pid, memory_order_relaxed);
+}
+
+void
+quarantine_child(struct tstate *t, bool release)
+{
+	size_t count = atomic_load_explicit(&t->q_blocks, memory_order_relaxed);
+	size_t kept = 0;
+	uint64_t bytes = 0;
+
+	/* Compact in FIFO order: the write position never passes the read
+	 * position, so no entry is overwritten before it is read. */
+	for (size_t i = 0; i < count; i++) {
+		struct qent e = t->qring[(t->qhead + i) % t->qcap];
+
+		if (blk_inherited(e.user))
+			continue;
+		if (release) {
+			blk_release(NULL, e.user, 0);
+			continue;
+		}
+		t->qring[(t->qhead + kept++) % t->qcap] = e;
+		bytes += e.size_class & QSIZE_MASK;
+	}
+	atomic_store_explicit(&t->q_blocks, kept, memory_order_relaxed);
+	atomic_store_explicit(&t->q_bytes, bytes, memory_order_relaxed);
+}
+
+void
+site_lock_fork(enum fork_phase phase)
+{
+	if (phase == FORK_PREPARE)
+		pthread_mutex_lock(&site_lock);
+	else if (phase == FORK_CHILD_RAW)
+		pthread_mutex_init(&site_lock, NULL);
+	else
+		pthread_mutex_unlock(&site_lock);
+}
+
 static void
 quarantine_push(struct tstate *t, void *user, size_t n, unsigned c)
 {
@@ -507,6 +557,8 @@ om_free(void *p, const char *file, int line)
 {
 	uint32_t word;
 
+	if (unlikely(!*fork_flag))
+		fork_unnoticed();
 	if (!p || !blk_check(p, &word, file, line))
 		return;
 	if ((word & ST_MASK) != ST_LIVE) {
@@ -532,6 +584,8 @@ om_realloc(void *p, size_t n, const char *file, int line)
 
 	if (!p)
 		return om_malloc(n, file, line);
+	if (unlikely(!*fork_flag))
+		fork_unnoticed();
 	if (n == 0) {
 		om_free(p, file, line);
 		return NULL;

@@ -214,6 +214,8 @@ first_init(const struct ossl_proc_config *c)
 		rc = env_init(&active);
 	if (!rc)
 		rc = openssl_load();
+	if (!rc)
+		rc = fork_init(active.flags);
 	if (rc) {
 		env_teardown();
 		active_clear();
@@ -264,6 +266,7 @@ last_teardown(void)
 	if (reachable && proc_pin_self("OpenSSL's memory functions point "
 				       "into it until the process exits"))
 		rc = OSSL_PROC_UNLOAD_PINNED;
+	fork_teardown();
 	env_teardown();
 	active_clear();
 	memset(&first, 0, sizeof(first));

@@ -59,6 +59,25 @@ bool proc_initialised(void);
  * main program.  Returns true if it was pinned (or already is). */
 bool proc_pin_self(const char *why);
 
+/* ---- fork.c ---- */
+
+enum fork_phase {
+	FORK_PREPARE,        /* take the locks */
+	FORK_PARENT,         /* release them */
+	FORK_CHILD_PREPARED, /* release them: our prepare handler ran */
+	FORK_CHILD_RAW,      /* re-create them: nobody prepared this fork */
+};
+
+/* 0 in a child whose fork osslproc did not see (MADV_WIPEONFORK). */
+extern volatile unsigned char *fork_flag;
+/* At first init: map the flag page, register the atfork handlers. */
+int fork_init(unsigned int flags);
+void fork_teardown(void);
+/* A fork went unnoticed: re-initialise now, with a WARNING. */
+void fork_unnoticed(void);
+/* For library calls: notice a fork by the flag page or the pid. */
+void fork_check(void);
+
 /* ---- alloc.c ---- */
 
 #define QUARANTINE_DEFAULT ((size_t)64 * 1024)
@@ -69,6 +88,13 @@ int alloc_init(const struct proc_config *cfg);
  * can still call into this copy's code. */
 bool alloc_teardown(void);
 enum ossl_proc_alloc_mode alloc_mode(void);
+/* Fork support: the allocator's locks, the threads that used it, and the
+ * child's clean-up of what other threads and processes left behind. */
+void alloc_fork_locks(enum fork_phase phase);
+unsigned alloc_other_threads(void);
+bool alloc_shared_worker(void);
+void alloc_child(pid_t self);
+uint64_t alloc_generation_get(void);
 void alloc_get_stats(struct ossl_proc_stats *st);
 void alloc_report(FILE *out);
 

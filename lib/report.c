@@ -27,6 +27,7 @@ ossl_proc_get_stats(struct ossl_proc_stats *out)
 			       "sizeof(struct ossl_proc_stats)");
 		return -EINVAL;
 	}
+	fork_check();
 	memset(&st, 0, sizeof(st));
 	alloc_get_stats(&st);
 	n = out->size < sizeof(st) ? out->size : sizeof(st);

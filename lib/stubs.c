@@ -14,38 +14,6 @@ not_yet(const char *fn)
 
 #define NOT_YET(ret) do { not_yet(__func__); return ret; } while (0)
 
-OSSL_PROC_EXPORT void
-ossl_proc_fork_prepare(void)
-{
-	not_yet(__func__);
-}
-
-OSSL_PROC_EXPORT void
-ossl_proc_fork_parent(void)
-{
-	not_yet(__func__);
-}
-
-OSSL_PROC_EXPORT int
-ossl_proc_child_reinit(void)
-{
-	NOT_YET(-ENOSYS);
-}
-
-OSSL_PROC_EXPORT unsigned long
-ossl_proc_generation(void)
-{
-	return 0;
-}
-
-OSSL_PROC_EXPORT int
-ossl_proc_on_child(void (*fn)(void *arg), void *arg)
-{
-	(void)fn;
-	(void)arg;
-	NOT_YET(-ENOSYS);
-}
-
 OSSL_PROC_EXPORT struct ossl_proc_ctx *
 ossl_proc_ctx_new(SSL_CTX *(*build)(void *arg), void *arg)
 {

@@ -1,0 +1,271 @@
+/*
+ * The fork point.  OpenSSL 3 registers no fork handlers of its own: a
+ * child inherits the forking thread's thread-locals (error queue, DRBGs),
+ * and forking while another thread holds an OpenSSL lock can leave the
+ * child hanging.  The handlers here stop the forking thread's OpenSSL
+ * state before the fork, hold osslproc's own locks across it, and in the
+ * child start a new generation: new pid, the allocator state of threads
+ * that do not exist in the child cleaned up, the host's hooks run.
+ *
+ * Forks that bypass pthread_atfork (syscall(SYS_fork), clone, _Fork) are
+ * noticed through a page mapped MADV_WIPEONFORK: the kernel hands the
+ * child a zeroed copy, and the allocator checks one byte of it.
+ */
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+
+#include "osslproc-int.h"
+
+#define MAX_HOOKS 32
+
+struct hook {
+	void (*fn)(void *arg);
+	void *arg;
+};
+
+static pthread_mutex_t hooks_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct hook hooks[MAX_HOOKS];
+static int nhooks;
+
+static atomic_bool atfork_registered;
+static _Atomic pid_t reinit_pid;  /* the process re-initialised last */
+/* Prepare calls not yet matched, in the forking thread: a host that also
+ * calls the handlers by hand nests them instead of locking twice, and
+ * the child inherits the forking thread's count. */
+static __thread int prepare_depth;
+static bool warned_threads, warned_shared;
+
+/* One byte the allocator reads: 1 in a process that knows its pid, 0 in
+ * a child of a fork we did not see.  Without MADV_WIPEONFORK it stays at
+ * the static 1 and library calls compare pids instead. */
+static unsigned char flag_static = 1;
+volatile unsigned char *fork_flag = &flag_static;
+static bool wipeonfork;
+
+static void
+map_fork_flag(void)
+{
+	long page = sysconf(_SC_PAGESIZE);
+	unsigned char *p;
+
+	if (wipeonfork)
+		return;
+	p = mmap(NULL, (size_t)page, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		return;
+#ifdef MADV_WIPEONFORK
+	if (madvise(p, (size_t)page, MADV_WIPEONFORK) == 0) {
+		*p = 1;
+		fork_flag = p;
+		wipeonfork = true;
+		return;
+	}
+#endif
+	munmap(p, (size_t)page);
+	log_info("the kernel lacks MADV_WIPEONFORK: forks that bypass "
+		 "pthread_atfork are noticed at the next osslproc call, not "
+		 "at the next allocation");
+}
+
+static void
+lock_all(void)
+{
+	pthread_mutex_lock(&hooks_lock);
+	alloc_fork_locks(FORK_PREPARE);
+}
+
+static void
+unlock_all(enum fork_phase phase)
+{
+	alloc_fork_locks(phase);
+	if (phase == FORK_CHILD_RAW)
+		pthread_mutex_init(&hooks_lock, NULL);
+	else
+		pthread_mutex_unlock(&hooks_lock);
+}
+
+static void
+warn_hazards(void)
+{
+	unsigned others = alloc_other_threads();
+
+	if (others && !warned_threads) {
+		warned_threads = true;
+		log_warn("fork with %u other thread(s) that used OpenSSL: if "
+			 "one holds an OpenSSL lock at that moment the child "
+			 "hangs; fork from a single-threaded parent", others);
+	}
+	if (alloc_shared_worker() && !warned_shared) {
+		warned_shared = true;
+		log_warn("a worker of the shared backend forks again: its live "
+			 "shared blocks are now visible to its child, which "
+			 "must not free them; fork workers from the parent");
+	}
+}
+
+OSSL_PROC_EXPORT void
+ossl_proc_fork_prepare(void)
+{
+	if (!proc_initialised() || prepare_depth++ > 0)
+		return;
+	warn_hazards();
+	/* Nothing of this thread's OpenSSL state is inherited. */
+	OPENSSL_thread_stop();
+	lock_all();
+}
+
+OSSL_PROC_EXPORT void
+ossl_proc_fork_parent(void)
+{
+	if (prepare_depth == 0 || --prepare_depth > 0)
+		return;
+	unlock_all(FORK_PARENT);
+}
+
+static void
+run_hooks(void)
+{
+	struct hook copy[MAX_HOOKS];
+	int n;
+
+	pthread_mutex_lock(&hooks_lock);
+	n = nhooks;
+	memcpy(copy, hooks, sizeof(copy));
+	pthread_mutex_unlock(&hooks_lock);
+	for (int i = 0; i < n; i++)
+		copy[i].fn(copy[i].arg);
+}
+
+/* The child's work; @phase says whether our prepare handler held the
+ * locks.  Idempotent per process. */
+static int
+child_reinit(enum fork_phase phase)
+{
+	pid_t self = getpid();
+
+	if (atomic_load(&reinit_pid) == self) {
+		if (phase != FORK_CHILD_RAW)
+			unlock_all(phase);
+		return 0;
+	}
+	atomic_store(&reinit_pid, self);
+	unlock_all(phase);
+	alloc_child(self);
+	*fork_flag = 1;
+	ERR_clear_error();
+	run_hooks();
+	log_debug("child re-initialised: pid %ld, generation %lu",
+		  (long)self, ossl_proc_generation());
+	return 0;
+}
+
+static void
+atfork_child(void)
+{
+	if (prepare_depth == 0 || --prepare_depth > 0)
+		return;
+	child_reinit(FORK_CHILD_PREPARED);
+}
+
+OSSL_PROC_EXPORT int
+ossl_proc_child_reinit(void)
+{
+	bool was_prepared = prepare_depth > 0;
+
+	if (!proc_initialised()) {
+		log_bug_client("ossl_proc_child_reinit: call ossl_proc_init() "
+			       "first");
+		return -EINVAL;
+	}
+	prepare_depth = 0;
+	return child_reinit(was_prepared ? FORK_CHILD_PREPARED
+					 : FORK_CHILD_RAW);
+}
+
+/* Called when a fork went unnoticed: from the allocator (flag page) or a
+ * library call (pid changed). */
+void
+fork_unnoticed(void)
+{
+	if (atomic_load(&reinit_pid) == getpid())
+		return;
+	/* A host that prepared by hand (OSSL_PROC_F_NO_ATFORK) and has not
+	 * called ossl_proc_child_reinit() yet: not a surprise. */
+	if (prepare_depth > 0) {
+		prepare_depth = 0;
+		child_reinit(FORK_CHILD_PREPARED);
+		return;
+	}
+	log_warn("process %ld was forked without pthread_atfork handlers "
+		 "running (raw clone or syscall(SYS_fork)); osslproc "
+		 "re-initialised it now: call ossl_proc_child_reinit() in the "
+		 "child right after such a fork", (long)getpid());
+	child_reinit(FORK_CHILD_RAW);
+}
+
+void
+fork_check(void)
+{
+	if (!*fork_flag || (!wipeonfork && proc_initialised() &&
+			    atomic_load(&reinit_pid) != getpid()))
+		fork_unnoticed();
+}
+
+int
+fork_init(unsigned int flags)
+{
+	atomic_store(&reinit_pid, getpid());
+	map_fork_flag();
+	if (flags & OSSL_PROC_F_NO_ATFORK)
+		return 0;
+	if (atomic_exchange(&atfork_registered, true))
+		return 0;
+	/* glibc drops these handlers when this object is unloaded. */
+	if (pthread_atfork(ossl_proc_fork_prepare, ossl_proc_fork_parent,
+			   atfork_child) != 0) {
+		atomic_store(&atfork_registered, false);
+		log_error("pthread_atfork failed: out of memory");
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+void
+fork_teardown(void)
+{
+	pthread_mutex_lock(&hooks_lock);
+	nhooks = 0;
+	pthread_mutex_unlock(&hooks_lock);
+}
+
+OSSL_PROC_EXPORT unsigned long
+ossl_proc_generation(void)
+{
+	return (unsigned long)alloc_generation_get();
+}
+
+OSSL_PROC_EXPORT int
+ossl_proc_on_child(void (*fn)(void *arg), void *arg)
+{
+	int rc = 0;
+
+	if (!fn || !proc_initialised()) {
+		log_bug_client("ossl_proc_on_child: %s", fn ? "call "
+			       "ossl_proc_init() first" : "fn is NULL");
+		return -EINVAL;
+	}
+	pthread_mutex_lock(&hooks_lock);
+	if (nhooks == MAX_HOOKS)
+		rc = -ENOSPC;
+	else
+		hooks[nhooks++] = (struct hook){ fn, arg };
+	pthread_mutex_unlock(&hooks_lock);
+	if (rc)
+		log_error("ossl_proc_on_child: already %d hooks registered",
+			  MAX_HOOKS);
+	return rc;
+}

@@ -1,0 +1,309 @@
+/* The fork point: real fork(), workers doing verified handshakes, what a
+ * child inherits and what it must not, hooks, raw forks. */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/rand.h>
+
+#include "common/testlog.h"
+#include "common/tls-util.h"
+
+static struct tls_pki *pki;
+static SSL_CTX *server, *client;
+
+static void
+init_flags(unsigned flags)
+{
+	struct ossl_proc_config c = tl_config();
+
+	c.flags = flags;
+	ck_assert_int_eq(ossl_proc_init(&c), 0);
+}
+
+static void
+make_tls(void)
+{
+	pki = tls_pki_new();
+	ck_assert_ptr_nonnull(pki);
+	server = tls_server_ctx(pki);
+	client = tls_client_ctx(pki);
+	ck_assert(server && client);
+}
+
+static void
+free_tls(void)
+{
+	SSL_CTX_free(client);
+	SSL_CTX_free(server);
+	tls_pki_free(pki);
+}
+
+/* Wait for @pid; its exit status, or 128 + signal. */
+static int
+reap(pid_t pid)
+{
+	int status;
+
+	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+	return WIFEXITED(status) ? WEXITSTATUS(status)
+				 : 128 + WTERMSIG(status);
+}
+
+#define WORKERS 16
+#define HANDSHAKES 20
+
+START_TEST(workers_handshake)
+{
+	pid_t pids[WORKERS];
+
+	init_flags(0);
+	make_tls();
+	ck_assert_int_eq(tls_handshakes(client, server, 2), 2);
+	for (int i = 0; i < WORKERS; i++) {
+		pids[i] = fork();
+		ck_assert_int_ge(pids[i], 0);
+		if (pids[i] == 0) {
+			int ok = tls_handshakes(client, server, HANDSHAKES);
+
+			_exit(ok == HANDSHAKES && ossl_proc_generation() == 1
+			      ? 0 : 1);
+		}
+	}
+	for (int i = 0; i < WORKERS; i++)
+		ck_assert_int_eq(reap(pids[i]), 0);
+	/* The parent still works and is still generation 0. */
+	ck_assert_int_eq(tls_handshakes(client, server, 2), 2);
+	ck_assert_uint_eq(ossl_proc_generation(), 0);
+	free_tls();
+	ossl_proc_teardown();
+}
+END_TEST
+
+/* An error left on the parent's queue is not the child's. */
+START_TEST(error_queue_not_inherited)
+{
+	pid_t pid;
+
+	init_flags(0);
+	ERR_raise(ERR_LIB_USER, ERR_R_INTERNAL_ERROR);
+	ck_assert_uint_ne(ERR_peek_error(), 0);
+	pid = fork();
+	if (pid == 0)
+		_exit(ERR_peek_error() == 0 ? 0 : 1);
+	ck_assert_int_eq(reap(pid), 0);
+	ossl_proc_teardown();
+}
+END_TEST
+
+/* Parent and every child draw different random bytes. */
+START_TEST(random_differs)
+{
+	unsigned char mine[32], theirs[4][32];
+	int fds[2];
+	pid_t pids[4];
+
+	init_flags(0);
+	ck_assert_int_eq(RAND_bytes(mine, sizeof(mine)), 1);
+	ck_assert_int_eq(pipe(fds), 0);
+	for (int i = 0; i < 4; i++) {
+		pids[i] = fork();
+		if (pids[i] == 0) {
+			unsigned char r[32];
+
+			_exit(RAND_bytes(r, sizeof(r)) == 1 &&
+			      write(fds[1], r, sizeof(r)) == sizeof(r) ? 0 : 1);
+		}
+		ck_assert_int_eq(reap(pids[i]), 0);
+		ck_assert_int_eq(read(fds[0], theirs[i], 32), 32);
+	}
+	ck_assert_int_eq(RAND_bytes(mine, sizeof(mine)), 1);
+	for (int i = 0; i < 4; i++) {
+		ck_assert(memcmp(mine, theirs[i], 32) != 0);
+		for (int j = 0; j < i; j++)
+			ck_assert(memcmp(theirs[j], theirs[i], 32) != 0);
+	}
+	close(fds[0]);
+	close(fds[1]);
+	ossl_proc_teardown();
+}
+END_TEST
+
+START_TEST(generation_counts_lineage)
+{
+	pid_t pid;
+
+	init_flags(0);
+	ck_assert_uint_eq(ossl_proc_generation(), 0);
+	pid = fork();
+	if (pid == 0) {
+		pid_t grandchild;
+
+		if (ossl_proc_generation() != 1)
+			_exit(1);
+		grandchild = fork();
+		if (grandchild == 0)
+			_exit(ossl_proc_generation() == 2 ? 0 : 2);
+		_exit(reap(grandchild));
+	}
+	ck_assert_int_eq(reap(pid), 0);
+	ck_assert_uint_eq(ossl_proc_generation(), 0);
+	ossl_proc_teardown();
+}
+END_TEST
+
+/* ---- hooks ---- */
+
+static char *trace; /* shared with children: what the hooks did */
+
+static void
+hook(void *arg)
+{
+	size_t n = strlen(trace);
+
+	trace[n] = (char)(intptr_t)arg;
+	trace[n + 1] = '\0';
+}
+
+static void
+trace_map(void)
+{
+	trace = mmap(NULL, 4096, PROT_READ | PROT_WRITE,
+		     MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	ck_assert_ptr_ne(trace, MAP_FAILED);
+	trace[0] = '\0';
+}
+
+START_TEST(hooks_run_in_order_once)
+{
+	pid_t pid;
+
+	init_flags(0);
+	trace_map();
+	ck_assert_int_eq(ossl_proc_on_child(hook, (void *)'a'), 0);
+	ck_assert_int_eq(ossl_proc_on_child(hook, (void *)'b'), 0);
+	ck_assert_int_eq(ossl_proc_on_child(hook, (void *)'c'), 0);
+	pid = fork();
+	if (pid == 0) {
+		/* By hand after the automatic handler: harmless. */
+		int rc = ossl_proc_child_reinit();
+
+		_exit(rc == 0 && ossl_proc_generation() == 1 ? 0 : 1);
+	}
+	ck_assert_int_eq(reap(pid), 0);
+	ck_assert_str_eq(trace, "abc");
+	/* Not in the parent. */
+	ck_assert_uint_eq(ossl_proc_generation(), 0);
+	tl_expect(OSSL_PROC_LOG_ERROR, "client bug");
+	ck_assert_int_eq(ossl_proc_on_child(NULL, NULL), -EINVAL);
+	ossl_proc_teardown();
+}
+END_TEST
+
+/* A fork that bypasses pthread_atfork is noticed at the next allocation,
+ * with a WARNING, and the child is re-initialised once. */
+START_TEST(raw_fork_detected)
+{
+	pid_t pid;
+
+	init_flags(0);
+	trace_map();
+	ck_assert_int_eq(ossl_proc_on_child(hook, (void *)'h'), 0);
+	tl_expect(OSSL_PROC_LOG_WARNING, "without pthread_atfork");
+	pid = (pid_t)syscall(SYS_fork);
+	if (pid == 0) {
+		void *p = OPENSSL_malloc(10);
+
+		OPENSSL_free(p);
+		_exit(ossl_proc_generation() == 1 &&
+		      tl_count(OSSL_PROC_LOG_WARNING,
+			       "call ossl_proc_child_reinit") == 1 ? 0 : 1);
+	}
+	ck_assert_int_eq(reap(pid), 0);
+	ck_assert_str_eq(trace, "h");
+	ossl_proc_teardown();
+}
+END_TEST
+
+/* A host that calls the fork functions itself (OSSL_PROC_F_NO_ATFORK). */
+START_TEST(manual_fork_handlers)
+{
+	pid_t pid;
+
+	init_flags(OSSL_PROC_F_NO_ATFORK);
+	make_tls();
+	ossl_proc_fork_prepare();
+	pid = fork();
+	if (pid == 0) {
+		int rc = ossl_proc_child_reinit();
+
+		_exit(rc == 0 && ossl_proc_generation() == 1 &&
+		      tls_handshakes(client, server, 3) == 3 ? 0 : 1);
+	}
+	ossl_proc_fork_parent();
+	ck_assert_int_eq(reap(pid), 0);
+	ck_assert_int_eq(tls_handshakes(client, server, 1), 1);
+	free_tls();
+	ossl_proc_teardown();
+}
+END_TEST
+
+static pthread_barrier_t hold;
+
+static void *
+busy_thread(void *arg)
+{
+	(void)arg;
+	OPENSSL_free(OPENSSL_malloc(64));
+	pthread_barrier_wait(&hold); /* it has used OpenSSL */
+	pthread_barrier_wait(&hold); /* the fork is over */
+	return NULL;
+}
+
+/* Forking while another thread has used OpenSSL: named, not silent. */
+START_TEST(threaded_parent_warned)
+{
+	pthread_t t;
+	pid_t pid;
+
+	init_flags(0);
+	pthread_barrier_init(&hold, NULL, 2);
+	pthread_create(&t, NULL, busy_thread, NULL);
+	pthread_barrier_wait(&hold);
+	tl_expect(OSSL_PROC_LOG_WARNING, "other thread(s) that used OpenSSL");
+	pid = fork();
+	if (pid == 0)
+		_exit(0);
+	ck_assert_int_eq(reap(pid), 0);
+	ck_assert_int_eq(tl_count(OSSL_PROC_LOG_WARNING, "other thread"), 1);
+	pthread_barrier_wait(&hold);
+	pthread_join(t, NULL);
+	ossl_proc_teardown();
+}
+END_TEST
+
+int
+main(void)
+{
+	Suite *s = suite_create("fork");
+	TCase *tc = tcase_create("private");
+
+	tcase_set_timeout(tc, 300);
+	tcase_add_test(tc, workers_handshake);
+	tcase_add_test(tc, error_queue_not_inherited);
+	tcase_add_test(tc, random_differs);
+	tcase_add_test(tc, generation_counts_lineage);
+	tcase_add_test(tc, hooks_run_in_order_once);
+	tcase_add_test(tc, raw_fork_detected);
+	tcase_add_test(tc, manual_fork_handlers);
+	tcase_add_test(tc, threaded_parent_warned);
+	suite_add_tcase(s, tc);
+	return tl_run(s);
+}
