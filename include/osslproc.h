@@ -354,21 +354,43 @@ void ossl_proc_arena_free(struct ossl_proc_arena *a);
 struct ossl_proc_ctx;
 
 /**
- * A per-process SSL_CTX built by @p build.  Not implemented yet.
+ * A per-process SSL_CTX: @p build makes it the first time a process asks
+ * for it, so every forked worker gets its own (its own session cache and
+ * ticket keys) instead of sharing the parent's.  Nothing is built here.
  *
- * @return NULL with errno set to ENOSYS.
+ * @param build Returns a new SSL_CTX, or NULL on failure; called with
+ *        the context's lock held, at most once per process at a time.
+ * @param arg   Passed to @p build.
+ * @return the handle, or NULL with errno EINVAL (NULL @p build, or before
+ *         ossl_proc_init()) or ENOMEM.
+ *
+ * Thread-safety: safe.
  */
 struct ossl_proc_ctx *ossl_proc_ctx_new(SSL_CTX *(*build)(void *arg),
 					void *arg);
 
 /**
- * This process's SSL_CTX (borrowed).  Not implemented yet.
+ * This process's SSL_CTX, built on first use in each process.  In a child
+ * the parent's context is freed (the child's copy of it) and a new one
+ * built.  If the builder fails, logs an ERROR and returns NULL; the next
+ * call tries again.
  *
- * @return NULL.
+ * @param pc The handle.
+ * @return a borrowed SSL_CTX (valid until ossl_proc_ctx_free() or the
+ *         next fork in this process's children), or NULL.
+ *
+ * Thread-safety: safe; concurrent first calls build once.
  */
 SSL_CTX *ossl_proc_ctx_get(struct ossl_proc_ctx *pc);
 
-/** Free a per-process context.  Not implemented yet: no-op. */
+/**
+ * Free the handle and this process's SSL_CTX (SSL objects holding a
+ * reference keep it alive).
+ *
+ * @param pc The handle, or NULL.
+ *
+ * Thread-safety: no other thread may use @p pc.
+ */
 void ossl_proc_ctx_free(struct ossl_proc_ctx *pc);
 
 /* ------------------------------------------------------------------ */

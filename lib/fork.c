@@ -215,6 +215,12 @@ fork_check(void)
 		fork_unnoticed();
 }
 
+pid_t
+proc_self(void)
+{
+	return atomic_load(&reinit_pid);
+}
+
 int
 fork_init(unsigned int flags)
 {

@@ -77,6 +77,8 @@ void fork_teardown(void);
 void fork_unnoticed(void);
 /* For library calls: notice a fork by the flag page or the pid. */
 void fork_check(void);
+/* This process's pid as of its last (re-)initialisation: no syscall. */
+pid_t proc_self(void);
 
 /* ---- alloc.c ---- */
 
@@ -121,7 +123,8 @@ const char *env_modules_dir(void);
 
 /* ---- arena.c ---- */
 
-/* True when @p a is the arena whose allocator is @p al. */
+/* True when @p al (or a copy of it) is the allocator of a live arena
+ * created by this copy of osslproc. */
 bool arena_owns_allocator(const struct ossl_proc_allocator *al);
 /* Marks arenas in use as the tracked allocator's backend. */
 void arena_set_in_use(const struct ossl_proc_allocator *al, bool in_use);

@@ -14,28 +14,6 @@ not_yet(const char *fn)
 
 #define NOT_YET(ret) do { not_yet(__func__); return ret; } while (0)
 
-OSSL_PROC_EXPORT struct ossl_proc_ctx *
-ossl_proc_ctx_new(SSL_CTX *(*build)(void *arg), void *arg)
-{
-	(void)build;
-	(void)arg;
-	errno = ENOSYS;
-	NOT_YET(NULL);
-}
-
-OSSL_PROC_EXPORT SSL_CTX *
-ossl_proc_ctx_get(struct ossl_proc_ctx *pc)
-{
-	(void)pc;
-	NOT_YET(NULL);
-}
-
-OSSL_PROC_EXPORT void
-ossl_proc_ctx_free(struct ossl_proc_ctx *pc)
-{
-	(void)pc;
-}
-
 OSSL_PROC_EXPORT struct ossl_proc_module *
 ossl_proc_module_open(const char *name)
 {
