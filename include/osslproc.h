@@ -27,6 +27,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/types.h>
 
 #include <openssl/crypto.h>
 #include <openssl/err.h>
@@ -336,6 +337,20 @@ struct ossl_proc_arena_stats {
  */
 int ossl_proc_arena_get_stats(struct ossl_proc_arena *a,
 			      struct ossl_proc_arena_stats *out);
+
+/**
+ * Free every block that process @p pid allocated in the arena and never
+ * freed: a worker that ended with _exit(), crashed or was killed.  Each
+ * block records the process that allocated it.
+ *
+ * @param a   The arena.
+ * @param pid A process that has exited and been reaped.
+ * @return the number of blocks freed; -EINVAL for a bad argument;
+ *         -EBUSY while @p pid still exists (its blocks may be in use).
+ *
+ * Thread-safety: safe (takes the arena lock; walks the whole arena).
+ */
+int ossl_proc_arena_reclaim(struct ossl_proc_arena *a, pid_t pid);
 
 /**
  * Unmap the arena.  Refused (with an ERROR) while it is the backend of the

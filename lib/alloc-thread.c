@@ -277,3 +277,19 @@ alloc_child(pid_t self)
 	}
 	pthread_mutex_unlock(&reg_lock);
 }
+
+/*
+ * At exit (after OpenSSL's own atexit cleanup) the exiting thread gives
+ * its quarantine and cache back, so that a worker that ends with exit()
+ * leaves a shared backend balanced.
+ */
+__attribute__((destructor)) static void
+alloc_exit_drain(void)
+{
+	struct tstate *t = tls_state;
+
+	if (!t)
+		return;
+	quarantine_child(t, true);
+	cache_flush(t);
+}

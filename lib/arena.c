@@ -63,6 +63,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -89,7 +90,8 @@ struct arena_hdr {
 	uint32_t magic;     /* HDR_MAGIC ^ klass */
 	uint16_t klass;
 	uint16_t state;     /* ST_BLK_LIVE or ST_BLK_FREE */
-	uint64_t next;      /* free: offset of the next free header, 0: end */
+	uint64_t next;      /* free: offset of the next free header, 0: end;
+			       live: pid of the process that allocated it */
 };
 
 _Static_assert(sizeof(struct arena_hdr) == GRAIN, "header is one grain");
@@ -260,7 +262,7 @@ list_pop(struct ossl_proc_arena *a, unsigned c, unsigned *corrupt)
 	}
 	a->free_head[c] = h->next;
 	STEP();
-	h->next = 0;
+	h->next = (uint64_t)proc_self();
 	h->state = ST_BLK_LIVE;
 	STEP();
 	return off;
@@ -290,7 +292,7 @@ bump_carve(struct ossl_proc_arena *a, unsigned c, size_t rounded)
 	h->magic = HDR_MAGIC ^ c;
 	h->klass = (uint16_t)c;
 	h->state = ST_BLK_LIVE;
-	h->next = 0;
+	h->next = (uint64_t)proc_self();
 	w = bitmap_word(a, off, &bit);
 	*w |= bit;
 	STEP();
@@ -444,6 +446,18 @@ arena_malloc(size_t size, void *arg)
 	return off ? (char *)a + off + GRAIN : NULL;
 }
 
+/* Under the lock: @h at @off goes back to its free list. */
+static void
+release_block(struct ossl_proc_arena *a, uint64_t off, struct arena_hdr *h)
+{
+	list_push(a, off, h);
+	a->st.frees++;
+	a->live_blocks--;
+	a->st.used_bytes -= class_size(h->klass);
+	if (a->st.used_bytes < a->full_rearm_below)
+		a->full_logged = 0;
+}
+
 static void
 arena_free(void *ptr, void *arg)
 {
@@ -471,12 +485,7 @@ arena_free(void *ptr, void *arg)
 		}
 	}
 	if (h) {
-		list_push(a, p - base - GRAIN, h);
-		a->st.frees++;
-		a->live_blocks--;
-		a->st.used_bytes -= class_size(h->klass);
-		if (a->st.used_bytes < a->full_rearm_below)
-			a->full_logged = 0;
+		release_block(a, p - base - GRAIN, h);
 	} else {
 		a->st.bad_frees++;
 		log_bad = !a->bad_logged;
@@ -758,4 +767,58 @@ ossl_proc_arena_free(struct ossl_proc_arena *a)
 	 * using the arena: nothing in it changes (the mutex is not
 	 * destroyed), only this process's mapping goes. */
 	munmap(a, (size_t)a->map_len);
+}
+
+/* Under the lock: free every live block allocated by @pid. */
+static uint64_t
+reclaim_locked(struct ossl_proc_arena *a, pid_t pid, uint64_t *bytes)
+{
+	uint64_t n = 0;
+
+	for (uint64_t off = a->heap_off; off < a->bump_off;) {
+		struct arena_hdr *h = hdr_at(a, off);
+
+		if (h->magic != (HDR_MAGIC ^ h->klass) || h->klass >= NCLASSES)
+			break; /* never walk past a header that is not one */
+		if (h->state == ST_BLK_LIVE && h->next == (uint64_t)pid) {
+			*bytes += class_size(h->klass);
+			release_block(a, off, h);
+			n++;
+		}
+		off += GRAIN + class_size(h->klass);
+	}
+	return n;
+}
+
+OSSL_PROC_EXPORT int
+ossl_proc_arena_reclaim(struct ossl_proc_arena *a, pid_t pid)
+{
+	uint64_t n, bytes = 0;
+	bool died;
+	int rc;
+
+	if (!arena_valid(a, __func__))
+		return -EINVAL;
+	if (pid <= 0) {
+		log_bug_client("ossl_proc_arena_reclaim: pid %ld", (long)pid);
+		return -EINVAL;
+	}
+	if (kill(pid, 0) == 0 || errno != ESRCH) {
+		log_bug_client("ossl_proc_arena_reclaim: process %ld still "
+			       "exists; reclaim only after waitpid() reaped it",
+			       (long)pid);
+		return -EBUSY;
+	}
+	rc = arena_lock(a, &died);
+	if (rc) {
+		log_lock_outcome(a, rc, false, 0);
+		return -rc;
+	}
+	n = reclaim_locked(a, pid, &bytes);
+	pthread_mutex_unlock(&a->lock);
+	if (n)
+		log_info("shared arena: reclaimed %llu blocks (%llu bytes) "
+			 "left by process %ld", (unsigned long long)n,
+			 (unsigned long long)bytes, (long)pid);
+	return n > INT32_MAX ? INT32_MAX : (int)n;
 }

@@ -4,6 +4,8 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -289,6 +291,145 @@ START_TEST(threaded_parent_warned)
 }
 END_TEST
 
+/* ---- shared mode: the built-in arena ---- */
+
+static struct ossl_proc_arena *arena;
+
+static void
+init_shared(void)
+{
+	struct ossl_proc_config c = tl_config();
+
+	arena = ossl_proc_arena_new(64 << 20);
+	ck_assert_ptr_nonnull(arena);
+	c.allocator = ossl_proc_arena_allocator(arena);
+	ck_assert_int_eq(ossl_proc_init(&c), 0);
+}
+
+static struct ossl_proc_arena_stats
+arena_stats(void)
+{
+	struct ossl_proc_arena_stats st = { .size = sizeof(st) };
+
+	ck_assert_int_eq(ossl_proc_arena_get_stats(arena, &st), 0);
+	return st;
+}
+
+static int
+worker_status(void)
+{
+	struct ossl_proc_stats st = { .size = sizeof(st) };
+
+	ossl_proc_get_stats(&st);
+	return st.double_frees || st.invalid_frees || st.inherited_frees;
+}
+
+/* Workers do verified handshakes with their OpenSSL memory in the shared
+ * arena; half end with exit() (OpenSSL's cleanup runs), half with _exit()
+ * (the parent reclaims what they held). */
+START_TEST(shared_workers)
+{
+	pid_t pids[WORKERS];
+
+	init_shared();
+	make_tls();
+	ck_assert_int_eq(tls_handshakes(client, server, 2), 2);
+	/* Before the first fork everything stays private. */
+	ck_assert_uint_eq(arena_stats().allocs, 0);
+	for (int i = 0; i < WORKERS; i++) {
+		pids[i] = fork();
+		ck_assert_int_ge(pids[i], 0);
+		if (pids[i] == 0) {
+			int bad = tls_handshakes(client, server, HANDSHAKES) !=
+				  HANDSHAKES || arena_stats().allocs == 0;
+
+			bad |= worker_status();
+			if (i % 2)
+				_exit(bad);
+			exit(bad);
+		}
+	}
+	for (int i = 0; i < WORKERS; i++)
+		ck_assert_int_eq(reap(pids[i]), 0);
+	ck_assert_uint_gt(arena_stats().allocs, WORKERS * HANDSHAKES * 100);
+	ck_assert_uint_eq(arena_stats().bad_frees, 0);
+	/* exit() workers gave everything back; _exit() ones are reclaimed. */
+	for (int i = 0; i < WORKERS; i++) {
+		int n = ossl_proc_arena_reclaim(arena, pids[i]);
+
+		if (i % 2)
+			ck_assert_int_gt(n, 0);
+		else
+			ck_assert_int_eq(n, 0);
+	}
+	ck_assert_uint_eq(arena_stats().used_bytes, 0);
+	ck_assert_uint_eq(arena_stats().allocs, arena_stats().frees);
+	/* The parent handshakes on, in private memory. */
+	ck_assert_int_eq(tls_handshakes(client, server, 2), 2);
+	ck_assert_uint_eq(arena_stats().used_bytes, 0);
+	free_tls();
+	ossl_proc_teardown();
+}
+END_TEST
+
+/* A worker frees what another worker allocated in shared memory: never
+ * released, counted, a WARNING naming both processes. */
+START_TEST(shared_free_by_other_process)
+{
+	_Atomic(void *) *slot;
+	pid_t a, b;
+
+	init_shared();
+	slot = mmap(NULL, 4096, PROT_READ | PROT_WRITE,
+		    MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	ck_assert_ptr_ne(slot, MAP_FAILED);
+	a = fork();
+	if (a == 0) {
+		atomic_store(slot, OPENSSL_malloc(100));
+		pause(); /* keeps the block alive until killed */
+		_exit(0);
+	}
+	while (!atomic_load(slot))
+		;
+	b = fork();
+	if (b == 0) {
+		struct ossl_proc_stats st0 = { .size = sizeof(st0) };
+		struct ossl_proc_stats st = { .size = sizeof(st) };
+		char want[64];
+
+		snprintf(want, sizeof(want), "process %ld freed", (long)getpid());
+		tl_expect(OSSL_PROC_LOG_WARNING, "allocated by process");
+		ossl_proc_get_stats(&st0);
+		OPENSSL_free(atomic_load(slot));
+		ossl_proc_get_stats(&st);
+		_exit(st.inherited_frees == 1 && st.frees == st0.frees &&
+		      tl_count(OSSL_PROC_LOG_WARNING, want) == 1 ? 0 : 1);
+	}
+	ck_assert_int_eq(reap(b), 0);
+	/* Still allocated: b did not release it. */
+	ck_assert_uint_eq(arena_stats().frees, 0);
+	kill(a, SIGKILL);
+	ck_assert_int_eq(reap(a), 128 + SIGKILL);
+	/* Its block, and its OpenSSL thread state; b's state too. */
+	ck_assert_int_ge(ossl_proc_arena_reclaim(arena, a), 1);
+	ck_assert_int_ge(ossl_proc_arena_reclaim(arena, b), 0);
+	ck_assert_uint_eq(arena_stats().used_bytes, 0);
+	ossl_proc_teardown();
+}
+END_TEST
+
+START_TEST(reclaim_refuses_live_process)
+{
+	init_shared();
+	tl_expect(OSSL_PROC_LOG_ERROR, "still exists");
+	ck_assert_int_eq(ossl_proc_arena_reclaim(arena, getpid()), -EBUSY);
+	tl_expect(OSSL_PROC_LOG_ERROR, "client bug");
+	ck_assert_int_eq(ossl_proc_arena_reclaim(arena, 0), -EINVAL);
+	ck_assert_int_eq(ossl_proc_arena_reclaim(NULL, 1), -EINVAL);
+	ossl_proc_teardown();
+}
+END_TEST
+
 /* ---- per-process SSL_CTX ---- */
 
 static atomic_int *builds;   /* shared with children */
@@ -441,6 +582,13 @@ main(void)
 	tcase_add_test(tc, raw_fork_detected);
 	tcase_add_test(tc, manual_fork_handlers);
 	tcase_add_test(tc, threaded_parent_warned);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("shared");
+	tcase_set_timeout(tc, 300);
+	tcase_add_test(tc, shared_workers);
+	tcase_add_test(tc, shared_free_by_other_process);
+	tcase_add_test(tc, reclaim_refuses_live_process);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("ctx");
