@@ -124,7 +124,6 @@ conf_set(const struct proc_config *cfg, CRYPTO_malloc_fn m,
 		aconf.prior_f = f;
 	}
 	aconf.secret = draw_secret();
-	atomic_store(&alloc_pid, getpid());
 }
 
 static int
@@ -249,7 +248,7 @@ own_stats(struct ossl_proc_stats *st)
 	st->invalid_frees = atomic_load(&bad_invalid);
 	st->foreign_frees = atomic_load(&bad_foreign);
 	st->inherited_frees = atomic_load(&bad_inherited);
-	st->generation = atomic_load(&alloc_generation);
+	st->generation = atomic_load(&proc_mut.generation);
 }
 
 /* Fill every field this version knows; the caller copies the prefix. */

@@ -104,8 +104,6 @@ struct alloc_conf {
 };
 
 extern struct alloc_conf aconf;
-extern _Atomic uint64_t alloc_generation;
-extern _Atomic pid_t alloc_pid;
 
 /* alloc.c */
 void *om_malloc(size_t n, const char *file, int line);

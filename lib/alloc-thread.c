@@ -13,7 +13,6 @@
  * makes peak_bytes exact to within this many bytes per thread. */
 #define FLUSH_BYTES ((int64_t)64 * 1024)
 
-static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct tstate reg = { .prev = &reg, .next = &reg };
 /* Counters of exited threads and of the exiting-thread fallback. */
 static struct tstate retired = { .shared = true };
@@ -83,11 +82,11 @@ tstate_exit(void *arg)
 	}
 	cache_flush(t);
 	flush(t);
-	pthread_mutex_lock(&reg_lock);
+	pthread_mutex_lock(&proc_mut.reg_lock);
 	fold(&retired, t);
 	t->prev->next = t->next;
 	t->next->prev = t->prev;
-	pthread_mutex_unlock(&reg_lock);
+	pthread_mutex_unlock(&proc_mut.reg_lock);
 	free(t->qring);
 	free(t);
 }
@@ -123,12 +122,12 @@ tstate_new(void)
 	t->qring = calloc(t->qcap, sizeof(*t->qring));
 	if (!t->qring)
 		t->qcap = 0;
-	pthread_mutex_lock(&reg_lock);
+	pthread_mutex_lock(&proc_mut.reg_lock);
 	t->next = reg.next;
 	t->prev = &reg;
 	reg.next->prev = t;
 	reg.next = t;
-	pthread_mutex_unlock(&reg_lock);
+	pthread_mutex_unlock(&proc_mut.reg_lock);
 	pthread_setspecific(tkey, t);
 	tls_state = t;
 	return t;
@@ -188,11 +187,11 @@ add_counts(struct ossl_proc_stats *st, const struct tstate *t)
 void
 tstate_sum(struct ossl_proc_stats *st)
 {
-	pthread_mutex_lock(&reg_lock);
+	pthread_mutex_lock(&proc_mut.reg_lock);
 	for (struct tstate *t = reg.next; t != &reg; t = t->next)
 		add_counts(st, t);
 	add_counts(st, &retired);
-	pthread_mutex_unlock(&reg_lock);
+	pthread_mutex_unlock(&proc_mut.reg_lock);
 	st->live_blocks = st->allocs - st->frees;
 	/* Counters read mid-update by other threads can be a block apart;
 	 * never report a negative number of live bytes. */
@@ -209,15 +208,15 @@ void
 alloc_fork_locks(enum fork_phase phase)
 {
 	if (phase == FORK_PREPARE) {
-		pthread_mutex_lock(&reg_lock);
+		pthread_mutex_lock(&proc_mut.reg_lock);
 		site_lock_fork(phase);
 		return;
 	}
 	site_lock_fork(phase);
 	if (phase == FORK_CHILD_RAW)
-		pthread_mutex_init(&reg_lock, NULL);
+		pthread_mutex_init(&proc_mut.reg_lock, NULL);
 	else
-		pthread_mutex_unlock(&reg_lock);
+		pthread_mutex_unlock(&proc_mut.reg_lock);
 }
 
 unsigned
@@ -225,10 +224,10 @@ alloc_other_threads(void)
 {
 	unsigned n = 0;
 
-	pthread_mutex_lock(&reg_lock);
+	pthread_mutex_lock(&proc_mut.reg_lock);
 	for (struct tstate *t = reg.next; t != &reg; t = t->next)
 		n += t != tls_state;
-	pthread_mutex_unlock(&reg_lock);
+	pthread_mutex_unlock(&proc_mut.reg_lock);
 	return n;
 }
 
@@ -236,13 +235,13 @@ bool
 alloc_shared_worker(void)
 {
 	return aconf.host.malloc && aconf.host.shared &&
-	       atomic_load(&alloc_generation) > 0;
+	       atomic_load(&proc_mut.generation) > 0;
 }
 
 uint64_t
 alloc_generation_get(void)
 {
-	return atomic_load(&alloc_generation);
+	return atomic_load(&proc_mut.generation);
 }
 
 /* A thread that does not exist in the child: its blocks go back, its
@@ -261,21 +260,22 @@ forget_thread(struct tstate *t)
 }
 
 void
-alloc_child(pid_t self)
+alloc_child(void)
 {
 	struct tstate *next;
 
-	atomic_store(&alloc_pid, self);
-	atomic_fetch_add(&alloc_generation, 1);
-	pthread_mutex_lock(&reg_lock);
+	atomic_fetch_add(&proc_mut.generation, 1);
+	pthread_mutex_lock(&proc_mut.reg_lock);
 	for (struct tstate *t = reg.next; t != &reg; t = next) {
 		next = t->next;
-		if (t == tls_state)
-			quarantine_child(t, false);
-		else
+		if (t != tls_state)
 			forget_thread(t);
+		else if (aconf.host.malloc && aconf.host.shared)
+			/* Only a shared backend leaves blocks that are not
+			 * this process's; private ones are its own copies. */
+			quarantine_child(t, false);
 	}
-	pthread_mutex_unlock(&reg_lock);
+	pthread_mutex_unlock(&proc_mut.reg_lock);
 }
 
 /*

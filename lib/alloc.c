@@ -15,11 +15,8 @@
 #define ALIGN_MASK ((uintptr_t)15)
 
 struct alloc_conf aconf;
-_Atomic uint64_t alloc_generation;
-_Atomic pid_t alloc_pid;
 _Atomic uint64_t bad_double, bad_invalid, bad_foreign, bad_inherited;
 
-static pthread_mutex_t site_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct blk_site site_list = { &site_list, &site_list, 0, 0, 0, 0, 0 };
 
 enum bad_kind { BAD_DOUBLE, BAD_INVALID, BAD_FOREIGN, BAD_INHERITED };
@@ -114,7 +111,7 @@ placement(void)
 	if (aconf.host.malloc) {
 		if (!aconf.host.shared)
 			return BK_HOST;
-		return atomic_load_explicit(&alloc_generation,
+		return atomic_load_explicit(&proc_mut.generation,
 					    memory_order_relaxed) ? BK_SHARED
 								  : BK_LIBC;
 	}
@@ -132,12 +129,12 @@ site_link(struct blk *h, const char *file, int line)
 	s->alloc_line = line;
 	s->free_file = NULL;
 	s->free_line = 0;
-	pthread_mutex_lock(&site_lock);
+	pthread_mutex_lock(&proc_mut.site_lock);
 	s->next = site_list.next;
 	s->prev = &site_list;
 	site_list.next->prev = s;
 	site_list.next = s;
-	pthread_mutex_unlock(&site_lock);
+	pthread_mutex_unlock(&proc_mut.site_lock);
 }
 
 static void
@@ -145,11 +142,11 @@ site_unlink(struct blk *h, const char *file, int line)
 {
 	struct blk_site *s = site_of(h);
 
-	pthread_mutex_lock(&site_lock);
+	pthread_mutex_lock(&proc_mut.site_lock);
 	s->prev->next = s->next;
 	s->next->prev = s->prev;
 	s->next = s->prev = s;
-	pthread_mutex_unlock(&site_lock);
+	pthread_mutex_unlock(&proc_mut.site_lock);
 	s->free_file = file;
 	s->free_line = line;
 }
@@ -223,7 +220,7 @@ blk_new(size_t n, const char *file, int line)
 	if (unlikely(aconf.flags & OSSL_PROC_F_TRACK_SITES))
 		word |= W_SITES;
 	if (bk == BK_SHARED)
-		word |= (uint32_t)atomic_load_explicit(&alloc_pid,
+		word |= (uint32_t)atomic_load_explicit(&proc_mut.pid,
 			memory_order_relaxed) << OWNER_SHIFT;
 	total = n + prefix_len(word);
 	if (total <= CACHE_MAX_TOTAL && bk != BK_SHARED) {
@@ -237,7 +234,7 @@ blk_new(size_t n, const char *file, int line)
 		return NULL;
 	h = hdr_of(user);
 	h->size_gen = (uint64_t)n | (uint64_t)c << BLK_CLASS_SHIFT |
-		      atomic_load_explicit(&alloc_generation,
+		      atomic_load_explicit(&proc_mut.generation,
 					   memory_order_relaxed) << BLK_GEN_SHIFT;
 	atomic_store_explicit(&h->word, word, memory_order_relaxed);
 	h->magic = blk_magic(user, h->size_gen, word);
@@ -395,7 +392,7 @@ owned_here(void *p, uint32_t word, const char *file, int line)
 	if (((word & BK_MASK) >> BK_SHIFT) != BK_SHARED)
 		return true;
 	owner = (pid_t)(word >> OWNER_SHIFT);
-	self = atomic_load_explicit(&alloc_pid, memory_order_relaxed);
+	self = atomic_load_explicit(&proc_mut.pid, memory_order_relaxed);
 	if (owner == self)
 		return true;
 	atomic_fetch_add_explicit(&bad_inherited, 1, memory_order_relaxed);
@@ -461,7 +458,7 @@ blk_inherited(void *user)
 
 	return ((word & BK_MASK) >> BK_SHIFT) == BK_SHARED &&
 	       (pid_t)(word >> OWNER_SHIFT) !=
-	       atomic_load_explicit(&alloc_pid, memory_order_relaxed);
+	       atomic_load_explicit(&proc_mut.pid, memory_order_relaxed);
 }
 
 void
@@ -493,11 +490,11 @@ void
 site_lock_fork(enum fork_phase phase)
 {
 	if (phase == FORK_PREPARE)
-		pthread_mutex_lock(&site_lock);
+		pthread_mutex_lock(&proc_mut.site_lock);
 	else if (phase == FORK_CHILD_RAW)
-		pthread_mutex_init(&site_lock, NULL);
+		pthread_mutex_init(&proc_mut.site_lock, NULL);
 	else
-		pthread_mutex_unlock(&site_lock);
+		pthread_mutex_unlock(&proc_mut.site_lock);
 }
 
 static void
@@ -622,7 +619,7 @@ sites_report(FILE *out)
 {
 	size_t shown = 0, total = 0;
 
-	pthread_mutex_lock(&site_lock);
+	pthread_mutex_lock(&proc_mut.site_lock);
 	for (struct blk_site *s = site_list.next; s != &site_list;
 	     s = s->next, total++) {
 		struct blk *h = (struct blk *)(s + 1);
@@ -633,7 +630,7 @@ sites_report(FILE *out)
 				s->alloc_file ? s->alloc_file : "?",
 				s->alloc_line);
 	}
-	pthread_mutex_unlock(&site_lock);
+	pthread_mutex_unlock(&proc_mut.site_lock);
 	if (total > shown)
 		fprintf(out, "  ... and %zu more\n", total - shown);
 }

@@ -26,16 +26,19 @@ struct hook {
 	void *arg;
 };
 
-static pthread_mutex_t hooks_lock = PTHREAD_MUTEX_INITIALIZER;
+struct proc_mut proc_mut = {
+	.hooks_lock = PTHREAD_MUTEX_INITIALIZER,
+	.reg_lock = PTHREAD_MUTEX_INITIALIZER,
+	.site_lock = PTHREAD_MUTEX_INITIALIZER,
+};
 static struct hook hooks[MAX_HOOKS];
 static int nhooks;
 
 static atomic_bool atfork_registered;
-static _Atomic pid_t reinit_pid;  /* the process re-initialised last */
 /* Prepare calls not yet matched, in the forking thread: a host that also
  * calls the handlers by hand nests them instead of locking twice, and
  * the child inherits the forking thread's count. */
-static __thread int prepare_depth;
+static __thread int prepare_depth __attribute__((tls_model("initial-exec")));
 static bool warned_threads, warned_shared;
 
 /* One byte the allocator reads: 1 in a process that knows its pid, 0 in
@@ -74,7 +77,7 @@ map_fork_flag(void)
 static void
 lock_all(void)
 {
-	pthread_mutex_lock(&hooks_lock);
+	pthread_mutex_lock(&proc_mut.hooks_lock);
 	alloc_fork_locks(FORK_PREPARE);
 }
 
@@ -83,9 +86,9 @@ unlock_all(enum fork_phase phase)
 {
 	alloc_fork_locks(phase);
 	if (phase == FORK_CHILD_RAW)
-		pthread_mutex_init(&hooks_lock, NULL);
+		pthread_mutex_init(&proc_mut.hooks_lock, NULL);
 	else
-		pthread_mutex_unlock(&hooks_lock);
+		pthread_mutex_unlock(&proc_mut.hooks_lock);
 }
 
 static void
@@ -132,10 +135,10 @@ run_hooks(void)
 	struct hook copy[MAX_HOOKS];
 	int n;
 
-	pthread_mutex_lock(&hooks_lock);
+	pthread_mutex_lock(&proc_mut.hooks_lock);
 	n = nhooks;
 	memcpy(copy, hooks, sizeof(copy));
-	pthread_mutex_unlock(&hooks_lock);
+	pthread_mutex_unlock(&proc_mut.hooks_lock);
 	for (int i = 0; i < n; i++)
 		copy[i].fn(copy[i].arg);
 }
@@ -147,16 +150,18 @@ child_reinit(enum fork_phase phase)
 {
 	pid_t self = getpid();
 
-	if (atomic_load(&reinit_pid) == self) {
+	if (atomic_load(&proc_mut.pid) == self) {
 		if (phase != FORK_CHILD_RAW)
 			unlock_all(phase);
 		return 0;
 	}
-	atomic_store(&reinit_pid, self);
+	atomic_store(&proc_mut.pid, self);
 	unlock_all(phase);
-	alloc_child(self);
-	*fork_flag = 1;
-	ERR_clear_error();
+	alloc_child();
+	/* A prepared fork stopped the thread's OpenSSL state already; after
+	 * an unprepared one, the inherited error queue is cleared. */
+	if (phase == FORK_CHILD_RAW)
+		ERR_clear_error();
 	run_hooks();
 	log_debug("child re-initialised: pid %ld, generation %lu",
 		  (long)self, ossl_proc_generation());
@@ -191,8 +196,13 @@ ossl_proc_child_reinit(void)
 void
 fork_unnoticed(void)
 {
-	if (atomic_load(&reinit_pid) == getpid())
+	if (atomic_load(&proc_mut.pid) == getpid()) {
+		/* Re-initialised already; re-arm the flag page here rather
+		 * than in the child handler: writing it costs a page fault,
+		 * and the first allocation of a child faults anyway. */
+		*fork_flag = 1;
 		return;
+	}
 	/* A host that prepared by hand (OSSL_PROC_F_NO_ATFORK) and has not
 	 * called ossl_proc_child_reinit() yet: not a surprise. */
 	if (prepare_depth > 0) {
@@ -211,20 +221,19 @@ void
 fork_check(void)
 {
 	if (!*fork_flag || (!wipeonfork && proc_initialised() &&
-			    atomic_load(&reinit_pid) != getpid()))
+			    atomic_load(&proc_mut.pid) != getpid()))
 		fork_unnoticed();
 }
 
 pid_t
 proc_self(void)
 {
-	return atomic_load(&reinit_pid);
+	return atomic_load(&proc_mut.pid);
 }
 
 int
 fork_init(unsigned int flags)
 {
-	atomic_store(&reinit_pid, getpid());
 	map_fork_flag();
 	if (flags & OSSL_PROC_F_NO_ATFORK)
 		return 0;
@@ -243,9 +252,9 @@ fork_init(unsigned int flags)
 void
 fork_teardown(void)
 {
-	pthread_mutex_lock(&hooks_lock);
+	pthread_mutex_lock(&proc_mut.hooks_lock);
 	nhooks = 0;
-	pthread_mutex_unlock(&hooks_lock);
+	pthread_mutex_unlock(&proc_mut.hooks_lock);
 }
 
 OSSL_PROC_EXPORT unsigned long
@@ -264,12 +273,12 @@ ossl_proc_on_child(void (*fn)(void *arg), void *arg)
 			       "ossl_proc_init() first" : "fn is NULL");
 		return -EINVAL;
 	}
-	pthread_mutex_lock(&hooks_lock);
+	pthread_mutex_lock(&proc_mut.hooks_lock);
 	if (nhooks == MAX_HOOKS)
 		rc = -ENOSPC;
 	else
 		hooks[nhooks++] = (struct hook){ fn, arg };
-	pthread_mutex_unlock(&hooks_lock);
+	pthread_mutex_unlock(&proc_mut.hooks_lock);
 	if (rc)
 		log_error("ossl_proc_on_child: already %d hooks registered",
 			  MAX_HOOKS);

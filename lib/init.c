@@ -7,6 +7,7 @@
 #include <link.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <openssl/ssl.h>
 
@@ -205,6 +206,7 @@ first_init(const struct ossl_proc_config *c)
 	int rc;
 
 	log_configure(c->log, c->log_arg, c->log_level);
+	atomic_store(&proc_mut.pid, getpid());
 	rc = config_check(c);
 	if (!rc)
 		rc = active_set(c);

@@ -82,10 +82,11 @@ log_vmsg(enum ossl_proc_log_level level, const char *fmt, va_list ap)
 {
 	char msg[LOG_LINE_MAX];
 	struct log_sink *sink;
-	int saved_errno = errno;
+	int saved_errno;
 
 	if (!log_enabled(level))
 		return;
+	saved_errno = errno;
 	if (vsnprintf(msg, sizeof(msg), fmt, ap) < 0)
 		msg[0] = '\0';
 	sink = atomic_load(&current_sink);

@@ -61,6 +61,21 @@ bool proc_pin_self(const char *why);
 
 /* ---- fork.c ---- */
 
+/*
+ * Everything a forked child must write to re-initialise osslproc, in one
+ * cache line and one page: each page a child writes is copied on write,
+ * which costs more than the rest of the re-initialisation together.
+ */
+struct proc_mut {
+	_Atomic pid_t pid;                /* this process, as last set up */
+	_Atomic uint64_t generation;      /* forks since init, this lineage */
+	pthread_mutex_t hooks_lock;       /* fork.c: ossl_proc_on_child */
+	pthread_mutex_t reg_lock;         /* alloc-thread.c: thread registry */
+	pthread_mutex_t site_lock;        /* alloc.c: live list with sites */
+} __attribute__((aligned(256)));
+
+extern struct proc_mut proc_mut;
+
 enum fork_phase {
 	FORK_PREPARE,        /* take the locks */
 	FORK_PARENT,         /* release them */
@@ -95,7 +110,7 @@ enum ossl_proc_alloc_mode alloc_mode(void);
 void alloc_fork_locks(enum fork_phase phase);
 unsigned alloc_other_threads(void);
 bool alloc_shared_worker(void);
-void alloc_child(pid_t self);
+void alloc_child(void);
 uint64_t alloc_generation_get(void);
 void alloc_get_stats(struct ossl_proc_stats *st);
 void alloc_report(FILE *out);
