@@ -121,12 +121,18 @@ ossl_proc_fork_prepare(void)
 	lock_all();
 }
 
+/* True when the outermost prepare call is being matched. */
+static bool
+prepare_unwound(void)
+{
+	return prepare_depth > 0 && --prepare_depth == 0;
+}
+
 OSSL_PROC_EXPORT void
 ossl_proc_fork_parent(void)
 {
-	if (prepare_depth == 0 || --prepare_depth > 0)
-		return;
-	unlock_all(FORK_PARENT);
+	if (prepare_unwound())
+		unlock_all(FORK_PARENT);
 }
 
 static void
@@ -171,9 +177,8 @@ child_reinit(enum fork_phase phase)
 static void
 atfork_child(void)
 {
-	if (prepare_depth == 0 || --prepare_depth > 0)
-		return;
-	child_reinit(FORK_CHILD_PREPARED);
+	if (prepare_unwound())
+		child_reinit(FORK_CHILD_PREPARED);
 }
 
 OSSL_PROC_EXPORT int
