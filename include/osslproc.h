@@ -559,8 +559,12 @@ enum ossl_proc_alloc_mode {
 };
 
 /**
- * Counters.  All are process-wide (every thread, every copy of osslproc in
- * the process) and count since ossl_proc_init() in this process.
+ * Counters, process-wide (every thread, every copy of osslproc in the
+ * process).  Event counters (allocs, frees, reallocs, the bad frees,
+ * prior_frees) count this process's events since the allocator was
+ * installed, or since this process was forked; live_blocks and live_bytes
+ * are what is allocated now, including blocks inherited from the parent;
+ * peak_bytes is the highest live_bytes of the lineage.
  */
 struct ossl_proc_stats {
 	/** Caller sets sizeof(struct ossl_proc_stats). */

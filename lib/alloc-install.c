@@ -240,8 +240,9 @@ alloc_mode(void)
 	return (enum ossl_proc_alloc_mode)atomic_load(&mode);
 }
 
+/* Counters since install, whatever process counted them. */
 static void
-own_stats(struct ossl_proc_stats *st)
+lineage_stats(struct ossl_proc_stats *st)
 {
 	tstate_sum(st);
 	st->double_frees = atomic_load(&bad_double);
@@ -249,6 +250,33 @@ own_stats(struct ossl_proc_stats *st)
 	st->foreign_frees = atomic_load(&bad_foreign);
 	st->inherited_frees = atomic_load(&bad_inherited);
 	st->generation = atomic_load(&proc_mut.generation);
+}
+
+void
+alloc_stats_rebase(void)
+{
+	struct ossl_proc_stats now = { .size = sizeof(now) };
+
+	lineage_stats(&now);
+	proc_mut.base = now;
+}
+
+/* This process's events; live blocks and bytes include what it inherited.
+ * (live_blocks was computed from the lineage's totals.) */
+static void
+own_stats(struct ossl_proc_stats *st)
+{
+	const struct ossl_proc_stats *b = &proc_mut.base;
+
+	lineage_stats(st);
+	st->allocs -= b->allocs;
+	st->frees -= b->frees;
+	st->reallocs -= b->reallocs;
+	st->prior_frees -= b->prior_frees;
+	st->double_frees -= b->double_frees;
+	st->invalid_frees -= b->invalid_frees;
+	st->foreign_frees -= b->foreign_frees;
+	st->inherited_frees -= b->inherited_frees;
 }
 
 /* Fill every field this version knows; the caller copies the prefix. */

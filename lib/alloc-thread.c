@@ -276,6 +276,7 @@ alloc_child(void)
 			quarantine_child(t, false);
 	}
 	pthread_mutex_unlock(&proc_mut.reg_lock);
+	alloc_stats_rebase();
 }
 
 /*

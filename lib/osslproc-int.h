@@ -72,7 +72,10 @@ struct proc_mut {
 	pthread_mutex_t hooks_lock;       /* fork.c: ossl_proc_on_child */
 	pthread_mutex_t reg_lock;         /* alloc-thread.c: thread registry */
 	pthread_mutex_t site_lock;        /* alloc.c: live list with sites */
-} __attribute__((aligned(256)));
+	/* The process-wide event counters at this process's start: each
+	 * process reports its own events (alloc-install.c). */
+	struct ossl_proc_stats base;
+} __attribute__((aligned(512)));      /* smaller than 512: one page */
 
 extern struct proc_mut proc_mut;
 
@@ -111,6 +114,8 @@ void alloc_fork_locks(enum fork_phase phase);
 unsigned alloc_other_threads(void);
 bool alloc_shared_worker(void);
 void alloc_child(void);
+/* In a child: the counters so far become the baseline of its own. */
+void alloc_stats_rebase(void);
 uint64_t alloc_generation_get(void);
 void alloc_get_stats(struct ossl_proc_stats *st);
 void alloc_report(FILE *out);

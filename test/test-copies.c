@@ -4,6 +4,8 @@
  * tracker, and an owning plugin is pinned when it unloads. */
 #include <dlfcn.h>
 #include <stdbool.h>
+#include <stdlib.h>
+#include <sys/wait.h>
 #include <string.h>
 
 #include "common/testlog.h"
@@ -12,6 +14,7 @@
 struct plugin {
 	void *handle;
 	int (*init)(unsigned flags);
+	int (*init_with)(const struct ossl_proc_allocator *al);
 	int (*teardown)(void);
 	int (*get_stats)(struct ossl_proc_stats *st);
 	int (*report)(FILE *out);
@@ -25,13 +28,16 @@ plugin_load(void)
 
 	ck_assert_msg(p.handle, "dlopen: %s", dlerror());
 	p.init = (int (*)(unsigned))dlsym(p.handle, "vendored_init");
+	p.init_with = (int (*)(const struct ossl_proc_allocator *))dlsym(
+		p.handle, "vendored_init_with");
 	p.teardown = (int (*)(void))dlsym(p.handle, "vendored_teardown");
 	p.get_stats = (int (*)(struct ossl_proc_stats *))dlsym(p.handle,
 		"vendored_get_stats");
 	p.report = (int (*)(FILE *))dlsym(p.handle, "vendored_report");
 	p.init_address = (void *(*)(void))dlsym(p.handle,
 		"vendored_init_address");
-	ck_assert(p.init && p.teardown && p.get_stats && p.report &&
+	ck_assert(p.init && p.init_with && p.teardown && p.get_stats &&
+		  p.report &&
 		  p.init_address);
 	/* The plugin's copy is its own, not a binding to ours. */
 	ck_assert_ptr_ne(p.init_address(), (void *)ossl_proc_init);
@@ -140,6 +146,55 @@ START_TEST(plugin_owns_host_attaches)
 }
 END_TEST
 
+/* Shared mode with osslproc inside the plugin: the vendored copy owns
+ * the allocator on the host's arena; workers forked by the host place
+ * their memory in the arena and give it all back when they exit(). */
+START_TEST(plugin_owns_shared_mode)
+{
+	struct ossl_proc_config c = tl_config();
+	struct ossl_proc_arena *a = ossl_proc_arena_new(32 << 20);
+	struct ossl_proc_arena_stats as = { .size = sizeof(as) };
+	struct plugin p = plugin_load();
+	pid_t pids[4];
+
+	ck_assert_ptr_nonnull(a);
+	ck_assert_int_eq(p.init_with(ossl_proc_arena_allocator(a)), 0);
+	ck_assert_int_eq(ossl_proc_init(&c), 0);
+	ck_assert_int_eq(host_stats().allocator, OSSL_PROC_ALLOC_ATTACHED);
+	handshakes(1);
+	for (int i = 0; i < 4; i++) {
+		pids[i] = fork();
+		if (pids[i] == 0) {
+			struct ossl_proc_arena_stats ws = { .size = sizeof(ws) };
+			struct tls_pki *pki = tls_pki_new();
+			SSL_CTX *s = tls_server_ctx(pki);
+			SSL_CTX *cl = tls_client_ctx(pki);
+			int ok = tls_handshakes(cl, s, 5) == 5;
+
+			SSL_CTX_free(cl);
+			SSL_CTX_free(s);
+			tls_pki_free(pki);
+			ossl_proc_arena_get_stats(a, &ws);
+			exit(ok && ws.allocs > 0 ? 0 : 1);
+		}
+	}
+	for (int i = 0; i < 4; i++) {
+		int status;
+
+		ck_assert_int_eq(waitpid(pids[i], &status, 0), pids[i]);
+		ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	}
+	ck_assert_int_eq(ossl_proc_arena_get_stats(a, &as), 0);
+	ck_assert_uint_gt(as.allocs, 1000);
+	ck_assert_uint_eq(as.used_bytes, 0);
+	ck_assert_uint_eq(as.bad_frees, 0);
+	handshakes(1);
+	ck_assert_int_eq(ossl_proc_teardown(), OSSL_PROC_UNLOAD_SAFE);
+	ck_assert_int_eq(p.teardown(), OSSL_PROC_UNLOAD_PINNED);
+	dlclose(p.handle);
+}
+END_TEST
+
 int
 main(void)
 {
@@ -149,6 +204,7 @@ main(void)
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, host_owns_plugin_attaches);
 	tcase_add_test(tc, plugin_owns_host_attaches);
+	tcase_add_test(tc, plugin_owns_shared_mode);
 	suite_add_tcase(s, tc);
 	return tl_run(s);
 }

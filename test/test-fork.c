@@ -161,6 +161,53 @@ START_TEST(generation_counts_lineage)
 }
 END_TEST
 
+/* A child's counters are its own events; live memory includes what it
+ * inherited. */
+START_TEST(child_stats_are_its_own)
+{
+	struct ossl_proc_config c = tl_config();
+	struct ossl_proc_stats st = { .size = sizeof(st) };
+	uint64_t child_live;
+	int fds[2];
+	void *p;
+	pid_t pid;
+
+	c.on_bad_free = OSSL_PROC_BAD_FREE_IGNORE;
+	ck_assert_int_eq(ossl_proc_init(&c), 0);
+	ck_assert_int_eq(pipe(fds), 0);
+	p = OPENSSL_malloc(1000);
+	OPENSSL_free(p);
+	OPENSSL_free(p); /* a double free, in the parent */
+	p = OPENSSL_malloc(5000);
+	pid = fork();
+	if (pid == 0) {
+		void *q[10];
+
+		for (int i = 0; i < 10; i++)
+			q[i] = OPENSSL_malloc(100);
+		for (int i = 0; i < 10; i++)
+			OPENSSL_free(q[i]);
+		OPENSSL_free(p); /* inherited, freed here */
+		ossl_proc_get_stats(&st);
+		if (write(fds[1], &st.live_bytes, 8) != 8)
+			_exit(2);
+		_exit(st.allocs == 10 && st.frees == 11 &&
+		      st.double_frees == 0 && st.generation == 1 ? 0 : 1);
+	}
+	/* The parent as it was forked (prepare stopped its OpenSSL thread
+	 * state), and the child's live bytes without the 5000 it freed. */
+	ossl_proc_get_stats(&st);
+	ck_assert_int_eq(reap(pid), 0);
+	ck_assert_int_eq(read(fds[0], &child_live, 8), 8);
+	ck_assert_uint_eq(child_live, st.live_bytes - 5000);
+	ck_assert_uint_eq(st.double_frees, 1);
+	close(fds[0]);
+	close(fds[1]);
+	OPENSSL_free(p);
+	ossl_proc_teardown();
+}
+END_TEST
+
 /* ---- hooks ---- */
 
 static char *trace; /* shared with children: what the hooks did */
@@ -418,6 +465,51 @@ START_TEST(shared_free_by_other_process)
 }
 END_TEST
 
+/* The same with a whole SSL object: a host handing a live connection to
+ * another worker.  Nothing of it is released by the wrong process. */
+START_TEST(shared_ssl_freed_by_other_process)
+{
+	_Atomic(SSL *) *slot;
+	pid_t a, b;
+
+	init_shared();
+	make_tls();
+	slot = mmap(NULL, 4096, PROT_READ | PROT_WRITE,
+		    MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	ck_assert_ptr_ne(slot, MAP_FAILED);
+	a = fork();
+	if (a == 0) {
+		atomic_store(slot, SSL_new(client));
+		pause();
+		_exit(0);
+	}
+	while (!atomic_load(slot))
+		;
+	b = fork();
+	if (b == 0) {
+		struct ossl_proc_stats st = { .size = sizeof(st) };
+		uint64_t used = arena_stats().used_bytes;
+
+		/* Its OpenSSL state does not match the object's either, so
+		 * double frees follow too: all refused, all logged. */
+		tl_expect(OSSL_PROC_LOG_WARNING, "not released");
+		SSL_free(atomic_load(slot));
+		ossl_proc_get_stats(&st);
+		_exit(st.inherited_frees > 0 &&
+		      tl_count(OSSL_PROC_LOG_WARNING, "allocated by process")
+		      == 1 && arena_stats().used_bytes >= used ? 0 : 1);
+	}
+	ck_assert_int_eq(reap(b), 0);
+	kill(a, SIGKILL);
+	ck_assert_int_eq(reap(a), 128 + SIGKILL);
+	ck_assert_int_gt(ossl_proc_arena_reclaim(arena, a), 0);
+	ossl_proc_arena_reclaim(arena, b);
+	ck_assert_uint_eq(arena_stats().used_bytes, 0);
+	free_tls();
+	ossl_proc_teardown();
+}
+END_TEST
+
 START_TEST(reclaim_refuses_live_process)
 {
 	init_shared();
@@ -577,6 +669,7 @@ main(void)
 	tcase_add_test(tc, workers_handshake);
 	tcase_add_test(tc, error_queue_not_inherited);
 	tcase_add_test(tc, random_differs);
+	tcase_add_test(tc, child_stats_are_its_own);
 	tcase_add_test(tc, generation_counts_lineage);
 	tcase_add_test(tc, hooks_run_in_order_once);
 	tcase_add_test(tc, raw_fork_detected);
@@ -588,6 +681,7 @@ main(void)
 	tcase_set_timeout(tc, 300);
 	tcase_add_test(tc, shared_workers);
 	tcase_add_test(tc, shared_free_by_other_process);
+	tcase_add_test(tc, shared_ssl_freed_by_other_process);
 	tcase_add_test(tc, reclaim_refuses_live_process);
 	suite_add_tcase(s, tc);
 

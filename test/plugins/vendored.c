@@ -6,6 +6,7 @@
 #define PLUGIN_API __attribute__((visibility("default")))
 
 PLUGIN_API int vendored_init(unsigned flags);
+PLUGIN_API int vendored_init_with(const struct ossl_proc_allocator *al);
 PLUGIN_API int vendored_teardown(void);
 PLUGIN_API int vendored_get_stats(struct ossl_proc_stats *st);
 PLUGIN_API int vendored_report(FILE *out);
@@ -17,6 +18,15 @@ vendored_init(unsigned flags)
 	struct ossl_proc_config c = OSSL_PROC_CONFIG_INIT;
 
 	c.flags = flags;
+	return ossl_proc_init(&c);
+}
+
+int
+vendored_init_with(const struct ossl_proc_allocator *al)
+{
+	struct ossl_proc_config c = OSSL_PROC_CONFIG_INIT;
+
+	c.allocator = al;
 	return ossl_proc_init(&c);
 }
 
