@@ -240,7 +240,7 @@ pump_handshake(struct tls_conn *c)
 }
 
 int
-tls_connect(SSL_CTX *client, SSL_CTX *server, struct tls_conn *out)
+tls_pair_new(SSL_CTX *client, SSL_CTX *server, struct tls_conn *out)
 {
 	BIO *cb = NULL, *sb = NULL;
 
@@ -253,19 +253,36 @@ tls_connect(SSL_CTX *client, SSL_CTX *server, struct tls_conn *out)
 	SSL_set_bio(out->server, sb, sb);
 	SSL_set_connect_state(out->client);
 	SSL_set_accept_state(out->server);
-	if (!SSL_set1_host(out->client, "localhost") ||
-	    SSL_set_tlsext_host_name(out->client, "localhost") != 1)
-		goto fail;
-	if (pump_handshake(out) != 0 ||
-	    SSL_get_verify_result(out->client) != X509_V_OK ||
-	    !SSL_get0_peer_certificate(out->client))
-		goto fail;
-	return 0;
+	if (SSL_set1_host(out->client, "localhost") &&
+	    SSL_set_tlsext_host_name(out->client, "localhost") == 1)
+		return 0;
 fail:
-	fprintf(stderr, "tls_connect: handshake failed (verify: %s)\n",
-		out->client ? X509_verify_cert_error_string(
-			SSL_get_verify_result(out->client)) : "-");
 	ERR_print_errors_fp(stderr);
+	tls_conn_free(out);
+	return -1;
+}
+
+int
+tls_pair_handshake(struct tls_conn *c)
+{
+	if (pump_handshake(c) == 0 &&
+	    SSL_get_verify_result(c->client) == X509_V_OK &&
+	    SSL_get0_peer_certificate(c->client))
+		return 0;
+	fprintf(stderr, "tls: handshake failed (verify: %s)\n",
+		X509_verify_cert_error_string(
+			SSL_get_verify_result(c->client)));
+	ERR_print_errors_fp(stderr);
+	return -1;
+}
+
+int
+tls_connect(SSL_CTX *client, SSL_CTX *server, struct tls_conn *out)
+{
+	if (tls_pair_new(client, server, out))
+		return -1;
+	if (tls_pair_handshake(out) == 0)
+		return 0;
 	tls_conn_free(out);
 	return -1;
 }

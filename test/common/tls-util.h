@@ -24,6 +24,11 @@ struct tls_conn {
 	SSL *client, *server;
 };
 
+/* Two SSL objects joined by a BIO pair, not yet connected; 0 or -1. */
+int tls_pair_new(SSL_CTX *client, SSL_CTX *server, struct tls_conn *out);
+/* Handshake a pair from tls_pair_new() and check verification; 0 or -1
+ * (the pair stays the caller's to free). */
+int tls_pair_handshake(struct tls_conn *c);
 /* Connect a verified pair over a BIO pair; 0 or -1 (reason on stderr). */
 int tls_connect(SSL_CTX *client, SSL_CTX *server, struct tls_conn *out);
 /* Exchange "ping"/"pong" over a connected pair; 0 or -1. */

@@ -1,0 +1,327 @@
+/* Module scopes: a real plugin, dlopen'ed and dlclose'd, registers
+ * callbacks with OpenSSL; after its scope closes and it is unloaded the
+ * host keeps working.  Without the scope the same plugin crashes the
+ * host, which shows the test catches the bug. */
+#include <dlfcn.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdbool.h>
+
+#include "common/testlog.h"
+#include "common/tls-util.h"
+
+struct plugin {
+	void *handle;
+	int (*attach)(SSL_CTX *ctx, int scoped);
+	int (*detach)(void);
+	int (*index)(void);
+	int (*calls)(void);
+	int (*init_vendored)(void);
+	int (*teardown_vendored)(void);
+};
+
+static struct tls_pki *pki;
+static SSL_CTX *server, *client;
+
+static void
+setup(void)
+{
+	struct ossl_proc_config c = tl_config();
+
+	ck_assert_int_eq(ossl_proc_init(&c), 0);
+	pki = tls_pki_new();
+	server = tls_server_ctx(pki);
+	client = tls_client_ctx(pki);
+	ck_assert(pki && server && client);
+}
+
+static void
+teardown(void)
+{
+	SSL_CTX_free(client);
+	SSL_CTX_free(server);
+	tls_pki_free(pki);
+	ossl_proc_teardown();
+}
+
+#define SYM(p, name) dlsym((p)->handle, name)
+
+static struct plugin
+plugin_load(const char *path)
+{
+	struct plugin p = { .handle = dlopen(path, RTLD_NOW | RTLD_LOCAL) };
+
+	ck_assert_msg(p.handle, "dlopen: %s", dlerror());
+	*(void **)&p.attach = SYM(&p, "plug_attach");
+	*(void **)&p.detach = SYM(&p, "plug_detach");
+	*(void **)&p.index = SYM(&p, "plug_index");
+	*(void **)&p.calls = SYM(&p, "plug_calls");
+	*(void **)&p.init_vendored = SYM(&p, "plug_init_vendored");
+	*(void **)&p.teardown_vendored = SYM(&p, "plug_teardown_vendored");
+	ck_assert(p.attach && p.detach && p.index && p.calls);
+	return p;
+}
+
+static bool
+mapped(const char *path)
+{
+	void *h = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
+
+	if (h)
+		dlclose(h);
+	return h != NULL;
+}
+
+/*
+ * The plugin registers everything on the client context; a connection is
+ * created (and given plugin ex_data) before the unload, then after the
+ * unload the host frees it, handshakes on it and on the context.
+ */
+static void
+load_use_unload(const char *path, int scoped, int expect_close)
+{
+	struct plugin p = plugin_load(path);
+	struct tls_conn live;
+
+	ck_assert_int_eq(p.attach(client, scoped), 0);
+	ck_assert_int_eq(tls_handshakes(client, server, 2), 2);
+	ck_assert_int_gt(p.calls(), 0);
+	ck_assert_int_eq(tls_pair_new(client, server, &live), 0);
+	ck_assert_int_eq(SSL_set_ex_data(live.client, p.index(), &live), 1);
+	ck_assert_int_eq(p.detach(), expect_close);
+	dlclose(p.handle);
+	/* Each of these calls into the plugin without the scope. */
+	ck_assert_int_eq(tls_pair_handshake(&live), 0);
+	ck_assert_int_eq(tls_exchange(&live), 0);
+	tls_conn_free(&live);
+	ck_assert_int_eq(tls_handshakes(client, server, 2), 2);
+}
+
+START_TEST(scoped_plugin_unloads_safely)
+{
+	load_use_unload(TLSPLUG, 1, OSSL_PROC_UNLOAD_SAFE);
+	ck_assert(!mapped(TLSPLUG));
+	/* The context's callbacks are back to what they were. */
+	ck_assert_ptr_null(SSL_CTX_get_info_callback(client));
+	ck_assert_ptr_null(SSL_CTX_get_verify_callback(client));
+	ck_assert_int_eq(SSL_CTX_get_verify_mode(client), SSL_VERIFY_PEER);
+}
+END_TEST
+
+/* The same plugin registering directly with OpenSSL: the host crashes. */
+START_TEST(unscoped_plugin_crashes_host)
+{
+	load_use_unload(TLSPLUG, 0, 0);
+}
+END_TEST
+
+/* Loaded and unloaded many times: every cycle works. */
+START_TEST(reload_cycles)
+{
+	for (int i = 0; i < 20; i++)
+		load_use_unload(TLSPLUG, 1, OSSL_PROC_UNLOAD_SAFE);
+	ck_assert(!mapped(TLSPLUG));
+}
+END_TEST
+
+static int host_info_calls;
+
+static void
+host_info(const SSL *ssl, int where, int ret)
+{
+	(void)ssl, (void)where, (void)ret;
+	host_info_calls++;
+}
+
+/* The host replaced a callback after the module set it: close keeps the
+ * host's and says so. */
+START_TEST(replaced_callback_kept)
+{
+	struct plugin p = plugin_load(TLSPLUG);
+
+	ck_assert_int_eq(p.attach(client, 1), 0);
+	SSL_CTX_set_info_callback(client, host_info);
+	tl_expect(OSSL_PROC_LOG_WARNING, "info callback");
+	ck_assert_int_eq(p.detach(), OSSL_PROC_UNLOAD_SAFE);
+	ck_assert_int_eq(tl_count(OSSL_PROC_LOG_WARNING, "was replaced"), 1);
+	tl_expect(0, NULL);
+	dlclose(p.handle);
+	ck_assert_ptr_eq(SSL_CTX_get_info_callback(client), host_info);
+	ck_assert_int_eq(tls_handshakes(client, server, 1), 1);
+	ck_assert_int_gt(host_info_calls, 0);
+}
+END_TEST
+
+static int calls_a, calls_b;
+
+static void
+info_a(const SSL *ssl, int where, int ret)
+{
+	(void)ssl, (void)where, (void)ret;
+	calls_a++;
+}
+
+static void
+info_b(const SSL *ssl, int where, int ret)
+{
+	(void)ssl, (void)where, (void)ret;
+	calls_b++;
+}
+
+/* Two modules on one context: the newest open one is called; closing in
+ * either order leaves the right one, then the original. */
+static void
+stacked(bool close_newest_first)
+{
+	struct ossl_proc_module *a = ossl_proc_module_open("a");
+	struct ossl_proc_module *b = ossl_proc_module_open("b");
+
+	SSL_CTX_set_info_callback(client, host_info);
+	ck_assert_int_eq(ossl_proc_module_set_info_callback(a, client, info_a),
+			 0);
+	ck_assert_int_eq(ossl_proc_module_set_info_callback(b, client, info_b),
+			 0);
+	ck_assert_int_eq(tls_handshakes(client, server, 1), 1);
+	ck_assert(calls_b > 0 && calls_a == 0);
+	calls_a = calls_b = 0;
+	ck_assert_int_eq(ossl_proc_module_close(close_newest_first ? b : a),
+			 OSSL_PROC_UNLOAD_SAFE);
+	ck_assert_int_eq(tls_handshakes(client, server, 1), 1);
+	if (close_newest_first)
+		ck_assert(calls_a > 0 && calls_b == 0);
+	else
+		ck_assert(calls_b > 0 && calls_a == 0);
+	ck_assert_int_eq(ossl_proc_module_close(close_newest_first ? a : b),
+			 OSSL_PROC_UNLOAD_SAFE);
+	calls_a = calls_b = host_info_calls = 0;
+	ck_assert_int_eq(tls_handshakes(client, server, 1), 1);
+	ck_assert(calls_a == 0 && calls_b == 0 && host_info_calls > 0);
+	ck_assert_ptr_eq(SSL_CTX_get_info_callback(client), host_info);
+}
+
+START_TEST(stacked_close_newest_first)
+{
+	stacked(true);
+}
+END_TEST
+
+START_TEST(stacked_close_oldest_first)
+{
+	stacked(false);
+}
+END_TEST
+
+/* A context freed before its module closes: the close skips it. */
+START_TEST(context_freed_first)
+{
+	struct ossl_proc_module *m = ossl_proc_module_open("early");
+	SSL_CTX *ctx = tls_client_ctx(pki);
+
+	ck_assert_int_eq(ossl_proc_module_set_info_callback(m, ctx, info_a),
+			 0);
+	SSL_CTX_free(ctx);
+	ck_assert_int_eq(ossl_proc_module_close(m), OSSL_PROC_UNLOAD_SAFE);
+}
+END_TEST
+
+static int hook_order[4], hooks_run;
+
+static void
+undo_hook(void *arg)
+{
+	hook_order[hooks_run++] = (int)(intptr_t)arg;
+}
+
+START_TEST(on_close_lifo_and_libctx)
+{
+	struct ossl_proc_module *m = ossl_proc_module_open("hooks");
+	OSSL_LIB_CTX *lc;
+	EVP_MD *md;
+
+	ck_assert_int_eq(ossl_proc_module_on_close(m, undo_hook, (void *)1),
+			 0);
+	ck_assert_int_eq(ossl_proc_module_on_close(m, undo_hook, (void *)2),
+			 0);
+	lc = ossl_proc_module_libctx(m);
+	ck_assert_ptr_nonnull(lc);
+	ck_assert_ptr_eq(ossl_proc_module_libctx(m), lc);
+	md = EVP_MD_fetch(lc, "SHA256", NULL);
+	ck_assert_ptr_nonnull(md);
+	EVP_MD_free(md);
+	ck_assert_int_eq(ossl_proc_module_close(m), OSSL_PROC_UNLOAD_SAFE);
+	ck_assert_int_eq(hooks_run, 2);
+	ck_assert_int_eq(hook_order[0], 2);
+	ck_assert_int_eq(hook_order[1], 1);
+}
+END_TEST
+
+/* Misuse: clear errors, no crash. */
+START_TEST(misuse)
+{
+	struct ossl_proc_module *m = ossl_proc_module_open("misuse");
+
+	tl_expect(OSSL_PROC_LOG_ERROR, "client bug");
+	ck_assert_int_eq(ossl_proc_module_close(NULL), -EINVAL);
+	ck_assert_int_eq(ossl_proc_module_set_info_callback(m, client, NULL),
+			 -EINVAL);
+	ck_assert_int_eq(ossl_proc_module_set_info_callback(m, NULL, info_a),
+			 -EINVAL);
+	ck_assert_int_eq(ossl_proc_module_close(m), OSSL_PROC_UNLOAD_SAFE);
+	/* Closed: the handle is refused, never dereferenced. */
+	ck_assert_int_eq(ossl_proc_module_close(m), -EINVAL);
+	ck_assert_int_eq(ossl_proc_module_set_info_callback(m, client, info_a),
+			 -EINVAL);
+	ck_assert_int_lt(ossl_proc_module_ex_new_index(m, CRYPTO_EX_INDEX_SSL,
+						       0, NULL, NULL, NULL,
+						       NULL), 0);
+	ck_assert_ptr_null(ossl_proc_module_libctx(m));
+	ck_assert_int_eq(ossl_proc_module_on_close(m, undo_hook, NULL),
+			 -EINVAL);
+}
+END_TEST
+
+/* osslproc vendored in the plugin: its trampolines stay reachable from the
+ * connection created while it was loaded, so it is pinned, and says so. */
+START_TEST(vendored_plugin_pinned)
+{
+	struct plugin p = plugin_load(TLSPLUG_VENDORED);
+	struct tls_conn live;
+
+	ck_assert_int_eq(p.init_vendored(), 0);
+	ck_assert_int_eq(p.attach(client, 1), 0);
+	ck_assert_int_eq(tls_pair_new(client, server, &live), 0);
+	ck_assert_int_eq(p.detach(), OSSL_PROC_UNLOAD_PINNED);
+	ck_assert_int_ge(p.teardown_vendored(), 0);
+	dlclose(p.handle);
+	ck_assert(mapped(TLSPLUG_VENDORED));
+	ck_assert_int_eq(tls_pair_handshake(&live), 0);
+	tls_conn_free(&live);
+	ck_assert_int_eq(tls_handshakes(client, server, 1), 1);
+}
+END_TEST
+
+int
+main(void)
+{
+	Suite *s = suite_create("module");
+	TCase *tc = tcase_create("plugin");
+
+	tcase_set_timeout(tc, 120);
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_test(tc, scoped_plugin_unloads_safely);
+	tcase_add_test_raise_signal(tc, unscoped_plugin_crashes_host, SIGSEGV);
+	tcase_add_test(tc, reload_cycles);
+	tcase_add_test(tc, replaced_callback_kept);
+	tcase_add_test(tc, vendored_plugin_pinned);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("scope");
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_test(tc, stacked_close_newest_first);
+	tcase_add_test(tc, stacked_close_oldest_first);
+	tcase_add_test(tc, context_freed_first);
+	tcase_add_test(tc, on_close_lifo_and_libctx);
+	tcase_add_test(tc, misuse);
+	suite_add_tcase(s, tc);
+	return tl_run(s);
+}
