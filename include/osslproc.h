@@ -17,9 +17,6 @@
  * start with a size field that the caller sets to sizeof() the struct it
  * was compiled with.
  *
- * Functions marked "Not implemented yet" return -ENOSYS (or NULL with errno
- * set to ENOSYS) and log an ERROR; they are part of the contract and will
- * be filled in by later releases without changing their signature.
  */
 #ifndef OSSLPROC_H
 #define OSSLPROC_H
@@ -414,45 +411,88 @@ void ossl_proc_ctx_free(struct ossl_proc_ctx *pc);
 
 struct ossl_proc_module;
 
-/**
- * Open a scope for everything a plugin registers with OpenSSL.
- * Not implemented yet.
+/*
+ * A module scope records what a plugin registers with OpenSSL, so that
+ * ossl_proc_module_close() can undo it before the plugin is unloaded.
  *
- * @param name Name used in log lines.
- * @return NULL with errno set to ENOSYS.
+ * Callbacks set on an SSL_CTX through a scope are installed as osslproc
+ * trampolines: SSL_new() copies the context's callbacks into each SSL, so
+ * connections created while the plugin was loaded keep calling the
+ * trampoline, which calls the newest open module's callback, or, once all
+ * modules that set one are closed, the callback that was on the context
+ * before.  Closing waits for callbacks in flight (a read-write lock), so
+ * after it returns no callback runs in the plugin.  Do not close a scope
+ * from inside one of its own callbacks.
+ *
+ * All module functions are thread-safe (one internal lock; they are meant
+ * for load and unload time), and refuse a NULL or closed module with
+ * -EINVAL and an ERROR, without dereferencing it.
+ */
+
+/**
+ * Open a scope.
+ *
+ * @param name Name used in log lines (copied; may be NULL).
+ * @return the scope, or NULL with errno EINVAL (before ossl_proc_init())
+ *         or ENOMEM.
  */
 struct ossl_proc_module *ossl_proc_module_open(const char *name);
 
 /**
- * Undo everything registered through @p m, in reverse order.
- * Not implemented yet.
+ * Undo everything registered through @p m, newest first, and free @p m:
+ * callbacks are put back where they are still osslproc's (where the host
+ * replaced one since, its callback stays and a WARNING names it), ex_data
+ * indices are freed (CRYPTO_free_ex_index: live objects get no-op
+ * callbacks), error strings unloaded, the private library context freed,
+ * on_close hooks run.
  *
- * @return -ENOSYS.
+ * @return OSSL_PROC_UNLOAD_SAFE when nothing can reach the plugin's code;
+ *         OSSL_PROC_UNLOAD_PINNED when osslproc itself lives in the plugin
+ *         (a vendored static copy) and its trampolines stay reachable from
+ *         live objects: the plugin was made RTLD_NODELETE and stays mapped
+ *         (INFO line); -EINVAL for a NULL or already closed module.
  */
 int ossl_proc_module_close(struct ossl_proc_module *m);
 
-/** CRYPTO_get_ex_new_index() scoped to @p m.  Not implemented yet.
- * @return -ENOSYS. */
+/**
+ * CRYPTO_get_ex_new_index(), freed with CRYPTO_free_ex_index() at close.
+ * OpenSSL never reuses an index: each open/close cycle uses up one.
+ *
+ * @return the index (>= 0), -EINVAL, -ENOMEM or -EIO.
+ */
 int ossl_proc_module_ex_new_index(struct ossl_proc_module *m,
 				  int class_index, long argl, void *argp,
 				  CRYPTO_EX_new *new_func,
 				  CRYPTO_EX_dup *dup_func,
 				  CRYPTO_EX_free *free_func);
 
-/** SSL_CTX_set_info_callback() scoped to @p m.  Not implemented yet.
- * @return -ENOSYS. */
+/**
+ * SSL_CTX_set_info_callback() through the scope.
+ *
+ * @return 0, -EINVAL (NULL @p ctx or @p cb, closed module) or -ENOMEM.
+ */
 int ossl_proc_module_set_info_callback(struct ossl_proc_module *m,
 				       SSL_CTX *ctx,
 				       void (*cb)(const SSL *ssl, int where,
 						  int ret));
 
-/** SSL_CTX_set_verify() scoped to @p m.  Not implemented yet.
- * @return -ENOSYS. */
+/**
+ * SSL_CTX_set_verify() through the scope; at close the previous callback
+ * and mode come back.
+ *
+ * @return 0, -EINVAL or -ENOMEM.
+ */
 int ossl_proc_module_set_verify(struct ossl_proc_module *m, SSL_CTX *ctx,
 				int mode, SSL_verify_cb cb);
 
-/** SSL_CTX_set_msg_callback() scoped to @p m.  Not implemented yet.
- * @return -ENOSYS. */
+/**
+ * SSL_CTX_set_msg_callback() through the scope.  OpenSSL has no way to
+ * read a context's msg callback back, so the trampoline stays on the
+ * context after close and calls nothing (the msg callback argument is the
+ * context's, unchanged).
+ *
+ * @return 0, -EINVAL or -ENOMEM.
+ */
 int ossl_proc_module_set_msg_callback(struct ossl_proc_module *m,
 				      SSL_CTX *ctx,
 				      void (*cb)(int write_p, int version,
@@ -460,17 +500,33 @@ int ossl_proc_module_set_msg_callback(struct ossl_proc_module *m,
 						 const void *buf, size_t len,
 						 SSL *ssl, void *arg));
 
-/** ERR_load_strings() scoped to @p m.  Not implemented yet.
- * @return -ENOSYS. */
+/**
+ * ERR_load_strings(), unloaded with ERR_unload_strings() at close (the
+ * table must stay valid until then).  Library numbers from
+ * ERR_get_next_error_library() are never reused by OpenSSL.
+ *
+ * @return 0, -EINVAL, -EIO or -ENOMEM.
+ */
 int ossl_proc_module_load_strings(struct ossl_proc_module *m, int lib,
 				  ERR_STRING_DATA *str);
 
-/** A private OSSL_LIB_CTX freed at close.  Not implemented yet.
- * @return NULL. */
+/**
+ * A private OSSL_LIB_CTX for the module's providers (OSSL_PROVIDER_add_
+ * builtin has no remove; load them here instead), created on first call
+ * with the provider directory snapshotted at init, and freed at close after
+ * OPENSSL_thread_stop_ex() for the closing thread.  Other threads must
+ * have stopped using it.
+ *
+ * @return the context (owned by the scope), or NULL.
+ */
 OSSL_LIB_CTX *ossl_proc_module_libctx(struct ossl_proc_module *m);
 
-/** Register a generic undo hook run at close (LIFO).  Not implemented
- * yet.  @return -ENOSYS. */
+/**
+ * Run @p undo(@p arg) at close, in reverse order of registration with the
+ * other undo steps: for anything else the plugin gives OpenSSL.
+ *
+ * @return 0, -EINVAL or -ENOMEM.
+ */
 int ossl_proc_module_on_close(struct ossl_proc_module *m,
 			      void (*undo)(void *arg), void *arg);
 
