@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <signal.h>
 #include <stdbool.h>
+#include <stdio.h>
 
 #include "common/testlog.h"
 #include "common/tls-util.h"
@@ -121,6 +122,34 @@ START_TEST(reload_cycles)
 	for (int i = 0; i < 20; i++)
 		load_use_unload(TLSPLUG, 1, OSSL_PROC_UNLOAD_SAFE);
 	ck_assert(!mapped(TLSPLUG));
+}
+END_TEST
+
+/* dlopen, register everything, close, dlclose: what stays behind per
+ * cycle is bounded (OpenSSL keeps an ex_data slot and an error library
+ * number per cycle; nothing of osslproc's grows). */
+START_TEST(thousand_cycles_bounded)
+{
+	struct ossl_proc_stats st = { .size = sizeof(st) };
+	uint64_t after_10 = 0;
+
+	for (int i = 0; i < 1000; i++) {
+		struct plugin p = plugin_load(TLSPLUG);
+
+		ck_assert_int_eq(p.attach(client, 1), 0);
+		ck_assert_int_eq(p.detach(), OSSL_PROC_UNLOAD_SAFE);
+		dlclose(p.handle);
+		if (i == 9) {
+			ossl_proc_get_stats(&st);
+			after_10 = st.live_bytes;
+		}
+	}
+	ossl_proc_get_stats(&st);
+	fprintf(stderr, "growth over 990 cycles: %llu bytes\n",
+		(unsigned long long)(st.live_bytes - after_10));
+	ck_assert_uint_le(st.live_bytes - after_10, 990 * 128);
+	ck_assert(!mapped(TLSPLUG));
+	ck_assert_int_eq(tls_handshakes(client, server, 1), 1);
 }
 END_TEST
 
@@ -311,6 +340,7 @@ main(void)
 	tcase_add_test(tc, scoped_plugin_unloads_safely);
 	tcase_add_test_raise_signal(tc, unscoped_plugin_crashes_host, SIGSEGV);
 	tcase_add_test(tc, reload_cycles);
+	tcase_add_test(tc, thousand_cycles_bounded);
 	tcase_add_test(tc, replaced_callback_kept);
 	tcase_add_test(tc, vendored_plugin_pinned);
 	suite_add_tcase(s, tc);
