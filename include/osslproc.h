@@ -500,6 +500,53 @@ int ossl_proc_module_set_msg_callback(struct ossl_proc_module *m,
 						 const void *buf, size_t len,
 						 SSL *ssl, void *arg));
 
+/*
+ * The other SSL_CTX callbacks plugins set, through the scope.  Each
+ * returns 0, -EINVAL (NULL @p ctx or @p cb, closed module) or -ENOMEM.
+ *
+ * Keylog, new-session, remove-session and client-certificate callbacks are
+ * put back at close like the info callback.  OpenSSL cannot read back the
+ * ALPN select, servername and PSK callbacks: their trampoline stays on the
+ * context after close and answers as if no callback were set (no ALPN,
+ * the server name accepted, no PSK), and a callback the host had set
+ * before the module's is not called again.  The @p arg of the ALPN and
+ * servername callbacks is kept by the scope and passed to @p cb.
+ */
+int ossl_proc_module_set_keylog_callback(struct ossl_proc_module *m,
+					 SSL_CTX *ctx,
+					 SSL_CTX_keylog_cb_func cb);
+int ossl_proc_module_set_alpn_select_cb(struct ossl_proc_module *m,
+					SSL_CTX *ctx,
+					int (*cb)(SSL *ssl,
+						  const unsigned char **out,
+						  unsigned char *outlen,
+						  const unsigned char *in,
+						  unsigned int inlen,
+						  void *arg),
+					void *arg);
+int ossl_proc_module_set_servername_callback(struct ossl_proc_module *m,
+					     SSL_CTX *ctx,
+					     int (*cb)(SSL *ssl, int *al,
+						       void *arg),
+					     void *arg);
+int ossl_proc_module_sess_set_new_cb(struct ossl_proc_module *m,
+				     SSL_CTX *ctx,
+				     int (*cb)(SSL *ssl, SSL_SESSION *sess));
+int ossl_proc_module_sess_set_remove_cb(struct ossl_proc_module *m,
+					SSL_CTX *ctx,
+					void (*cb)(SSL_CTX *ctx,
+						   SSL_SESSION *sess));
+int ossl_proc_module_set_client_cert_cb(struct ossl_proc_module *m,
+					SSL_CTX *ctx,
+					int (*cb)(SSL *ssl, X509 **x509,
+						  EVP_PKEY **pkey));
+int ossl_proc_module_set_psk_client_callback(struct ossl_proc_module *m,
+					     SSL_CTX *ctx,
+					     SSL_psk_client_cb_func cb);
+int ossl_proc_module_set_psk_server_callback(struct ossl_proc_module *m,
+					     SSL_CTX *ctx,
+					     SSL_psk_server_cb_func cb);
+
 /**
  * ERR_load_strings(), unloaded with ERR_unload_strings() at close (the
  * table must stay valid until then).  Library numbers from

@@ -1,17 +1,9 @@
 /*
  * Module scopes: everything a plugin registers with OpenSSL through a
  * scope is undone when the scope closes, so that OpenSSL never calls into
- * the plugin after it is unloaded.
- *
- * Callbacks set on an SSL_CTX are the hard part: SSL_new() copies them
- * into every SSL, so resetting the context does not reach live
- * connections.  So the context gets a trampoline owned by this library,
- * and the plugin's callback is recorded in a per-context binding (an
- * SSL_CTX ex_data slot of ours).  The trampoline calls the newest
- * callback whose module is still open, else the callback that was there
- * before the first module set one.  Closing unlinks the module's entries
- * under a write lock, so no callback into the plugin is in flight when
- * close returns; live SSL objects only ever hold the trampoline.
+ * the plugin after it is unloaded.  Callbacks on an SSL_CTX go through
+ * the trampolines of trampoline.c; this file keeps the scopes, their undo
+ * logs and the close.
  */
 #include <dlfcn.h>
 #include <stdlib.h>
@@ -20,32 +12,7 @@
 #include <openssl/err.h>
 #include <openssl/provider.h>
 
-#include "osslproc-int.h"
-
-enum cb_kind { CB_INFO, CB_VERIFY, CB_MSG, CB_COUNT };
-
-typedef void (*info_fn)(const SSL *ssl, int where, int ret);
-typedef void (*msg_fn)(int write_p, int version, int content_type,
-		       const void *buf, size_t len, SSL *ssl, void *arg);
-
-/* One callback a module set on a context, until the module closes. */
-struct cb_node {
-	struct ossl_proc_module *module;
-	union {
-		info_fn info;
-		SSL_verify_cb verify;
-		msg_fn msg;
-	} cb;
-	struct cb_node *below;
-};
-
-/* Per SSL_CTX: the stack of module callbacks above what was there. */
-struct binding {
-	struct cb_node *top[CB_COUNT];
-	info_fn base_info;
-	SSL_verify_cb base_verify;
-	int base_verify_mode;
-};
+#include "module-int.h"
 
 enum undo_kind { U_EX_INDEX, U_STRINGS, U_CALLBACK, U_HOOK };
 
@@ -75,16 +42,22 @@ struct ossl_proc_module {
 static pthread_mutex_t modules_lock = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
 static struct ossl_proc_module **open_modules;
 static size_t n_open, cap_open;
-/* Held for reading while a trampoline calls into a module. */
-static pthread_rwlock_t dispatch_lock = PTHREAD_RWLOCK_INITIALIZER;
-static int bind_index = -1;
+void
+module_lock(void)
+{
+	pthread_mutex_lock(&modules_lock);
+}
 
-/* ---- bindings and trampolines ---- */
+void
+module_unlock(void)
+{
+	pthread_mutex_unlock(&modules_lock);
+}
 
-/* The context is going away before these modules closed: their undo
- * entries must not touch it. */
-static void
-forget_node(struct cb_node *n)
+/* Under modules_lock (the context's destructor): the context is going
+ * away before this entry's module closed; its undo must not touch it. */
+void
+module_forget_node(struct cb_node *n)
 {
 	struct ossl_proc_module *m = n->module;
 
@@ -92,91 +65,6 @@ forget_node(struct cb_node *n)
 		if (m->undo[i].kind == U_CALLBACK && m->undo[i].u.cb.node == n)
 			m->undo[i].u.cb.ctx = NULL;
 	free(n);
-}
-
-static void
-binding_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx,
-	     long argl, void *argp)
-{
-	struct binding *b = ptr;
-
-	(void)parent, (void)ad, (void)idx, (void)argl, (void)argp;
-	if (!b)
-		return;
-	pthread_mutex_lock(&modules_lock);
-	for (int k = 0; k < CB_COUNT; k++) {
-		struct cb_node *n = b->top[k], *below;
-
-		for (; n; n = below) {
-			below = n->below;
-			forget_node(n);
-		}
-	}
-	pthread_mutex_unlock(&modules_lock);
-	free(b);
-}
-
-static struct binding *
-binding_get(const SSL_CTX *ctx)
-{
-	return bind_index < 0 ? NULL : SSL_CTX_get_ex_data(ctx, bind_index);
-}
-
-/* The newest entry of @kind on @ctx, under dispatch_lock. */
-static struct cb_node *
-open_node(const SSL_CTX *ctx, enum cb_kind kind, struct binding **bp)
-{
-	struct binding *b = ctx ? binding_get(ctx) : NULL;
-
-	*bp = b;
-	return b ? b->top[kind] : NULL;
-}
-
-static void
-tramp_info(const SSL *ssl, int where, int ret)
-{
-	struct binding *b;
-	struct cb_node *n;
-
-	pthread_rwlock_rdlock(&dispatch_lock);
-	n = open_node(SSL_get_SSL_CTX(ssl), CB_INFO, &b);
-	if (n)
-		n->cb.info(ssl, where, ret);
-	else if (b && b->base_info)
-		b->base_info(ssl, where, ret);
-	pthread_rwlock_unlock(&dispatch_lock);
-}
-
-static int
-tramp_verify(int ok, X509_STORE_CTX *store)
-{
-	SSL *ssl = X509_STORE_CTX_get_ex_data(store,
-		SSL_get_ex_data_X509_STORE_CTX_idx());
-	struct binding *b;
-	struct cb_node *n;
-
-	pthread_rwlock_rdlock(&dispatch_lock);
-	n = open_node(ssl ? SSL_get_SSL_CTX(ssl) : NULL, CB_VERIFY, &b);
-	if (n)
-		ok = n->cb.verify(ok, store);
-	else if (b && b->base_verify)
-		ok = b->base_verify(ok, store);
-	pthread_rwlock_unlock(&dispatch_lock);
-	return ok;
-}
-
-static void
-tramp_msg(int write_p, int version, int content_type, const void *buf,
-	  size_t len, SSL *ssl, void *arg)
-{
-	struct binding *b;
-	struct cb_node *n;
-
-	pthread_rwlock_rdlock(&dispatch_lock);
-	n = open_node(SSL_get_SSL_CTX(ssl), CB_MSG, &b);
-	if (n)
-		n->cb.msg(write_p, version, content_type, buf, len, ssl, arg);
-	pthread_rwlock_unlock(&dispatch_lock);
 }
 
 /* ---- the registry of open modules ---- */
@@ -293,95 +181,41 @@ ossl_proc_module_ex_new_index(struct ossl_proc_module *m, int class_index,
 	return rc;
 }
 
-static struct binding *
-binding_for(SSL_CTX *ctx)
-{
-	struct binding *b;
-
-	if (bind_index < 0)
-		bind_index = CRYPTO_get_ex_new_index(CRYPTO_EX_INDEX_SSL_CTX,
-						     0, NULL, NULL, NULL,
-						     binding_free);
-	if (bind_index < 0)
-		return NULL;
-	b = SSL_CTX_get_ex_data(ctx, bind_index);
-	if (b)
-		return b;
-	b = calloc(1, sizeof(*b));
-	if (b && !SSL_CTX_set_ex_data(ctx, bind_index, b)) {
-		free(b);
-		b = NULL;
-	}
-	if (b) {
-		b->base_info = SSL_CTX_get_info_callback(ctx);
-		b->base_verify = SSL_CTX_get_verify_callback(ctx);
-		b->base_verify_mode = SSL_CTX_get_verify_mode(ctx);
-	}
-	return b;
-}
-
-/* Install @kind's trampoline on @ctx (the first time) and push @n. */
-static void
-install(SSL_CTX *ctx, struct binding *b, enum cb_kind kind,
-	struct cb_node *n, int verify_mode)
-{
-	pthread_rwlock_wrlock(&dispatch_lock);
-	n->below = b->top[kind];
-	b->top[kind] = n;
-	pthread_rwlock_unlock(&dispatch_lock);
-	switch (kind) {
-	case CB_INFO:
-		if (SSL_CTX_get_info_callback(ctx) != tramp_info) {
-			b->base_info = SSL_CTX_get_info_callback(ctx);
-			SSL_CTX_set_info_callback(ctx, tramp_info);
-		}
-		break;
-	case CB_VERIFY:
-		if (SSL_CTX_get_verify_callback(ctx) != tramp_verify)
-			b->base_verify = SSL_CTX_get_verify_callback(ctx);
-		SSL_CTX_set_verify(ctx, verify_mode, tramp_verify);
-		break;
-	case CB_MSG:
-		SSL_CTX_set_msg_callback(ctx, tramp_msg);
-		break;
-	case CB_COUNT:
-		break;
-	}
-}
-
 static int
 set_callback(struct ossl_proc_module *m, SSL_CTX *ctx, enum cb_kind kind,
-	     struct cb_node proto, int verify_mode, const char *fn)
+	     any_fn fn, void *arg, int verify_mode, const char *name)
 {
-	struct binding *b;
-	struct cb_node *n;
+	struct cb_node *n = NULL;
 	int rc;
 
 	pthread_mutex_lock(&modules_lock);
-	rc = check_open(m, fn);
-	if (!rc && (!ctx || !proto.cb.info)) {
-		log_bug_client("%s: ctx and cb must not be NULL", fn);
+	rc = check_open(m, name);
+	if (!rc && (!ctx || !fn)) {
+		log_bug_client("%s: ctx and cb must not be NULL", name);
 		rc = -EINVAL;
 	}
-	b = rc ? NULL : binding_for(ctx);
-	n = b ? malloc(sizeof(*n)) : NULL;
-	if (!rc && !n) {
-		log_error("%s: out of memory", fn);
-		rc = -ENOMEM;
+	if (!rc) {
+		n = malloc(sizeof(*n));
+		rc = n ? 0 : -ENOMEM;
 	}
 	if (!rc) {
-		*n = proto;
-		n->module = m;
+		*n = (struct cb_node){ .module = m, .fn = fn, .arg = arg };
 		rc = undo_push(m, (struct undo){ .kind = U_CALLBACK,
 			.u.cb = { ctx, kind, n } });
 	}
 	if (!rc) {
-		install(ctx, b, kind, n, verify_mode);
+		rc = tramp_bind(ctx, kind, n, verify_mode);
+		if (rc)
+			m->n--; /* the entry just pushed */
+	}
+	if (rc) {
+		free(n);
+		if (rc == -ENOMEM)
+			log_error("%s: out of memory", name);
+	} else {
 		m->trampolines = true;
 		if (!m->code)
-			m->code = (const void *)proto.cb.info;
-	} else {
-		free(n);
+			m->code = (const void *)fn;
 	}
 	pthread_mutex_unlock(&modules_lock);
 	return rc;
@@ -392,16 +226,14 @@ ossl_proc_module_set_info_callback(struct ossl_proc_module *m, SSL_CTX *ctx,
 				   void (*cb)(const SSL *ssl, int where,
 					      int ret))
 {
-	return set_callback(m, ctx, CB_INFO,
-			    (struct cb_node){ .cb.info = cb }, 0, __func__);
+	return set_callback(m, ctx, CB_INFO, (any_fn)cb, NULL, 0, __func__);
 }
 
 OSSL_PROC_EXPORT int
 ossl_proc_module_set_verify(struct ossl_proc_module *m, SSL_CTX *ctx,
 			    int mode, SSL_verify_cb cb)
 {
-	return set_callback(m, ctx, CB_VERIFY,
-			    (struct cb_node){ .cb.verify = cb }, mode,
+	return set_callback(m, ctx, CB_VERIFY, (any_fn)cb, NULL, mode,
 			    __func__);
 }
 
@@ -411,8 +243,82 @@ ossl_proc_module_set_msg_callback(struct ossl_proc_module *m, SSL_CTX *ctx,
 					     int content_type, const void *buf,
 					     size_t len, SSL *ssl, void *arg))
 {
-	return set_callback(m, ctx, CB_MSG, (struct cb_node){ .cb.msg = cb },
-			    0, __func__);
+	return set_callback(m, ctx, CB_MSG, (any_fn)cb, NULL, 0, __func__);
+}
+
+OSSL_PROC_EXPORT int
+ossl_proc_module_set_keylog_callback(struct ossl_proc_module *m,
+				     SSL_CTX *ctx, SSL_CTX_keylog_cb_func cb)
+{
+	return set_callback(m, ctx, CB_KEYLOG, (any_fn)cb, NULL, 0, __func__);
+}
+
+OSSL_PROC_EXPORT int
+ossl_proc_module_set_alpn_select_cb(struct ossl_proc_module *m, SSL_CTX *ctx,
+				    int (*cb)(SSL *ssl,
+					      const unsigned char **out,
+					      unsigned char *outlen,
+					      const unsigned char *in,
+					      unsigned int inlen, void *arg),
+				    void *arg)
+{
+	return set_callback(m, ctx, CB_ALPN, (any_fn)cb, arg, 0, __func__);
+}
+
+OSSL_PROC_EXPORT int
+ossl_proc_module_set_servername_callback(struct ossl_proc_module *m,
+					 SSL_CTX *ctx,
+					 int (*cb)(SSL *ssl, int *al,
+						   void *arg),
+					 void *arg)
+{
+	return set_callback(m, ctx, CB_SERVERNAME, (any_fn)cb, arg, 0,
+			    __func__);
+}
+
+OSSL_PROC_EXPORT int
+ossl_proc_module_sess_set_new_cb(struct ossl_proc_module *m, SSL_CTX *ctx,
+				 int (*cb)(SSL *ssl, SSL_SESSION *sess))
+{
+	return set_callback(m, ctx, CB_SESS_NEW, (any_fn)cb, NULL, 0,
+			    __func__);
+}
+
+OSSL_PROC_EXPORT int
+ossl_proc_module_sess_set_remove_cb(struct ossl_proc_module *m, SSL_CTX *ctx,
+				    void (*cb)(SSL_CTX *ctx,
+					       SSL_SESSION *sess))
+{
+	return set_callback(m, ctx, CB_SESS_REMOVE, (any_fn)cb, NULL, 0,
+			    __func__);
+}
+
+OSSL_PROC_EXPORT int
+ossl_proc_module_set_client_cert_cb(struct ossl_proc_module *m,
+				    SSL_CTX *ctx,
+				    int (*cb)(SSL *ssl, X509 **x509,
+					      EVP_PKEY **pkey))
+{
+	return set_callback(m, ctx, CB_CLIENT_CERT, (any_fn)cb, NULL, 0,
+			    __func__);
+}
+
+OSSL_PROC_EXPORT int
+ossl_proc_module_set_psk_client_callback(struct ossl_proc_module *m,
+					 SSL_CTX *ctx,
+					 SSL_psk_client_cb_func cb)
+{
+	return set_callback(m, ctx, CB_PSK_CLIENT, (any_fn)cb, NULL, 0,
+			    __func__);
+}
+
+OSSL_PROC_EXPORT int
+ossl_proc_module_set_psk_server_callback(struct ossl_proc_module *m,
+					 SSL_CTX *ctx,
+					 SSL_psk_server_cb_func cb)
+{
+	return set_callback(m, ctx, CB_PSK_SERVER, (any_fn)cb, NULL, 0,
+			    __func__);
 }
 
 OSSL_PROC_EXPORT int
@@ -484,39 +390,6 @@ ossl_proc_module_libctx(struct ossl_proc_module *m)
 
 /* ---- close ---- */
 
-static const char *const cb_names[] = {
-	[CB_INFO] = "info callback",
-	[CB_VERIFY] = "verify callback",
-	[CB_MSG] = "msg callback",
-};
-
-/* Put the context's callback back when it is still our trampoline and no
- * open module needs it; keep whatever someone set since. */
-static void
-restore(struct ossl_proc_module *m, SSL_CTX *ctx, enum cb_kind kind)
-{
-	struct binding *b = ctx ? binding_get(ctx) : NULL;
-	bool ours;
-
-	/* Another module still needs the trampoline; for msg, OpenSSL has no
-	 * getter to check it is still ours, so the trampoline stays. */
-	if (!b || b->top[kind] || kind == CB_MSG)
-		return;
-	ours = kind == CB_INFO ? SSL_CTX_get_info_callback(ctx) == tramp_info
-			       : SSL_CTX_get_verify_callback(ctx) ==
-				 tramp_verify;
-	if (!ours) {
-		log_warn("module %s: the %s of SSL_CTX %p was replaced since "
-			 "the module set it; keeping the new one", m->name,
-			 cb_names[kind], (void *)ctx);
-		return;
-	}
-	if (kind == CB_INFO)
-		SSL_CTX_set_info_callback(ctx, b->base_info);
-	else
-		SSL_CTX_set_verify(ctx, b->base_verify_mode, b->base_verify);
-}
-
 static void
 undo_one(struct ossl_proc_module *m, struct undo *u)
 {
@@ -529,7 +402,8 @@ undo_one(struct ossl_proc_module *m, struct undo *u)
 		ERR_unload_strings(u->u.strings.lib, u->u.strings.str);
 		break;
 	case U_CALLBACK:
-		restore(m, u->u.cb.ctx, u->u.cb.kind);
+		if (u->u.cb.ctx)
+			tramp_restore(m->name, u->u.cb.ctx, u->u.cb.kind);
 		break;
 	case U_HOOK:
 		u->u.hook.fn(u->u.hook.arg);
@@ -537,31 +411,18 @@ undo_one(struct ossl_proc_module *m, struct undo *u)
 	}
 }
 
-static void
-unlink_node(struct binding *b, enum cb_kind kind, struct cb_node *n)
-{
-	for (struct cb_node **p = &b->top[kind]; *p; p = &(*p)->below) {
-		if (*p == n) {
-			*p = n->below;
-			free(n);
-			return;
-		}
-	}
-}
-
 /* No callback of @m can run any more: its entries are unlinked. */
 static void
 detach_callbacks(struct ossl_proc_module *m)
 {
-	pthread_rwlock_wrlock(&dispatch_lock);
+	tramp_unbind_begin();
 	for (size_t i = 0; i < m->n; i++) {
 		struct undo *u = &m->undo[i];
 
 		if (u->kind == U_CALLBACK && u->u.cb.ctx)
-			unlink_node(binding_get(u->u.cb.ctx), u->u.cb.kind,
-				    u->u.cb.node);
+			tramp_unbind(u->u.cb.ctx, u->u.cb.kind, u->u.cb.node);
 	}
-	pthread_rwlock_unlock(&dispatch_lock);
+	tramp_unbind_end();
 }
 
 /* Whether the plugin must stay mapped: our trampolines stay reachable
@@ -573,7 +434,7 @@ unload_verdict(struct ossl_proc_module *m)
 	Dl_info mine, theirs;
 
 	if (!m->trampolines || !m->code ||
-	    !dladdr((void *)tramp_info, &mine) ||
+	    !dladdr(tramp_code(), &mine) ||
 	    !dladdr(m->code, &theirs) || mine.dli_fbase != theirs.dli_fbase)
 		return OSSL_PROC_UNLOAD_SAFE;
 	return proc_pin_self("SSL objects created while the module was "

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <signal.h>
 #include <stdbool.h>
+#include <limits.h>
 #include <stdio.h>
 
 #include "common/testlog.h"
@@ -13,10 +14,11 @@
 
 struct plugin {
 	void *handle;
-	int (*attach)(SSL_CTX *ctx, int scoped);
+	int (*attach)(SSL_CTX *client, SSL_CTX *server, int scoped);
 	int (*detach)(void);
 	int (*index)(void);
-	int (*calls)(void);
+	unsigned (*seen)(void);
+	unsigned (*all)(void);
 	int (*init_vendored)(void);
 	int (*teardown_vendored)(void);
 };
@@ -34,6 +36,15 @@ setup(void)
 	server = tls_server_ctx(pki);
 	client = tls_client_ctx(pki);
 	ck_assert(pki && server && client);
+	/* So that every callback kind has a reason to fire: the client
+	 * offers ALPN and caches sessions, the server asks for a client
+	 * certificate (optional) and caches sessions. */
+	ck_assert_int_eq(SSL_CTX_set_alpn_protos(client,
+			 (const unsigned char *)"\x02h2", 3), 0);
+	SSL_CTX_set_session_cache_mode(client, SSL_SESS_CACHE_CLIENT);
+	SSL_CTX_set_verify(server, SSL_VERIFY_PEER, NULL);
+	ck_assert_int_eq(SSL_CTX_set_session_id_context(server,
+			 (const unsigned char *)"t", 1), 1);
 }
 
 static void
@@ -56,10 +67,11 @@ plugin_load(const char *path)
 	*(void **)&p.attach = SYM(&p, "plug_attach");
 	*(void **)&p.detach = SYM(&p, "plug_detach");
 	*(void **)&p.index = SYM(&p, "plug_index");
-	*(void **)&p.calls = SYM(&p, "plug_calls");
+	*(void **)&p.seen = SYM(&p, "plug_seen");
+	*(void **)&p.all = SYM(&p, "plug_all");
 	*(void **)&p.init_vendored = SYM(&p, "plug_init_vendored");
 	*(void **)&p.teardown_vendored = SYM(&p, "plug_teardown_vendored");
-	ck_assert(p.attach && p.detach && p.index && p.calls);
+	ck_assert(p.attach && p.detach && p.index && p.seen && p.all);
 	return p;
 }
 
@@ -84,11 +96,22 @@ load_use_unload(const char *path, int scoped, int expect_close)
 	struct plugin p = plugin_load(path);
 	struct tls_conn live;
 
-	ck_assert_int_eq(p.attach(client, scoped), 0);
+	ck_assert_int_eq(p.attach(client, server, scoped), 0);
 	ck_assert_int_eq(tls_handshakes(client, server, 2), 2);
-	ck_assert_int_gt(p.calls(), 0);
+	SSL_CTX_flush_sessions(server, LONG_MAX); /* remove-session */
 	ck_assert_int_eq(tls_pair_new(client, server, &live), 0);
 	ck_assert_int_eq(SSL_set_ex_data(live.client, p.index(), &live), 1);
+	ck_assert_int_eq(SSL_set_ex_data(live.server, p.index(), NULL), 1);
+	{
+		struct tls_conn tmp;
+
+		/* An SSL with plugin ex_data freed while it is loaded. */
+		ck_assert_int_eq(tls_pair_new(client, server, &tmp), 0);
+		SSL_set_ex_data(tmp.client, p.index(), &tmp);
+		tls_conn_free(&tmp);
+	}
+	/* Every kind of callback ran in the plugin. */
+	ck_assert_uint_eq(p.seen(), p.all());
 	ck_assert_int_eq(p.detach(), expect_close);
 	dlclose(p.handle);
 	/* Each of these calls into the plugin without the scope. */
@@ -96,6 +119,7 @@ load_use_unload(const char *path, int scoped, int expect_close)
 	ck_assert_int_eq(tls_exchange(&live), 0);
 	tls_conn_free(&live);
 	ck_assert_int_eq(tls_handshakes(client, server, 2), 2);
+	SSL_CTX_flush_sessions(server, LONG_MAX);
 }
 
 START_TEST(scoped_plugin_unloads_safely)
@@ -106,6 +130,10 @@ START_TEST(scoped_plugin_unloads_safely)
 	ck_assert_ptr_null(SSL_CTX_get_info_callback(client));
 	ck_assert_ptr_null(SSL_CTX_get_verify_callback(client));
 	ck_assert_int_eq(SSL_CTX_get_verify_mode(client), SSL_VERIFY_PEER);
+	ck_assert_ptr_null(SSL_CTX_get_keylog_callback(client));
+	ck_assert_ptr_null(SSL_CTX_sess_get_new_cb(client));
+	ck_assert_ptr_null(SSL_CTX_sess_get_remove_cb(server));
+	ck_assert_ptr_null(SSL_CTX_get_client_cert_cb(client));
 }
 END_TEST
 
@@ -136,7 +164,7 @@ START_TEST(thousand_cycles_bounded)
 	for (int i = 0; i < 1000; i++) {
 		struct plugin p = plugin_load(TLSPLUG);
 
-		ck_assert_int_eq(p.attach(client, 1), 0);
+		ck_assert_int_eq(p.attach(client, server, 1), 0);
 		ck_assert_int_eq(p.detach(), OSSL_PROC_UNLOAD_SAFE);
 		dlclose(p.handle);
 		if (i == 9) {
@@ -168,7 +196,7 @@ START_TEST(replaced_callback_kept)
 {
 	struct plugin p = plugin_load(TLSPLUG);
 
-	ck_assert_int_eq(p.attach(client, 1), 0);
+	ck_assert_int_eq(p.attach(client, server, 1), 0);
 	SSL_CTX_set_info_callback(client, host_info);
 	tl_expect(OSSL_PROC_LOG_WARNING, "info callback");
 	ck_assert_int_eq(p.detach(), OSSL_PROC_UNLOAD_SAFE);
@@ -317,7 +345,7 @@ START_TEST(vendored_plugin_pinned)
 	struct tls_conn live;
 
 	ck_assert_int_eq(p.init_vendored(), 0);
-	ck_assert_int_eq(p.attach(client, 1), 0);
+	ck_assert_int_eq(p.attach(client, server, 1), 0);
 	ck_assert_int_eq(tls_pair_new(client, server, &live), 0);
 	ck_assert_int_eq(p.detach(), OSSL_PROC_UNLOAD_PINNED);
 	ck_assert_int_ge(p.teardown_vendored(), 0);
@@ -326,6 +354,45 @@ START_TEST(vendored_plugin_pinned)
 	ck_assert_int_eq(tls_pair_handshake(&live), 0);
 	tls_conn_free(&live);
 	ck_assert_int_eq(tls_handshakes(client, server, 1), 1);
+}
+END_TEST
+
+/* Two plugins, each with its own vendored copy, stacked on the same
+ * contexts, unloaded in either order while the host keeps handshaking. */
+static void
+two_vendored(bool first_loaded_unloads_first)
+{
+	struct plugin a = plugin_load(TLSPLUG_VENDORED);
+	struct plugin b = plugin_load(TLSPLUG_VENDORED2);
+	struct plugin *order[2] = { &a, &b };
+
+	if (!first_loaded_unloads_first) {
+		order[0] = &b;
+		order[1] = &a;
+	}
+	ck_assert_int_eq(a.init_vendored(), 0);
+	ck_assert_int_eq(b.init_vendored(), 0);
+	ck_assert_int_eq(a.attach(client, server, 1), 0);
+	ck_assert_int_eq(b.attach(client, server, 1), 0);
+	ck_assert_int_eq(tls_handshakes(client, server, 2), 2);
+	for (int i = 0; i < 2; i++) {
+		ck_assert_int_eq(order[i]->detach(), OSSL_PROC_UNLOAD_PINNED);
+		ck_assert_int_ge(order[i]->teardown_vendored(), 0);
+		dlclose(order[i]->handle);
+		ck_assert_int_eq(tls_handshakes(client, server, 2), 2);
+	}
+	ck_assert(mapped(TLSPLUG_VENDORED) && mapped(TLSPLUG_VENDORED2));
+}
+
+START_TEST(two_vendored_first_out_first)
+{
+	two_vendored(true);
+}
+END_TEST
+
+START_TEST(two_vendored_last_out_first)
+{
+	two_vendored(false);
 }
 END_TEST
 
@@ -343,6 +410,8 @@ main(void)
 	tcase_add_test(tc, thousand_cycles_bounded);
 	tcase_add_test(tc, replaced_callback_kept);
 	tcase_add_test(tc, vendored_plugin_pinned);
+	tcase_add_test(tc, two_vendored_first_out_first);
+	tcase_add_test(tc, two_vendored_last_out_first);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("scope");

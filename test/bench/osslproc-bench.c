@@ -5,7 +5,7 @@
  * variants alternate round by round so that drift in the machine hits
  * both alike, and the table shows medians and their ratio.
  *
- *   osslproc-bench [alloc|handshake|fork|all] [-r rounds]
+ *   osslproc-bench [alloc|handshake|fork|module|all] [-r rounds]
  */
 #include <errno.h>
 #include <pthread.h>
@@ -227,6 +227,101 @@ run_fork_exit(enum variant v, int arg)
 	return median(us, FORKS);
 }
 
+/* ---- module ---- */
+
+#define CYCLES 2000
+
+static void
+nop_info(const SSL *ssl, int where, int ret)
+{
+	(void)ssl, (void)where, (void)ret;
+}
+
+static int
+nop_verify(int ok, X509_STORE_CTX *store)
+{
+	(void)store;
+	return ok;
+}
+
+static void
+nop_msg(int w, int v, int t, const void *b, size_t l, SSL *s, void *a)
+{
+	(void)w, (void)v, (void)t, (void)b, (void)l, (void)s, (void)a;
+}
+
+static void
+nop_undo(void *arg)
+{
+	(void)arg;
+}
+
+/* µs per open + 5 registrations + close. */
+static double
+run_module_cycle(enum variant v, int arg)
+{
+	SSL_CTX *ctx;
+	double t0;
+
+	(void)v, (void)arg;
+	setup_variant(OSSLPROC);
+	ctx = SSL_CTX_new(TLS_method());
+	t0 = now_ns();
+	for (int i = 0; i < CYCLES; i++) {
+		struct ossl_proc_module *m = ossl_proc_module_open("bench");
+
+		if (!m || ossl_proc_module_ex_new_index(m, CRYPTO_EX_INDEX_SSL,
+				0, NULL, NULL, NULL, NULL) < 0 ||
+		    ossl_proc_module_set_info_callback(m, ctx, nop_info) ||
+		    ossl_proc_module_set_verify(m, ctx, SSL_VERIFY_PEER,
+						nop_verify) ||
+		    ossl_proc_module_set_msg_callback(m, ctx, nop_msg) ||
+		    ossl_proc_module_on_close(m, nop_undo, NULL) ||
+		    ossl_proc_module_close(m) < 0)
+			_exit(5);
+	}
+	t0 = (now_ns() - t0) / 1e3 / CYCLES;
+	SSL_CTX_free(ctx);
+	return t0;
+}
+
+/* Handshakes/s with info, verify and msg callbacks on the client context,
+ * set directly (default) or through a module scope's trampolines; both
+ * with osslproc's allocator, so only the callback path differs. */
+static double
+run_module_handshake(enum variant v, int n)
+{
+	struct tls_pki *pki;
+	SSL_CTX *s, *c;
+	double t0;
+
+	setup_variant(OSSLPROC);
+	pki = tls_pki_new();
+	s = pki ? tls_server_ctx(pki) : NULL;
+	c = pki ? tls_client_ctx(pki) : NULL;
+	if (!s || !c)
+		_exit(3);
+	if (v == DEFAULT) {
+		SSL_CTX_set_info_callback(c, nop_info);
+		SSL_CTX_set_verify(c, SSL_VERIFY_PEER, nop_verify);
+		SSL_CTX_set_msg_callback(c, nop_msg);
+	} else {
+		struct ossl_proc_module *m = ossl_proc_module_open("bench");
+
+		if (ossl_proc_module_set_info_callback(m, c, nop_info) ||
+		    ossl_proc_module_set_verify(m, c, SSL_VERIFY_PEER,
+						nop_verify) ||
+		    ossl_proc_module_set_msg_callback(m, c, nop_msg))
+			_exit(5);
+	}
+	if (tls_handshakes(c, s, 10) != 10)
+		_exit(4);
+	t0 = now_ns();
+	if (tls_handshakes(c, s, n) != n)
+		_exit(4);
+	return n / ((now_ns() - t0) / 1e9);
+}
+
 /* ---- harness ---- */
 
 static double
@@ -326,6 +421,10 @@ static const struct bench benches[] = {
 	  run_reinit, 0 },
 	{ "fork + _exit + waitpid (us)", "fork", "-", 0,
 	  run_fork_exit, 0 },
+	{ "module open + 5 reg. + close (us)", "module", "<= 50 us", 1,
+	  run_module_cycle, 0 },
+	{ "handshakes/s, callbacks via scope", "module", ">= 0.99x", 0,
+	  run_module_handshake, 400 },
 };
 
 static void
@@ -348,7 +447,7 @@ header(void)
 static int
 usage(void)
 {
-	fprintf(stderr, "usage: osslproc-bench [alloc|handshake|fork|all] "
+	fprintf(stderr, "usage: osslproc-bench [alloc|handshake|fork|module|all] "
 		"[-r rounds]\n");
 	return 2;
 }
@@ -369,7 +468,8 @@ main(int argc, char **argv)
 	if (optind < argc)
 		what = argv[optind];
 	if (strcmp(what, "all") && strcmp(what, "alloc") &&
-	    strcmp(what, "handshake") && strcmp(what, "fork"))
+	    strcmp(what, "handshake") && strcmp(what, "fork") &&
+	    strcmp(what, "module"))
 		return usage();
 	header();
 	for (size_t i = 0; i < sizeof(benches) / sizeof(benches[0]); i++) {

@@ -1,0 +1,65 @@
+/* Internals shared by module.c and trampoline.c. */
+#ifndef OSSLPROC_MODULE_INT_H
+#define OSSLPROC_MODULE_INT_H
+
+#include "osslproc-int.h"
+
+/* The SSL_CTX callbacks a module scope can set. */
+enum cb_kind {
+	CB_INFO,
+	CB_VERIFY,
+	CB_MSG,
+	CB_KEYLOG,
+	CB_ALPN,
+	CB_SERVERNAME,
+	CB_SESS_NEW,
+	CB_SESS_REMOVE,
+	CB_CLIENT_CERT,
+	CB_PSK_CLIENT,
+	CB_PSK_SERVER,
+	CB_COUNT
+};
+
+/* Callbacks are stored type-erased and cast back to their kind's type. */
+typedef void (*any_fn)(void);
+typedef void (*info_fn)(const SSL *ssl, int where, int ret);
+typedef void (*msg_fn)(int write_p, int version, int content_type,
+		       const void *buf, size_t len, SSL *ssl, void *arg);
+typedef int (*alpn_fn)(SSL *ssl, const unsigned char **out,
+		       unsigned char *outlen, const unsigned char *in,
+		       unsigned int inlen, void *arg);
+typedef int (*servername_fn)(SSL *ssl, int *al, void *arg);
+typedef int (*sess_new_fn)(SSL *ssl, SSL_SESSION *sess);
+typedef void (*sess_remove_fn)(SSL_CTX *ctx, SSL_SESSION *sess);
+typedef int (*client_cert_fn)(SSL *ssl, X509 **x509, EVP_PKEY **pkey);
+
+/* One callback a module set on a context, until the module closes. */
+struct cb_node {
+	struct ossl_proc_module *module;
+	any_fn fn;
+	void *arg;           /* for the kinds that take one */
+	struct cb_node *below;
+};
+
+/* trampoline.c */
+/* Push @n on @ctx's stack for @kind and put the trampoline on @ctx;
+ * @mode is the verify mode for CB_VERIFY.  0 or -ENOMEM. */
+int tramp_bind(SSL_CTX *ctx, enum cb_kind kind, struct cb_node *n, int mode);
+/* Unlink (and free) entries between begin and end: no dispatch runs
+ * meanwhile, and none reaches an unlinked entry afterwards. */
+void tramp_unbind_begin(void);
+void tramp_unbind(SSL_CTX *ctx, enum cb_kind kind, struct cb_node *n);
+void tramp_unbind_end(void);
+/* With no module left on @ctx for @kind: put back what was there, if the
+ * trampoline is still on the context (else WARNING). */
+void tramp_restore(const char *module, SSL_CTX *ctx, enum cb_kind kind);
+/* An address inside the trampolines' code, for dladdr(). */
+const void *tramp_code(void);
+
+/* module.c */
+void module_lock(void);
+void module_unlock(void);
+/* The context of @n is being freed before its module closed. */
+void module_forget_node(struct cb_node *n);
+
+#endif
