@@ -425,21 +425,30 @@ detach_callbacks(struct ossl_proc_module *m)
 	tramp_unbind_end();
 }
 
-/* Whether the plugin must stay mapped: our trampolines stay reachable
- * from live objects, and if this copy of osslproc lives in the plugin
- * itself (vendored), that is the plugin's code. */
+/* Whether the plugin must stay mapped: osslproc's trampolines stay
+ * reachable from live objects, so if this copy of osslproc lives in the
+ * plugin itself (vendored), that is plugin code; and a libcrypto linked
+ * into the plugin runs its thread-exit and atexit handlers until exit. */
 static int
 unload_verdict(struct ossl_proc_module *m)
 {
-	Dl_info mine, theirs;
+	Dl_info mine, theirs, crypto;
+	bool same;
 
-	if (!m->trampolines || !m->code ||
-	    !dladdr(tramp_code(), &mine) ||
-	    !dladdr(m->code, &theirs) || mine.dli_fbase != theirs.dli_fbase)
+	if (!m->code || !dladdr(m->code, &theirs) ||
+	    !dladdr(tramp_code(), &mine))
 		return OSSL_PROC_UNLOAD_SAFE;
-	return proc_pin_self("SSL objects created while the module was "
-			     "loaded still call osslproc's trampolines in it")
-	       ? OSSL_PROC_UNLOAD_PINNED : OSSL_PROC_UNLOAD_SAFE;
+	same = mine.dli_fbase == theirs.dli_fbase;
+	if (same && m->trampolines &&
+	    proc_pin_self("SSL objects created while the module was loaded "
+			  "still call osslproc's trampolines in it"))
+		return OSSL_PROC_UNLOAD_PINNED;
+	if (same && dladdr((void *)OpenSSL_version, &crypto) &&
+	    crypto.dli_fbase == theirs.dli_fbase &&
+	    proc_pin_self("it contains its own libcrypto, whose thread-exit "
+			  "and atexit handlers run until the process exits"))
+		return OSSL_PROC_UNLOAD_PINNED;
+	return OSSL_PROC_UNLOAD_SAFE;
 }
 
 static void

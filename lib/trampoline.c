@@ -369,6 +369,11 @@ tramp_restore(const char *module, SSL_CTX *ctx, enum cb_kind kind)
 	 * cannot be told whether it is still ours, so it stays. */
 	if (!b || b->top[kind] || !o->get)
 		return;
+	/* Put back already (an earlier entry of the same module and kind). */
+	if (o->get(ctx) == b->base[kind] &&
+	    (kind != CB_VERIFY ||
+	     SSL_CTX_get_verify_mode(ctx) == b->base_verify_mode))
+		return;
 	if (o->get(ctx) != o->tramp) {
 		log_warn("module %s: the %s of SSL_CTX %p was replaced since "
 			 "the module set it; keeping the new one", module,

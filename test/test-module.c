@@ -4,7 +4,10 @@
  * host, which shows the test catches the bug. */
 #include <dlfcn.h>
 #include <errno.h>
+#include <pthread.h>
+#include <sched.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <limits.h>
 #include <stdio.h>
@@ -312,6 +315,60 @@ START_TEST(on_close_lifo_and_libctx)
 }
 END_TEST
 
+static struct ossl_proc_module *racing;
+static atomic_int refused, accepted;
+
+static void *
+registrar(void *arg)
+{
+	(void)arg;
+	for (int i = 0; i < 2000; i++) {
+		int rc = ossl_proc_module_set_info_callback(racing, client,
+							    info_a);
+
+		atomic_fetch_add(rc ? &refused : &accepted, 1);
+	}
+	return NULL;
+}
+
+/* Closing a module while another thread registers through it: every
+ * registration is either recorded (and undone by the close) or refused. */
+START_TEST(close_while_registering)
+{
+	pthread_t t;
+
+	racing = ossl_proc_module_open("racing");
+	tl_expect(OSSL_PROC_LOG_ERROR, "not an open module");
+	pthread_create(&t, NULL, registrar, NULL);
+	while (atomic_load(&accepted) == 0)
+		sched_yield();
+	ck_assert_int_eq(ossl_proc_module_close(racing),
+			 OSSL_PROC_UNLOAD_SAFE);
+	pthread_join(t, NULL);
+	ck_assert_int_eq(atomic_load(&accepted) + atomic_load(&refused), 2000);
+	ck_assert_int_gt(atomic_load(&accepted), 0);
+	/* Nothing of the closed module is left on the context. */
+	ck_assert_ptr_null(SSL_CTX_get_info_callback(client));
+	calls_a = 0;
+	ck_assert_int_eq(tls_handshakes(client, server, 1), 1);
+	ck_assert_int_eq(calls_a, 0);
+}
+END_TEST
+
+/* A module that sets one kind twice restores once, silently. */
+START_TEST(same_kind_twice)
+{
+	struct ossl_proc_module *m = ossl_proc_module_open("twice");
+
+	ck_assert_int_eq(ossl_proc_module_set_info_callback(m, client, info_a),
+			 0);
+	ck_assert_int_eq(ossl_proc_module_set_info_callback(m, client, info_b),
+			 0);
+	ck_assert_int_eq(ossl_proc_module_close(m), OSSL_PROC_UNLOAD_SAFE);
+	ck_assert_ptr_null(SSL_CTX_get_info_callback(client));
+}
+END_TEST
+
 /* Misuse: clear errors, no crash. */
 START_TEST(misuse)
 {
@@ -421,6 +478,8 @@ main(void)
 	tcase_add_test(tc, context_freed_first);
 	tcase_add_test(tc, on_close_lifo_and_libctx);
 	tcase_add_test(tc, misuse);
+	tcase_add_test(tc, close_while_registering);
+	tcase_add_test(tc, same_kind_twice);
 	suite_add_tcase(s, tc);
 	return tl_run(s);
 }
