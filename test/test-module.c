@@ -11,9 +11,21 @@
 #include <stdbool.h>
 #include <limits.h>
 #include <stdio.h>
+#include <time.h>
 
 #include "common/testlog.h"
 #include "common/tls-util.h"
+
+/* Expire every cached session of @ctx (the remove-session callback). */
+static void
+flush_all_sessions(SSL_CTX *ctx)
+{
+#if OPENSSL_VERSION_NUMBER >= 0x30400000L
+	SSL_CTX_flush_sessions_ex(ctx, (time_t)LLONG_MAX);
+#else
+	SSL_CTX_flush_sessions(ctx, LONG_MAX);
+#endif
+}
 
 struct plugin {
 	void *handle;
@@ -101,7 +113,7 @@ load_use_unload(const char *path, int scoped, int expect_close)
 
 	ck_assert_int_eq(p.attach(client, server, scoped), 0);
 	ck_assert_int_eq(tls_handshakes(client, server, 2), 2);
-	SSL_CTX_flush_sessions(server, LONG_MAX); /* remove-session */
+	flush_all_sessions(server); /* remove-session */
 	ck_assert_int_eq(tls_pair_new(client, server, &live), 0);
 	ck_assert_int_eq(SSL_set_ex_data(live.client, p.index(), &live), 1);
 	ck_assert_int_eq(SSL_set_ex_data(live.server, p.index(), NULL), 1);
@@ -122,7 +134,7 @@ load_use_unload(const char *path, int scoped, int expect_close)
 	ck_assert_int_eq(tls_exchange(&live), 0);
 	tls_conn_free(&live);
 	ck_assert_int_eq(tls_handshakes(client, server, 2), 2);
-	SSL_CTX_flush_sessions(server, LONG_MAX);
+	flush_all_sessions(server);
 }
 
 START_TEST(scoped_plugin_unloads_safely)
