@@ -154,8 +154,10 @@ enum ossl_proc_unload {
  * The first call copies @p cfg, installs the tracked allocator with
  * CRYPTO_set_mem_functions() (unless OSSL_PROC_F_NO_ALLOCATOR), snapshots
  * the environment values OpenSSL reads later and resolves the CA paths
- * (see "Environment and CA paths" below), and makes OpenSSL load its
- * configuration now (OPENSSL_init_ssl with OPENSSL_INIT_LOAD_CONFIG).  Call it before any other OpenSSL function:
+ * (see "Environment and CA paths" below), makes OpenSSL load its
+ * configuration now (OPENSSL_init_ssl with OPENSSL_INIT_LOAD_CONFIG), and
+ * registers the fork handlers with pthread_atfork() (unless
+ * OSSL_PROC_F_NO_ATFORK; see ossl_proc_fork_prepare()).  Call it before any other OpenSSL function:
  * once OpenSSL has allocated with its default allocator the tracked one
  * cannot be installed; init then still succeeds, untracked, with a WARNING
  * (ossl_proc_get_stats() reports OSSL_PROC_ALLOC_UNTRACKED).
