@@ -11,6 +11,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
+
 #include "common/testlog.h"
 #include "common/tls-util.h"
 
@@ -328,6 +330,9 @@ START_TEST(realloc_semantics)
 	ck_assert_ptr_null(OPENSSL_realloc(q, 8));
 	ck_assert_uint_eq(stats().double_frees, 1);
 	tl_expect(0, NULL);
+	/* OpenSSL 3.6 records the failed realloc on the error queue, with
+	 * allocated data: that block is OpenSSL's until the queue is read. */
+	ERR_clear_error();
 	ck_assert_ptr_null(OPENSSL_realloc(p, 0)); /* size 0: free */
 	ck_assert_uint_eq(stats().live_blocks, st0.live_blocks);
 	ossl_proc_teardown();
