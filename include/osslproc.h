@@ -586,7 +586,9 @@ int ossl_proc_module_on_close(struct ossl_proc_module *m,
 /*
  * ossl_proc_init() copies, with secure_getenv(), the environment values
  * OpenSSL would otherwise read later in any thread: SSL_CERT_FILE,
- * SSL_CERT_DIR, OPENSSL_CONF and OPENSSL_MODULES.  It loads OpenSSL's
+ * SSL_CERT_DIR, OPENSSL_CONF and OPENSSL_MODULES, and initialises the C
+ * library's time zone (tzset(): glibc reads TZ on a process's first time
+ * conversion, which OpenSSL's certificate checks make).  It loads OpenSSL's
  * configuration from the copied OPENSSL_CONF there and then, gives the
  * default library context an explicit provider directory (so provider
  * loads never read OPENSSL_MODULES), and resolves the CA bundle and

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/provider.h>
@@ -146,6 +147,12 @@ resolve_ca(const struct proc_config *cfg)
 int
 env_init(const struct proc_config *cfg)
 {
+	/*
+	 * OpenSSL's certificate time checks call gmtime_r(), and glibc reads
+	 * TZ with getenv() the first time a process converts a time: in a
+	 * worker thread, racing any setenv().  Do that first read here.
+	 */
+	tzset();
 	for (int i = 0; i < ENV_COUNT; i++) {
 		const char *v = secure_getenv(snapshot_names[i]);
 

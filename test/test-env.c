@@ -183,18 +183,22 @@ init_ca(const char *file, const char *cadir)
 	ck_assert_int_eq(ossl_proc_init(&c), 0);
 }
 
-/* A client that trusts only what ossl_proc_load_verify_paths loads. */
+/*
+ * A client that trusts only what ossl_proc_load_verify_paths loads; 0 or
+ * -1.  It asserts nothing: Check's assertions read the environment, which
+ * the stress test below must leave to osslproc and OpenSSL alone.
+ */
 static int
 verified_handshake(SSL_CTX *server)
 {
 	SSL_CTX *client = SSL_CTX_new(TLS_client_method());
-	int rc;
+	int rc = -1;
 
-	ck_assert_ptr_nonnull(client);
-	SSL_CTX_set_min_proto_version(client, TLS1_3_VERSION);
-	SSL_CTX_set_verify(client, SSL_VERIFY_PEER, NULL);
-	ck_assert_int_eq(ossl_proc_load_verify_paths(client), 0);
-	rc = tls_handshake(client, server);
+	if (client && SSL_CTX_set_min_proto_version(client, TLS1_3_VERSION) &&
+	    ossl_proc_load_verify_paths(client) == 0) {
+		SSL_CTX_set_verify(client, SSL_VERIFY_PEER, NULL);
+		rc = tls_handshake(client, server);
+	}
 	SSL_CTX_free(client);
 	return rc;
 }
