@@ -328,7 +328,7 @@ END_TEST
 /* ---- who touches the environment ---- */
 
 #define WORKERS 2
-#define CTX_PER_WORKER 500
+#define CTX_PER_WORKER 1000
 
 static atomic_int verified;
 
