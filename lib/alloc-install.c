@@ -31,7 +31,6 @@ struct owner_record {
 	void (*report)(FILE *out);
 };
 
-static int owner_get_stats(struct ossl_proc_stats *out);
 static void owner_report(FILE *out);
 
 static char owner_object[512] = "the main program";
@@ -41,7 +40,7 @@ static struct owner_record owner = {
 	.size = sizeof(struct owner_record),
 	.self = &owner,
 	.object = owner_object,
-	.get_stats = owner_get_stats,
+	.get_stats = ossl_proc_get_stats,
 	.report = owner_report,
 };
 
@@ -295,22 +294,6 @@ alloc_get_stats(struct ossl_proc_stats *st)
 		own_stats(st);
 	}
 	st->allocator = m;
-}
-
-static int
-owner_get_stats(struct ossl_proc_stats *out)
-{
-	struct ossl_proc_stats st = { .size = sizeof(st) };
-	size_t n;
-
-	if (!out || out->size < STATS_V0_SIZE)
-		return -EINVAL;
-	own_stats(&st);
-	st.allocator = alloc_mode();
-	n = out->size < sizeof(st) ? out->size : sizeof(st);
-	memcpy((char *)out + sizeof(size_t), (char *)&st + sizeof(size_t),
-	       n - sizeof(size_t));
-	return 0;
 }
 
 static void

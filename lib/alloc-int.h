@@ -105,6 +105,13 @@ struct alloc_conf {
 
 extern struct alloc_conf aconf;
 
+/* The backend is the host's and shared between processes. */
+static inline bool
+shared_backend(void)
+{
+	return aconf.host.malloc && aconf.host.shared;
+}
+
 /* alloc.c */
 void *om_malloc(size_t n, const char *file, int line);
 void *om_realloc(void *p, size_t n, const char *file, int line);
@@ -117,7 +124,6 @@ void cache_flush(struct tstate *t);
 /* In a child: forget @t's quarantined shared blocks that belong to another
  * process; with @release, release the rest too (@t's thread is gone). */
 void quarantine_child(struct tstate *t, bool release);
-void site_lock_fork(enum fork_phase phase);
 extern _Atomic uint64_t bad_double, bad_invalid, bad_foreign, bad_inherited;
 void sites_report(FILE *out);
 

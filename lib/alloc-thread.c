@@ -67,20 +67,24 @@ fold(struct tstate *dst, const struct tstate *src)
 					  memory_order_relaxed);
 }
 
+/* Give back what @t holds: its quarantine (never another process's shared
+ * blocks) and its cache. */
+static void
+tstate_drain(struct tstate *t)
+{
+	quarantine_child(t, true);
+	cache_flush(t);
+}
+
 /* Thread exit: release the quarantine, keep the counts, forget the thread. */
 static void
 tstate_exit(void *arg)
 {
 	struct tstate *t = arg;
-	uint64_t count = atomic_load(&t->q_blocks);
 
 	tls_exiting = true;
 	tls_state = NULL;
-	for (; count; count--) {
-		blk_release(NULL, t->qring[t->qhead].user, 0);
-		t->qhead = t->qhead + 1 == t->qcap ? 0 : t->qhead + 1;
-	}
-	cache_flush(t);
+	tstate_drain(t);
 	flush(t);
 	pthread_mutex_lock(&proc_mut.reg_lock);
 	fold(&retired, t);
@@ -204,21 +208,6 @@ tstate_sum(struct ossl_proc_stats *st)
 
 /* ---- fork ---- */
 
-void
-alloc_fork_locks(enum fork_phase phase)
-{
-	if (phase == FORK_PREPARE) {
-		pthread_mutex_lock(&proc_mut.reg_lock);
-		site_lock_fork(phase);
-		return;
-	}
-	site_lock_fork(phase);
-	if (phase == FORK_CHILD_RAW)
-		pthread_mutex_init(&proc_mut.reg_lock, NULL);
-	else
-		pthread_mutex_unlock(&proc_mut.reg_lock);
-}
-
 unsigned
 alloc_other_threads(void)
 {
@@ -234,8 +223,7 @@ alloc_other_threads(void)
 bool
 alloc_shared_worker(void)
 {
-	return aconf.host.malloc && aconf.host.shared &&
-	       atomic_load(&proc_mut.generation) > 0;
+	return shared_backend() && atomic_load(&proc_mut.generation) > 0;
 }
 
 uint64_t
@@ -249,8 +237,7 @@ alloc_generation_get(void)
 static void
 forget_thread(struct tstate *t)
 {
-	quarantine_child(t, true);
-	cache_flush(t);
+	tstate_drain(t);
 	flush(t);
 	fold(&retired, t);
 	t->prev->next = t->next;
@@ -270,7 +257,7 @@ alloc_child(void)
 		next = t->next;
 		if (t != tls_state)
 			forget_thread(t);
-		else if (aconf.host.malloc && aconf.host.shared)
+		else if (shared_backend())
 			/* Only a shared backend leaves blocks that are not
 			 * this process's; private ones are its own copies. */
 			quarantine_child(t, false);
@@ -289,8 +276,6 @@ alloc_exit_drain(void)
 {
 	struct tstate *t = tls_state;
 
-	if (!t)
-		return;
-	quarantine_child(t, true);
-	cache_flush(t);
+	if (t)
+		tstate_drain(t);
 }

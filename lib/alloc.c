@@ -381,6 +381,15 @@ blk_check(void *p, uint32_t *word, const char *file, int line)
 	return true;
 }
 
+/* A block of a shared backend that another process allocated. */
+static inline bool
+blk_foreign(uint32_t word)
+{
+	return ((word & BK_MASK) >> BK_SHIFT) == BK_SHARED &&
+	       (pid_t)(word >> OWNER_SHIFT) !=
+	       atomic_load_explicit(&proc_mut.pid, memory_order_relaxed);
+}
+
 /* A block of a shared backend may be freed only by the process that
  * allocated it: anything else means live OpenSSL objects are shared
  * between processes, which OpenSSL 3 cannot support. */
@@ -389,12 +398,10 @@ owned_here(void *p, uint32_t word, const char *file, int line)
 {
 	pid_t owner, self;
 
-	if (((word & BK_MASK) >> BK_SHIFT) != BK_SHARED)
+	if (!blk_foreign(word))
 		return true;
 	owner = (pid_t)(word >> OWNER_SHIFT);
 	self = atomic_load_explicit(&proc_mut.pid, memory_order_relaxed);
-	if (owner == self)
-		return true;
 	atomic_fetch_add_explicit(&bad_inherited, 1, memory_order_relaxed);
 	if (site_first_time(NULL, 0, BAD_INHERITED))
 		log_warn("process %ld freed %p, a shared block allocated by "
@@ -447,19 +454,9 @@ cache_flush(struct tstate *t)
 	}
 }
 
-#define QSIZE_MASK ((1ull << 56) - 1)
-
-/* A shared block allocated by another process: never ours to release. */
-static bool
-blk_inherited(void *user)
-{
-	uint32_t word = atomic_load_explicit(&hdr_of(user)->word,
-					     memory_order_relaxed);
-
-	return ((word & BK_MASK) >> BK_SHIFT) == BK_SHARED &&
-	       (pid_t)(word >> OWNER_SHIFT) !=
-	       atomic_load_explicit(&proc_mut.pid, memory_order_relaxed);
-}
+/* struct qent.size_class: the payload size, the cache class above it. */
+#define QCLASS_SHIFT 56
+#define QSIZE_MASK ((1ull << QCLASS_SHIFT) - 1)
 
 void
 quarantine_child(struct tstate *t, bool release)
@@ -473,7 +470,9 @@ quarantine_child(struct tstate *t, bool release)
 	for (size_t i = 0; i < count; i++) {
 		struct qent e = t->qring[(t->qhead + i) % t->qcap];
 
-		if (blk_inherited(e.user))
+		/* Another process's shared block: never ours to release. */
+		if (blk_foreign(atomic_load_explicit(&hdr_of(e.user)->word,
+						     memory_order_relaxed)))
 			continue;
 		if (release) {
 			blk_release(NULL, e.user, 0);
@@ -484,17 +483,6 @@ quarantine_child(struct tstate *t, bool release)
 	}
 	atomic_store_explicit(&t->q_blocks, kept, memory_order_relaxed);
 	atomic_store_explicit(&t->q_bytes, bytes, memory_order_relaxed);
-}
-
-void
-site_lock_fork(enum fork_phase phase)
-{
-	if (phase == FORK_PREPARE)
-		pthread_mutex_lock(&proc_mut.site_lock);
-	else if (phase == FORK_CHILD_RAW)
-		pthread_mutex_init(&proc_mut.site_lock, NULL);
-	else
-		pthread_mutex_unlock(&proc_mut.site_lock);
 }
 
 static void
@@ -515,12 +503,13 @@ quarantine_push(struct tstate *t, void *user, size_t n, unsigned c)
 		t->qhead = t->qhead + 1 == t->qcap ? 0 : t->qhead + 1;
 		count--;
 		bytes -= e->size_class & QSIZE_MASK;
-		blk_release(t, e->user, (unsigned)(e->size_class >> 56));
+		blk_release(t, e->user,
+			    (unsigned)(e->size_class >> QCLASS_SHIFT));
 	}
 	e = &t->qring[t->qhead + count < t->qcap ? t->qhead + count
 						 : t->qhead + count - t->qcap];
 	e->user = user;
-	e->size_class = (uint64_t)n | (uint64_t)c << 56;
+	e->size_class = (uint64_t)n | (uint64_t)c << QCLASS_SHIFT;
 	atomic_store_explicit(&t->q_blocks, count + 1, memory_order_relaxed);
 	atomic_store_explicit(&t->q_bytes, bytes + n, memory_order_relaxed);
 }

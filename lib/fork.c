@@ -74,21 +74,29 @@ map_fork_flag(void)
 		 "at the next allocation");
 }
 
+/* osslproc's locks, in the order prepare takes them. */
+static pthread_mutex_t *const fork_locks[] = {
+	&proc_mut.hooks_lock, &proc_mut.reg_lock, &proc_mut.site_lock,
+};
+
 static void
 lock_all(void)
 {
-	pthread_mutex_lock(&proc_mut.hooks_lock);
-	alloc_fork_locks(FORK_PREPARE);
+	for (size_t i = 0; i < ARRAY_SIZE(fork_locks); i++)
+		pthread_mutex_lock(fork_locks[i]);
 }
 
+/* After the fork: release what prepare took, or, when no prepare ran,
+ * re-create the locks (their owner may not exist in this child). */
 static void
 unlock_all(enum fork_phase phase)
 {
-	alloc_fork_locks(phase);
-	if (phase == FORK_CHILD_RAW)
-		pthread_mutex_init(&proc_mut.hooks_lock, NULL);
-	else
-		pthread_mutex_unlock(&proc_mut.hooks_lock);
+	for (size_t i = ARRAY_SIZE(fork_locks); i-- > 0;) {
+		if (phase == FORK_CHILD_RAW)
+			pthread_mutex_init(fork_locks[i], NULL);
+		else
+			pthread_mutex_unlock(fork_locks[i]);
+	}
 }
 
 static void

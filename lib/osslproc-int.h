@@ -108,9 +108,8 @@ int alloc_init(const struct proc_config *cfg);
  * can still call into this copy's code. */
 bool alloc_teardown(void);
 enum ossl_proc_alloc_mode alloc_mode(void);
-/* Fork support: the allocator's locks, the threads that used it, and the
- * child's clean-up of what other threads and processes left behind. */
-void alloc_fork_locks(enum fork_phase phase);
+/* Fork support: the threads that used the allocator, and the child's
+ * clean-up of what other threads and processes left behind. */
 unsigned alloc_other_threads(void);
 bool alloc_shared_worker(void);
 void alloc_child(void);
