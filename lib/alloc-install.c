@@ -239,11 +239,15 @@ alloc_mode(void)
 	return (enum ossl_proc_alloc_mode)atomic_load(&mode);
 }
 
-/* Counters since install, whatever process counted them. */
-static void
-lineage_stats(struct ossl_proc_stats *st)
+/* Counters since install, whatever process counted them; @in_child: the
+ * caller is alloc_child(), where the registry needs no lock. */
+CHILD_PATH static void
+lineage_stats(struct ossl_proc_stats *st, bool in_child)
 {
-	tstate_sum(st);
+	if (in_child)
+		tstate_sum_unlocked(st);
+	else
+		tstate_sum(st);
 	st->double_frees = atomic_load(&bad_double);
 	st->invalid_frees = atomic_load(&bad_invalid);
 	st->foreign_frees = atomic_load(&bad_foreign);
@@ -251,12 +255,12 @@ lineage_stats(struct ossl_proc_stats *st)
 	st->generation = atomic_load(&proc_mut.generation);
 }
 
-void
+CHILD_PATH void
 alloc_stats_rebase(void)
 {
 	struct ossl_proc_stats now = { .size = sizeof(now) };
 
-	lineage_stats(&now);
+	lineage_stats(&now, true);
 	proc_mut.base = now;
 }
 
@@ -267,7 +271,7 @@ own_stats(struct ossl_proc_stats *st)
 {
 	const struct ossl_proc_stats *b = &proc_mut.base;
 
-	lineage_stats(st);
+	lineage_stats(st, false);
 	st->allocs -= b->allocs;
 	st->frees -= b->frees;
 	st->reallocs -= b->reallocs;

@@ -41,6 +41,7 @@ struct blk {
 #define CACHE_CLASSES 65          /* class c holds c * 16 bytes; 0: none */
 #define CACHE_MAX_TOTAL ((size_t)(CACHE_CLASSES - 1) * 16)
 #define CACHE_PER_CLASS 32
+#define PARK_SLOTS 16
 
 /* word layout */
 #define ST_MASK 0x3u
@@ -87,6 +88,11 @@ struct tstate {
 	/* Blocks out of the quarantine, by class, still in the freed state. */
 	void *cache[CACHE_CLASSES][CACHE_PER_CLASS];
 	uint8_t cache_n[CACHE_CLASSES];
+	/* Backend chunks that would have given a page-aligned user pointer,
+	 * held so the backend cannot offer them again (alloc.c: park). */
+	void *parked[PARK_SLOTS];
+	uint8_t parked_bk[PARK_SLOTS];
+	unsigned park_next;
 	struct tstate *prev, *next;
 	bool shared;             /* the fallback for exiting threads */
 };
@@ -119,7 +125,8 @@ void om_free(void *p, const char *file, int line);
 /* Hand a quarantined block of class @c on: to @t's cache when it has
  * room, else to the backend (@t NULL: always the backend). */
 void blk_release(struct tstate *t, void *user, unsigned c);
-/* Return every cached block of @t to the backend. */
+void park_forget_shared(struct tstate *t);
+/* Return every cached and parked block of @t to the backend. */
 void cache_flush(struct tstate *t);
 /* In a child: forget @t's quarantined shared blocks that belong to another
  * process; with @release, release the rest too (@t's thread is gone). */
@@ -142,20 +149,65 @@ tstate_get(void)
 
 	return likely(t) ? t : tstate_new();
 }
-void tstate_count_alloc(struct tstate *t, size_t n);
-void tstate_count_free(struct tstate *t, size_t n);
 void tstate_sum(struct ossl_proc_stats *st);
+void tstate_sum_unlocked(struct ossl_proc_stats *st);
+/* Fold @t's live-byte delta into the global (and the peak). */
+void tstate_flush(struct tstate *t);
+void tstate_count_shared(int64_t delta);
+
+/* Only the owning thread writes these: a plain add, readable by others. */
+static inline void
+own_add(_Atomic uint64_t *c, uint64_t v)
+{
+	atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) +
+			      v, memory_order_relaxed);
+}
 
 static inline void
 counter_add(const struct tstate *t, _Atomic uint64_t *c, uint64_t v)
 {
-	/* Only the owning thread writes: a plain add, readable by others. */
 	if (likely(!t->shared))
-		atomic_store_explicit(c, atomic_load_explicit(c,
-				      memory_order_relaxed) + v,
-				      memory_order_relaxed);
+		own_add(c, v);
 	else
 		atomic_fetch_add_explicit(c, v, memory_order_relaxed);
+}
+
+/* Live-byte deltas are folded into the global this often, which is what
+ * makes peak_bytes exact to within this many bytes per thread. */
+#define FLUSH_BYTES ((int64_t)64 * 1024)
+
+/* Inline: they run in every allocation and free.  The shared fallback
+ * (exiting threads) is tested once, then the owner's plain adds. */
+static inline void
+tstate_count_alloc(struct tstate *t, size_t n)
+{
+	if (unlikely(t->shared)) {
+		counter_add(t, &t->allocs, 1);
+		counter_add(t, &t->bytes_in, n);
+		tstate_count_shared((int64_t)n);
+		return;
+	}
+	own_add(&t->allocs, 1);
+	own_add(&t->bytes_in, n);
+	t->unflushed += (int64_t)n;
+	if (unlikely(t->unflushed > FLUSH_BYTES))
+		tstate_flush(t);
+}
+
+static inline void
+tstate_count_free(struct tstate *t, size_t n)
+{
+	if (unlikely(t->shared)) {
+		counter_add(t, &t->frees, 1);
+		counter_add(t, &t->bytes_out, n);
+		tstate_count_shared(-(int64_t)n);
+		return;
+	}
+	own_add(&t->frees, 1);
+	own_add(&t->bytes_out, n);
+	t->unflushed -= (int64_t)n;
+	if (unlikely(t->unflushed < -FLUSH_BYTES))
+		tstate_flush(t);
 }
 
 /* alloc-install.c */

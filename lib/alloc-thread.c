@@ -9,9 +9,6 @@
 
 #include "alloc-int.h"
 
-/* Live-byte deltas are folded into the global this often, which is what
- * makes peak_bytes exact to within this many bytes per thread. */
-#define FLUSH_BYTES ((int64_t)64 * 1024)
 
 static struct tstate reg = { .prev = &reg, .next = &reg };
 /* Counters of exited threads and of the exiting-thread fallback. */
@@ -26,7 +23,7 @@ static int tkey_ok;
 __thread struct tstate *tls_state __attribute__((tls_model("initial-exec")));
 static __thread bool tls_exiting __attribute__((tls_model("initial-exec")));
 
-static void
+CHILD_PATH static void
 peak_raise(uint64_t now)
 {
 	uint64_t peak = atomic_load_explicit(&peak_global,
@@ -38,8 +35,8 @@ peak_raise(uint64_t now)
 		;
 }
 
-static void
-flush(struct tstate *t)
+void
+tstate_flush(struct tstate *t)
 {
 	int64_t v = t->unflushed;
 	int64_t now;
@@ -85,7 +82,7 @@ tstate_exit(void *arg)
 	tls_exiting = true;
 	tls_state = NULL;
 	tstate_drain(t);
-	flush(t);
+	tstate_flush(t);
 	pthread_mutex_lock(&proc_mut.reg_lock);
 	fold(&retired, t);
 	t->prev->next = t->next;
@@ -104,7 +101,9 @@ key_create(void)
 static size_t
 ring_slots(void)
 {
-	size_t slots = aconf.quarantine_bytes / 64;
+	/* One slot per 256 bytes of window: OpenSSL's blocks average more
+	 * than that, and a small ring stays in the L1 cache. */
+	size_t slots = aconf.quarantine_bytes / 256;
 
 	if (slots < 64)
 		return 64;
@@ -137,38 +136,17 @@ tstate_new(void)
 	return t;
 }
 
+/* An exiting thread's counts go to the shared fallback, under atomics. */
 void
-tstate_count_alloc(struct tstate *t, size_t n)
+tstate_count_shared(int64_t delta)
 {
-	counter_add(t, &t->allocs, 1);
-	counter_add(t, &t->bytes_in, n);
-	if (unlikely(t->shared)) {
-		int64_t now = atomic_fetch_add(&live_global, (int64_t)n) +
-			      (int64_t)n;
+	int64_t now = atomic_fetch_add(&live_global, delta) + delta;
 
+	if (delta > 0)
 		peak_raise(now > 0 ? (uint64_t)now : 0);
-		return;
-	}
-	t->unflushed += (int64_t)n;
-	if (unlikely(t->unflushed > FLUSH_BYTES))
-		flush(t);
 }
 
-void
-tstate_count_free(struct tstate *t, size_t n)
-{
-	counter_add(t, &t->frees, 1);
-	counter_add(t, &t->bytes_out, n);
-	if (unlikely(t->shared)) {
-		atomic_fetch_sub(&live_global, (int64_t)n);
-		return;
-	}
-	t->unflushed -= (int64_t)n;
-	if (unlikely(t->unflushed < -FLUSH_BYTES))
-		flush(t);
-}
-
-static void
+CHILD_PATH static void
 add_counts(struct ossl_proc_stats *st, const struct tstate *t)
 {
 	uint64_t in = atomic_load_explicit(&t->bytes_in, memory_order_relaxed);
@@ -188,14 +166,14 @@ add_counts(struct ossl_proc_stats *st, const struct tstate *t)
 						      memory_order_relaxed);
 }
 
-void
-tstate_sum(struct ossl_proc_stats *st)
+/* The sum over the registry, whose lock the caller holds (or which only
+ * the calling thread can touch: a child). */
+CHILD_PATH void
+tstate_sum_unlocked(struct ossl_proc_stats *st)
 {
-	pthread_mutex_lock(&proc_mut.reg_lock);
 	for (struct tstate *t = reg.next; t != &reg; t = t->next)
 		add_counts(st, t);
 	add_counts(st, &retired);
-	pthread_mutex_unlock(&proc_mut.reg_lock);
 	st->live_blocks = st->allocs - st->frees;
 	/* Counters read mid-update by other threads can be a block apart;
 	 * never report a negative number of live bytes. */
@@ -204,6 +182,14 @@ tstate_sum(struct ossl_proc_stats *st)
 	peak_raise(st->live_bytes);
 	st->peak_bytes = atomic_load_explicit(&peak_global,
 					      memory_order_relaxed);
+}
+
+void
+tstate_sum(struct ossl_proc_stats *st)
+{
+	pthread_mutex_lock(&proc_mut.reg_lock);
+	tstate_sum_unlocked(st);
+	pthread_mutex_unlock(&proc_mut.reg_lock);
 }
 
 /* ---- fork ---- */
@@ -238,7 +224,7 @@ static void
 forget_thread(struct tstate *t)
 {
 	tstate_drain(t);
-	flush(t);
+	tstate_flush(t);
 	fold(&retired, t);
 	t->prev->next = t->next;
 	t->next->prev = t->prev;
@@ -246,15 +232,15 @@ forget_thread(struct tstate *t)
 	free(t);
 }
 
-void
+CHILD_PATH void
 alloc_child(void)
 {
 	struct tstate *next;
 
 	atomic_fetch_add(&proc_mut.generation, 1);
-	pthread_mutex_lock(&proc_mut.reg_lock);
 	for (struct tstate *t = reg.next; t != &reg; t = next) {
 		next = t->next;
+		park_forget_shared(t);
 		if (t != tls_state)
 			forget_thread(t);
 		else if (shared_backend())
@@ -262,7 +248,6 @@ alloc_child(void)
 			 * this process's; private ones are its own copies. */
 			quarantine_child(t, false);
 	}
-	pthread_mutex_unlock(&proc_mut.reg_lock);
 	alloc_stats_rebase();
 }
 

@@ -36,13 +36,15 @@ site_of(struct blk *h)
 static inline uint32_t
 blk_magic(const void *user, uint64_t size_gen, uint32_t word)
 {
-	uint64_t x = (uintptr_t)user ^ aconf.secret;
+	/* One multiply-xorshift round over the secret-keyed inputs: enough
+	 * to make a random or stale header a 2^-32 event, cheap enough to
+	 * run on every allocation and free. */
+	uint64_t x = ((uintptr_t)user ^ aconf.secret) +
+		     (size_gen ^ (uint64_t)(word & ~ST_MASK) << 29) *
+		     0x9e3779b97f4a7c15ull;
 
-	x ^= size_gen * 0x9e3779b97f4a7c15ull;
-	x ^= (uint64_t)(word & ~ST_MASK) << 29;
-	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-	return (uint32_t)(x >> 32) ^ (uint32_t)x;
+	x = (x ^ (x >> 31)) * 0xbf58476d1ce4e5b9ull;
+	return (uint32_t)(x >> 32);
 }
 
 static inline size_t
@@ -155,15 +157,36 @@ site_unlink(struct blk *h, const char *file, int line)
  * A block whose user pointer is page-aligned could not be told from the
  * start of a foreign mapping without reading the page before it, which may
  * fault.  Such blocks are never handed out: take a 16-byte larger block
- * and, if needed, pad.  This happens for about one block in 256.
+ * and, if needed, pad.  The rejected chunk is parked rather than freed: a
+ * LIFO backend (glibc's tcache) would hand the same chunk back for the
+ * next request of its size, and every allocation of that size would pay
+ * for two more backend calls.
  */
+static void
+park(struct tstate *t, enum backend bk, void *base)
+{
+	unsigned slot = t->park_next;
+	void *old = t->parked[slot];
+	enum backend old_bk = (enum backend)t->parked_bk[slot];
+
+	if (t->shared) {
+		bk_free(bk, base, OPENSSL_FILE, OPENSSL_LINE);
+		return;
+	}
+	t->parked[slot] = base;
+	t->parked_bk[slot] = (uint8_t)bk;
+	t->park_next = (slot + 1) % PARK_SLOTS;
+	if (old)
+		bk_free(old_bk, old, OPENSSL_FILE, OPENSSL_LINE);
+}
+
 static void *
-realign(enum backend bk, void *base, size_t total, uint32_t *word,
-	const char *file, int line)
+realign(struct tstate *t, enum backend bk, void *base, size_t total,
+	uint32_t *word, const char *file, int line)
 {
 	void *nb = bk_alloc(bk, total + 16, file, line);
 
-	bk_free(bk, base, file, line);
+	park(t, bk, base);
 	if (!nb)
 		return NULL;
 	if ((((uintptr_t)nb + prefix_len(*word)) & PAGE_MASK) == 0)
@@ -176,13 +199,22 @@ realign(enum backend bk, void *base, size_t total, uint32_t *word,
 static inline void *
 cache_pop(struct tstate *t, unsigned c)
 {
-	return t->cache_n[c] ? t->cache[c][--t->cache_n[c]] : NULL;
+	unsigned n = t->cache_n[c];
+
+	if (!n)
+		return NULL;
+	t->cache_n[c] = (uint8_t)--n;
+	/* The block under it is next: its header has usually left the L1
+	 * cache while it sat in the quarantine, so start loading it now. */
+	if (n)
+		__builtin_prefetch(hdr_of(t->cache[c][n - 1]), 1);
+	return t->cache[c][n];
 }
 
 /* Fresh memory from the backend for a block with @word's layout. */
 static char *
-backend_block(enum backend bk, size_t total, uint32_t *word, unsigned *c,
-	      const char *file, int line)
+backend_block(struct tstate *t, enum backend bk, size_t total, uint32_t *word,
+	      unsigned *c, const char *file, int line)
 {
 	char *base = bk_alloc(bk, total, file, line);
 
@@ -190,7 +222,7 @@ backend_block(enum backend bk, size_t total, uint32_t *word, unsigned *c,
 		return NULL;
 	if (unlikely((((uintptr_t)base + prefix_len(*word)) & PAGE_MASK) ==
 		     0)) {
-		base = realign(bk, base, total, word, file, line);
+		base = realign(t, bk, base, total, word, file, line);
 		*c = 0; /* its size is no longer its class's */
 		if (!base)
 			return NULL;
@@ -220,8 +252,7 @@ blk_new(size_t n, const char *file, int line)
 	if (unlikely(aconf.flags & OSSL_PROC_F_TRACK_SITES))
 		word |= W_SITES;
 	if (bk == BK_SHARED)
-		word |= (uint32_t)atomic_load_explicit(&proc_mut.pid,
-			memory_order_relaxed) << OWNER_SHIFT;
+		word |= (uint32_t)proc_self() << OWNER_SHIFT;
 	total = n + prefix_len(word);
 	if (total <= CACHE_MAX_TOTAL && bk != BK_SHARED) {
 		c = (unsigned)((total + 15) >> 4);
@@ -229,7 +260,7 @@ blk_new(size_t n, const char *file, int line)
 		user = cache_pop(t, c);
 	}
 	if (!user)
-		user = backend_block(bk, total, &word, &c, file, line);
+		user = backend_block(t, bk, total, &word, &c, file, line);
 	if (unlikely(!user))
 		return NULL;
 	h = hdr_of(user);
@@ -386,8 +417,7 @@ static inline bool
 blk_foreign(uint32_t word)
 {
 	return ((word & BK_MASK) >> BK_SHIFT) == BK_SHARED &&
-	       (pid_t)(word >> OWNER_SHIFT) !=
-	       atomic_load_explicit(&proc_mut.pid, memory_order_relaxed);
+	       (pid_t)(word >> OWNER_SHIFT) != proc_self();
 }
 
 /* A block of a shared backend may be freed only by the process that
@@ -401,7 +431,7 @@ owned_here(void *p, uint32_t word, const char *file, int line)
 	if (!blk_foreign(word))
 		return true;
 	owner = (pid_t)(word >> OWNER_SHIFT);
-	self = atomic_load_explicit(&proc_mut.pid, memory_order_relaxed);
+	self = proc_self();
 	atomic_fetch_add_explicit(&bad_inherited, 1, memory_order_relaxed);
 	if (site_first_time(NULL, 0, BAD_INHERITED))
 		log_warn("process %ld freed %p, a shared block allocated by "
@@ -426,26 +456,54 @@ to_backend(void *user, uint32_t word)
  * is still a double free, and caching it touches nothing in the block.
  * Only a block going back to the backend is marked released first.
  */
-void
-blk_release(struct tstate *t, void *user, unsigned c)
+static void
+blk_to_backend(void *user)
 {
-	struct blk *h;
+	struct blk *h = hdr_of(user);
 	uint32_t word;
 
-	if (c && t && !t->shared && t->cache_n[c] < CACHE_PER_CLASS) {
-		t->cache[c][t->cache_n[c]++] = user;
-		return;
-	}
-	h = hdr_of(user);
+
 	word = atomic_load_explicit(&h->word, memory_order_relaxed);
 	atomic_store_explicit(&h->word, (word & ~ST_MASK) | ST_RELEASED,
 			      memory_order_release);
 	to_backend(user, word);
 }
 
+static inline void
+release_inline(struct tstate *t, void *user, unsigned c)
+{
+	if (c && t && !t->shared && t->cache_n[c] < CACHE_PER_CLASS) {
+		t->cache[c][t->cache_n[c]++] = user;
+		return;
+	}
+	blk_to_backend(user);
+}
+
+void
+blk_release(struct tstate *t, void *user, unsigned c)
+{
+	release_inline(t, user, c);
+}
+
+/* In a child: parked chunks of a shared backend are the parent's, which
+ * still holds them; forget them rather than free them. */
+CHILD_PATH void
+park_forget_shared(struct tstate *t)
+{
+	for (unsigned i = 0; i < PARK_SLOTS; i++)
+		if (t->parked_bk[i] == BK_SHARED)
+			t->parked[i] = NULL;
+}
+
 void
 cache_flush(struct tstate *t)
 {
+	for (unsigned i = 0; i < PARK_SLOTS; i++) {
+		if (t->parked[i])
+			bk_free((enum backend)t->parked_bk[i], t->parked[i],
+				OPENSSL_FILE, OPENSSL_LINE);
+		t->parked[i] = NULL;
+	}
 	for (unsigned c = 1; c < CACHE_CLASSES; c++) {
 		void *user;
 
@@ -503,8 +561,8 @@ quarantine_push(struct tstate *t, void *user, size_t n, unsigned c)
 		t->qhead = t->qhead + 1 == t->qcap ? 0 : t->qhead + 1;
 		count--;
 		bytes -= e->size_class & QSIZE_MASK;
-		blk_release(t, e->user,
-			    (unsigned)(e->size_class >> QCLASS_SHIFT));
+		release_inline(t, e->user,
+			       (unsigned)(e->size_class >> QCLASS_SHIFT));
 	}
 	e = &t->qring[t->qhead + count < t->qcap ? t->qhead + count
 						 : t->qhead + count - t->qcap];

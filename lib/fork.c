@@ -88,7 +88,7 @@ lock_all(void)
 
 /* After the fork: release what prepare took, or, when no prepare ran,
  * re-create the locks (their owner may not exist in this child). */
-static void
+CHILD_PATH static void
 unlock_all(enum fork_phase phase)
 {
 	for (size_t i = ARRAY_SIZE(fork_locks); i-- > 0;) {
@@ -130,7 +130,7 @@ ossl_proc_fork_prepare(void)
 }
 
 /* True when the outermost prepare call is being matched. */
-static bool
+CHILD_PATH static bool
 prepare_unwound(void)
 {
 	return prepare_depth > 0 && --prepare_depth == 0;
@@ -143,7 +143,7 @@ ossl_proc_fork_parent(void)
 		unlock_all(FORK_PARENT);
 }
 
-static void
+CHILD_PATH static void
 run_hooks(void)
 {
 	struct hook copy[MAX_HOOKS];
@@ -151,45 +151,65 @@ run_hooks(void)
 
 	pthread_mutex_lock(&proc_mut.hooks_lock);
 	n = nhooks;
-	memcpy(copy, hooks, sizeof(copy));
+	for (int i = 0; i < n; i++)
+		copy[i] = hooks[i];
 	pthread_mutex_unlock(&proc_mut.hooks_lock);
 	for (int i = 0; i < n; i++)
 		copy[i].fn(copy[i].arg);
 }
 
+/*
+ * Whether this process was re-initialised already, and its pid from now
+ * on.  After a prepared fork this is a new child for sure, and its pid is
+ * left to be read when first needed (proc_self): right after fork the
+ * first system call is by far the dearest thing a child does.  A process
+ * whose pid is still unread counts as set up, which misses only a fork
+ * that bypasses pthread_atfork before that process's first allocation.
+ */
+CHILD_PATH static bool
+child_known(enum fork_phase phase)
+{
+	pid_t known = atomic_load(&proc_mut.pid), self;
+
+	if (phase != FORK_CHILD_RAW) {
+		atomic_store(&proc_mut.pid, 0);
+		return false;
+	}
+	self = getpid();
+	atomic_store(&proc_mut.pid, self);
+	return known == self || known == 0;
+}
+
 /* The child's work; @phase says whether our prepare handler held the
  * locks.  Idempotent per process. */
-static int
+CHILD_PATH static int
 child_reinit(enum fork_phase phase)
 {
-	pid_t self = getpid();
-
-	if (atomic_load(&proc_mut.pid) == self) {
-		if (phase != FORK_CHILD_RAW)
-			unlock_all(phase);
+	if (child_known(phase))
 		return 0;
-	}
-	atomic_store(&proc_mut.pid, self);
-	unlock_all(phase);
+	/* Before the locks are released: no other thread exists here, and
+	 * the allocator's registry needs no lock of its own. */
 	alloc_child();
+	unlock_all(phase);
 	/* A prepared fork stopped the thread's OpenSSL state already; after
 	 * an unprepared one, the inherited error queue is cleared. */
 	if (phase == FORK_CHILD_RAW)
 		ERR_clear_error();
 	run_hooks();
-	log_debug("child re-initialised: pid %ld, generation %lu",
-		  (long)self, ossl_proc_generation());
+	if (log_enabled(OSSL_PROC_LOG_DEBUG))
+		log_debug("child re-initialised: generation %lu",
+			  ossl_proc_generation());
 	return 0;
 }
 
-static void
+CHILD_PATH static void
 atfork_child(void)
 {
 	if (prepare_unwound())
 		child_reinit(FORK_CHILD_PREPARED);
 }
 
-OSSL_PROC_EXPORT int
+CHILD_PATH OSSL_PROC_EXPORT int
 ossl_proc_child_reinit(void)
 {
 	bool was_prepared = prepare_depth > 0;
@@ -209,10 +229,13 @@ ossl_proc_child_reinit(void)
 void
 fork_unnoticed(void)
 {
-	if (atomic_load(&proc_mut.pid) == getpid()) {
+	pid_t known = atomic_load(&proc_mut.pid), self = getpid();
+
+	if (known == self || known == 0) {
 		/* Re-initialised already; re-arm the flag page here rather
 		 * than in the child handler: writing it costs a page fault,
 		 * and the first allocation of a child faults anyway. */
+		atomic_store(&proc_mut.pid, self);
 		*fork_flag = 1;
 		return;
 	}
@@ -233,15 +256,31 @@ fork_unnoticed(void)
 void
 fork_check(void)
 {
-	if (!*fork_flag || (!wipeonfork && proc_initialised() &&
-			    atomic_load(&proc_mut.pid) != getpid()))
+	pid_t known;
+
+	if (!*fork_flag) {
+		fork_unnoticed();
+		return;
+	}
+	if (wipeonfork || !proc_initialised())
+		return;
+	known = atomic_load(&proc_mut.pid);
+	if (known != getpid())
 		fork_unnoticed();
 }
 
 pid_t
 proc_self(void)
 {
-	return atomic_load(&proc_mut.pid);
+	pid_t pid = atomic_load_explicit(&proc_mut.pid, memory_order_relaxed);
+
+	if (unlikely(!pid)) {
+		/* Unread since a prepared fork (child_known). */
+		pid = getpid();
+		atomic_store_explicit(&proc_mut.pid, pid,
+				      memory_order_relaxed);
+	}
+	return pid;
 }
 
 int

@@ -19,7 +19,7 @@ static struct proc_config active;
 /* The first init's raw settings, to tell conflicting later calls. */
 static struct ossl_proc_config first;
 
-bool
+CHILD_PATH bool
 proc_initialised(void)
 {
 	return atomic_load_explicit(&refcount, memory_order_acquire) > 0;

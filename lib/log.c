@@ -42,7 +42,7 @@ log_configure(ossl_proc_log_fn fn, void *arg, enum ossl_proc_log_level level)
 			      memory_order_relaxed);
 }
 
-bool
+CHILD_PATH bool
 log_enabled(enum ossl_proc_log_level level)
 {
 	return (int)level <= atomic_load_explicit(&current_level,
