@@ -649,7 +649,9 @@ const char *ossl_proc_ca_dir(void);
 
 /** State of the tracked allocator, in ossl_proc_stats.allocator. */
 enum ossl_proc_alloc_mode {
-	/** osslproc is not initialised. */
+	/** osslproc was never initialised in this process.  (After the
+	 * last ossl_proc_teardown() an installed allocator stays installed,
+	 * OpenSSL cannot take it back, and keeps reporting TRACKED.) */
 	OSSL_PROC_ALLOC_NONE = 0,
 	/** Installed and tracking every OpenSSL allocation. */
 	OSSL_PROC_ALLOC_TRACKED = 1,

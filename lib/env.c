@@ -135,7 +135,7 @@ resolve_ca(const struct proc_config *cfg)
 	if (cfg->ca_file && !readable(cfg->ca_file, false))
 		log_warn("cfg->ca_file %s is not a readable file; using the "
 			 "next source", cfg->ca_file);
-	if (cfg->ca_dir && !readable(cfg->ca_dir, true))
+	if (cfg->ca_dir && !dir_list_usable(cfg->ca_dir))
 		log_warn("cfg->ca_dir %s is not a readable directory; using "
 			 "the next source", cfg->ca_dir);
 	rc = pick(files, ARRAY_SIZE(files), false, &ca_file);

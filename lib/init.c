@@ -79,8 +79,9 @@ config_check(const struct ossl_proc_config *c)
 			       "enum ossl_proc_bad_free value", c->on_bad_free);
 		return -EINVAL;
 	}
-	if ((int)c->log_level < 0) {
-		log_bug_client("ossl_proc_init: log_level %d is negative",
+	if ((int)c->log_level < 0 || c->log_level > OSSL_PROC_LOG_DEBUG) {
+		log_bug_client("ossl_proc_init: log_level %d is neither 0 (the "
+			       "default) nor a level up to OSSL_PROC_LOG_DEBUG",
 			       c->log_level);
 		return -EINVAL;
 	}

@@ -159,6 +159,9 @@ START_TEST(bad_values)
 	c.on_bad_free = 7;
 	assert_rejected(&c, "on_bad_free 7");
 	c = (struct ossl_proc_config)OSSL_PROC_CONFIG_INIT;
+	c.log_level = 99;
+	assert_rejected(&c, "log_level 99");
+	c = (struct ossl_proc_config)OSSL_PROC_CONFIG_INIT;
 	c.allocator = &half;
 	assert_rejected(&c, "needs both malloc and free");
 }
