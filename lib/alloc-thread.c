@@ -23,7 +23,7 @@ static int tkey_ok;
 __thread struct tstate *tls_state __attribute__((tls_model("initial-exec")));
 static __thread bool tls_exiting __attribute__((tls_model("initial-exec")));
 
-CHILD_PATH static void
+static void
 peak_raise(uint64_t now)
 {
 	uint64_t peak = atomic_load_explicit(&peak_global,
@@ -179,7 +179,6 @@ tstate_sum_unlocked(struct ossl_proc_stats *st)
 	 * never report a negative number of live bytes. */
 	if ((int64_t)st->live_bytes < 0)
 		st->live_bytes = 0;
-	peak_raise(st->live_bytes);
 	st->peak_bytes = atomic_load_explicit(&peak_global,
 					      memory_order_relaxed);
 }
@@ -190,6 +189,12 @@ tstate_sum(struct ossl_proc_stats *st)
 	pthread_mutex_lock(&proc_mut.reg_lock);
 	tstate_sum_unlocked(st);
 	pthread_mutex_unlock(&proc_mut.reg_lock);
+	/* Deltas not yet flushed can put the sum above the peak.  Not in
+	 * the child's path: writing the peak there costs a page fault. */
+	if (st->live_bytes > st->peak_bytes) {
+		peak_raise(st->live_bytes);
+		st->peak_bytes = st->live_bytes;
+	}
 }
 
 /* ---- fork ---- */

@@ -35,10 +35,27 @@ static struct hook hooks[MAX_HOOKS];
 static int nhooks;
 
 static atomic_bool atfork_registered;
-/* Prepare calls not yet matched, in the forking thread: a host that also
- * calls the handlers by hand nests them instead of locking twice, and
- * the child inherits the forking thread's count. */
-static __thread int prepare_depth __attribute__((tls_model("initial-exec")));
+/* A thread's identity without a call or a write: the address of its own
+ * copy of this byte (the same in a child, for the thread that forked). */
+static __thread char thread_anchor __attribute__((tls_model("initial-exec")));
+
+/* This thread holds osslproc's locks for a fork (proc_mut.prep_owner):
+ * a host that also calls the handlers by hand nests them instead of
+ * locking twice. */
+CHILD_PATH static bool
+prepared_here(void)
+{
+	return atomic_load_explicit(&proc_mut.prep_owner,
+				    memory_order_relaxed) ==
+	       (uintptr_t)&thread_anchor;
+}
+
+CHILD_PATH static void
+prepare_forget(void)
+{
+	proc_mut.prep_depth = 0;
+	atomic_store_explicit(&proc_mut.prep_owner, 0, memory_order_relaxed);
+}
 static bool warned_threads, warned_shared;
 
 /* One byte the allocator reads: 1 in a process that knows its pid, 0 in
@@ -96,7 +113,9 @@ unlock_all(enum fork_phase phase)
 			pthread_mutex_init(fork_locks[i], NULL);
 		else
 			pthread_mutex_unlock(fork_locks[i]);
-	}
+	}	/* A thread that held them for a fork does not exist here. */
+	if (phase == FORK_CHILD_RAW)
+		prepare_forget();
 }
 
 static void
@@ -121,19 +140,29 @@ warn_hazards(void)
 OSSL_PROC_EXPORT void
 ossl_proc_fork_prepare(void)
 {
-	if (!proc_initialised() || prepare_depth++ > 0)
+	if (!proc_initialised())
 		return;
+	if (prepared_here()) {
+		proc_mut.prep_depth++;
+		return;
+	}
 	warn_hazards();
 	/* Nothing of this thread's OpenSSL state is inherited. */
 	OPENSSL_thread_stop();
 	lock_all();
+	proc_mut.prep_depth = 1;
+	atomic_store_explicit(&proc_mut.prep_owner, (uintptr_t)&thread_anchor,
+			      memory_order_relaxed);
 }
 
 /* True when the outermost prepare call is being matched. */
 CHILD_PATH static bool
 prepare_unwound(void)
 {
-	return prepare_depth > 0 && --prepare_depth == 0;
+	if (!prepared_here() || --proc_mut.prep_depth > 0)
+		return false;
+	prepare_forget();
+	return true;
 }
 
 OSSL_PROC_EXPORT void
@@ -146,16 +175,15 @@ ossl_proc_fork_parent(void)
 CHILD_PATH static void
 run_hooks(void)
 {
-	struct hook copy[MAX_HOOKS];
 	int n;
 
+	/* Entries below nhooks never change once registered, so they are
+	 * called without the lock: a hook may register another. */
 	pthread_mutex_lock(&proc_mut.hooks_lock);
 	n = nhooks;
-	for (int i = 0; i < n; i++)
-		copy[i] = hooks[i];
 	pthread_mutex_unlock(&proc_mut.hooks_lock);
 	for (int i = 0; i < n; i++)
-		copy[i].fn(copy[i].arg);
+		hooks[i].fn(hooks[i].arg);
 }
 
 /*
@@ -212,14 +240,14 @@ atfork_child(void)
 CHILD_PATH OSSL_PROC_EXPORT int
 ossl_proc_child_reinit(void)
 {
-	bool was_prepared = prepare_depth > 0;
+	bool was_prepared = prepared_here();
 
 	if (!proc_initialised()) {
 		log_bug_client("ossl_proc_child_reinit: call ossl_proc_init() "
 			       "first");
 		return -EINVAL;
 	}
-	prepare_depth = 0;
+	prepare_forget();
 	return child_reinit(was_prepared ? FORK_CHILD_PREPARED
 					 : FORK_CHILD_RAW);
 }
@@ -241,8 +269,8 @@ fork_unnoticed(void)
 	}
 	/* A host that prepared by hand (OSSL_PROC_F_NO_ATFORK) and has not
 	 * called ossl_proc_child_reinit() yet: not a surprise. */
-	if (prepare_depth > 0) {
-		prepare_depth = 0;
+	if (prepared_here()) {
+		prepare_forget();
 		child_reinit(FORK_CHILD_PREPARED);
 		return;
 	}

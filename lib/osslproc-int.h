@@ -72,10 +72,17 @@ struct proc_mut {
 	pthread_mutex_t hooks_lock;       /* fork.c: ossl_proc_on_child */
 	pthread_mutex_t reg_lock;         /* alloc-thread.c: thread registry */
 	pthread_mutex_t site_lock;        /* alloc.c: live list with sites */
+	/* fork.c: the thread that holds the locks above for a fork, and how
+	 * deeply its prepare calls nest.  Here rather than thread-local: the
+	 * child inherits both, and resets them without a page fault of
+	 * their own. */
+	_Atomic uintptr_t prep_owner;
+	int prep_depth;
 	/* The process-wide event counters at this process's start: each
 	 * process reports its own events (alloc-install.c). */
 	struct ossl_proc_stats base;
 } __attribute__((aligned(512)));      /* smaller than 512: one page */
+_Static_assert(sizeof(struct proc_mut) <= 512, "proc_mut spans two pages");
 
 extern struct proc_mut proc_mut;
 
