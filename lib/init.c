@@ -269,6 +269,8 @@ last_teardown(void)
 	if (reachable && proc_pin_self("OpenSSL's memory functions point "
 				       "into it until the process exits"))
 		rc = OSSL_PROC_UNLOAD_PINNED;
+	else if (proc_pin_own_libcrypto())
+		rc = OSSL_PROC_UNLOAD_PINNED;
 	fork_teardown();
 	env_teardown();
 	active_clear();
@@ -296,6 +298,27 @@ ossl_proc_teardown(void)
 	}
 	pthread_mutex_unlock(&init_lock);
 	return rc;
+}
+
+/*
+ * A libcrypto linked into the same object as this copy of osslproc (a
+ * plugin carrying static OpenSSL) is unmapped by dlclose, unlike the
+ * shared one (-z nodelete).  OpenSSL 3.6 never deletes the thread-local
+ * key of crypto/threads_common.c (init_master_key), so every thread that
+ * used that libcrypto and exits later calls its destructor,
+ * clean_master_key, in unmapped code: such an object stays mapped.
+ */
+bool
+proc_pin_own_libcrypto(void)
+{
+	Dl_info mine, crypto;
+
+	return dladdr((void *)proc_pin_self, &mine) &&
+	       dladdr((void *)OpenSSL_version, &crypto) &&
+	       crypto.dli_fbase == mine.dli_fbase &&
+	       proc_pin_self("it contains its own libcrypto: each thread that "
+			     "used it runs its thread-exit handler when it "
+			     "exits (OpenSSL 3.6 never deletes that key)");
 }
 
 /*

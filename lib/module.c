@@ -126,6 +126,8 @@ ossl_proc_module_open(const char *name)
 	}
 	m = calloc(1, sizeof(*m));
 	if (!m) {
+		log_error("ossl_proc_module_open: out of memory for the scope "
+			  "of %s", name ? name : "(unnamed)");
 		errno = ENOMEM;
 		return NULL;
 	}
@@ -139,6 +141,8 @@ ossl_proc_module_open(const char *name)
 		if (!nm) {
 			pthread_mutex_unlock(&modules_lock);
 			free(m);
+			log_error("ossl_proc_module_open: out of memory for the "
+				  "table of open scopes");
 			errno = ENOMEM;
 			return NULL;
 		}
@@ -428,25 +432,19 @@ detach_callbacks(struct ossl_proc_module *m)
 /* Whether the plugin must stay mapped: osslproc's trampolines stay
  * reachable from live objects, so if this copy of osslproc lives in the
  * plugin itself (vendored), that is plugin code; and a libcrypto linked
- * into the plugin runs its thread-exit and atexit handlers until exit. */
+ * into it must stay too (proc_pin_own_libcrypto), whether or not the
+ * module registered a callback. */
 static int
 unload_verdict(struct ossl_proc_module *m)
 {
-	Dl_info mine, theirs, crypto;
-	bool same;
+	Dl_info mine, theirs;
 
-	if (!m->code || !dladdr(m->code, &theirs) ||
-	    !dladdr(tramp_code(), &mine))
-		return OSSL_PROC_UNLOAD_SAFE;
-	same = mine.dli_fbase == theirs.dli_fbase;
-	if (same && m->trampolines &&
+	if (m->code && m->trampolines && dladdr(tramp_code(), &mine) &&
+	    dladdr(m->code, &theirs) && mine.dli_fbase == theirs.dli_fbase &&
 	    proc_pin_self("SSL objects created while the module was loaded "
 			  "still call osslproc's trampolines in it"))
 		return OSSL_PROC_UNLOAD_PINNED;
-	if (same && dladdr((void *)OpenSSL_version, &crypto) &&
-	    crypto.dli_fbase == theirs.dli_fbase &&
-	    proc_pin_self("it contains its own libcrypto, whose thread-exit "
-			  "and atexit handlers run until the process exits"))
+	if (proc_pin_own_libcrypto())
 		return OSSL_PROC_UNLOAD_PINNED;
 	return OSSL_PROC_UNLOAD_SAFE;
 }
@@ -457,8 +455,14 @@ forget(struct ossl_proc_module *m)
 	for (size_t i = 0; i < n_open; i++) {
 		if (open_modules[i] == m) {
 			open_modules[i] = open_modules[--n_open];
-			return;
+			break;
 		}
+	}
+	/* A vendored copy may be unloaded next: leave nothing allocated. */
+	if (n_open == 0) {
+		free(open_modules);
+		open_modules = NULL;
+		cap_open = 0;
 	}
 }
 

@@ -58,6 +58,8 @@ bool proc_initialised(void);
 /* Pin the object holding osslproc's code (RTLD_NODELETE) if it is not the
  * main program.  Returns true if it was pinned (or already is). */
 bool proc_pin_self(const char *why);
+/* Pin the object holding this code if it carries its own libcrypto. */
+bool proc_pin_own_libcrypto(void);
 
 /* ---- fork.c ---- */
 
