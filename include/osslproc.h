@@ -117,7 +117,8 @@ struct ossl_proc_config {
 	/** Policy for double, invalid and foreign frees. */
 	enum ossl_proc_bad_free on_bad_free;
 	/** Bytes of freed blocks each thread holds back before releasing
-	 * them (the double-free detection window); 0: 64 KiB. */
+	 * them (the double-free detection window); 0: 16 KiB, or 64 KiB
+	 * with a shared allocator. */
 	size_t quarantine_bytes;
 	/** Log callback; NULL: lines go to stderr. */
 	ossl_proc_log_fn log;

@@ -107,6 +107,10 @@ struct alloc_conf {
 	CRYPTO_realloc_fn prior_r;
 	CRYPTO_free_fn prior_f;
 	uint64_t secret;
+	/* The header word of a cached block handed out again, when every
+	 * block of the process has one backend and no site record; 0 when
+	 * allocations take the general path (alloc.c: malloc_fast). */
+	uint32_t fast_word;
 };
 
 extern struct alloc_conf aconf;

@@ -101,12 +101,12 @@ key_create(void)
 static size_t
 ring_slots(void)
 {
-	/* One slot per 256 bytes of window: OpenSSL's blocks average more
-	 * than that, and a small ring stays in the L1 cache. */
-	size_t slots = aconf.quarantine_bytes / 256;
+	/* One slot per 128 bytes of window, at least 128: about OpenSSL's
+	 * mean block size, and a small ring stays in the L1 cache. */
+	size_t slots = aconf.quarantine_bytes / 128;
 
-	if (slots < 64)
-		return 64;
+	if (slots < 128)
+		return 128;
 	return slots > 16384 ? 16384 : slots;
 }
 

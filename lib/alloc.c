@@ -236,6 +236,20 @@ backend_block(struct tstate *t, enum backend bk, size_t total, uint32_t *word,
 	return base + prefix_len(*word);
 }
 
+/* Write a live header for @n bytes of class @c at @user. */
+static inline struct blk *
+blk_stamp(void *user, size_t n, unsigned c, uint32_t word)
+{
+	struct blk *h = hdr_of(user);
+
+	h->size_gen = (uint64_t)n | (uint64_t)c << BLK_CLASS_SHIFT |
+		      atomic_load_explicit(&proc_mut.generation,
+					   memory_order_relaxed) << BLK_GEN_SHIFT;
+	atomic_store_explicit(&h->word, word, memory_order_relaxed);
+	h->magic = blk_magic(user, h->size_gen, word);
+	return h;
+}
+
 static void *
 blk_new(size_t n, const char *file, int line)
 {
@@ -263,14 +277,33 @@ blk_new(size_t n, const char *file, int line)
 		user = backend_block(t, bk, total, &word, &c, file, line);
 	if (unlikely(!user))
 		return NULL;
-	h = hdr_of(user);
-	h->size_gen = (uint64_t)n | (uint64_t)c << BLK_CLASS_SHIFT |
-		      atomic_load_explicit(&proc_mut.generation,
-					   memory_order_relaxed) << BLK_GEN_SHIFT;
-	atomic_store_explicit(&h->word, word, memory_order_relaxed);
-	h->magic = blk_magic(user, h->size_gen, word);
+	h = blk_stamp(user, n, c, word);
 	if (unlikely(word & W_SITES))
 		site_link(h, file, line);
+	tstate_count_alloc(t, n);
+	return user;
+}
+
+/*
+ * The common case in a few dozen instructions: a small block from this
+ * thread's cache, for a process with one private backend and no site
+ * tracking.  Anything else, or an empty cache, takes blk_new().
+ */
+static inline void *
+malloc_fast(size_t n)
+{
+	struct tstate *t = tls_state;
+	uint32_t word = aconf.fast_word;
+	size_t total = n + sizeof(struct blk);
+	unsigned c = (unsigned)((total + 15) >> 4);
+	void *user;
+
+	if (unlikely(!word || !t || total > CACHE_MAX_TOTAL))
+		return NULL;
+	user = cache_pop(t, c);
+	if (unlikely(!user))
+		return NULL;
+	blk_stamp(user, n, c, word);
 	tstate_count_alloc(t, n);
 	return user;
 }
@@ -278,11 +311,14 @@ blk_new(size_t n, const char *file, int line)
 void *
 om_malloc(size_t n, const char *file, int line)
 {
+	void *user;
+
 	if (unlikely(!*fork_flag))
 		fork_unnoticed();
 	if (unlikely(n == 0))
 		return owner_probe_answer(file, line);
-	return blk_new(n, file, line);
+	user = malloc_fast(n);
+	return likely(user) ? user : blk_new(n, file, line);
 }
 
 /* ---- bad frees ---- */

@@ -165,8 +165,10 @@ active_set(const struct ossl_proc_config *c)
 	if (c->allocator)
 		active.allocator = *c->allocator;
 	active.on_bad_free = c->on_bad_free;
-	active.quarantine_bytes = c->quarantine_bytes ? c->quarantine_bytes :
-							QUARANTINE_DEFAULT;
+	active.quarantine_bytes = c->quarantine_bytes;
+	if (!c->quarantine_bytes)
+		active.quarantine_bytes = c->allocator && c->allocator->shared ?
+			QUARANTINE_SHARED_DEFAULT : QUARANTINE_DEFAULT;
 	if (dup_str(c->ca_file, &active.ca_file) ||
 	    dup_str(c->ca_dir, &active.ca_dir)) {
 		active_clear();

@@ -118,7 +118,12 @@ pid_t proc_self(void);
 
 /* ---- alloc.c ---- */
 
-#define QUARANTINE_DEFAULT ((size_t)64 * 1024)
+/* 16 KiB: handshakes lose about 6% to 64 KiB's 10% (doc/benchmarks.md).
+ * With a shared backend, 64 KiB: a worker that frees another worker's SSL
+ * (a host bug the shared mode must survive) frees the SSL_CTX's private
+ * objects it reaches twice, farther apart than 16 KiB of frees. */
+#define QUARANTINE_DEFAULT ((size_t)16 * 1024)
+#define QUARANTINE_SHARED_DEFAULT ((size_t)64 * 1024)
 
 /* Install (or attach, or fall back to untracked) at first init. */
 int alloc_init(const struct proc_config *cfg);
