@@ -172,16 +172,12 @@ ossl_proc_fork_parent(void)
 		unlock_all(FORK_PARENT);
 }
 
+/* The first @n hooks, in registration order.  Entries below nhooks never
+ * change once registered, so they are called without the lock: a hook may
+ * register another. */
 CHILD_PATH static void
-run_hooks(void)
+run_hooks(int n)
 {
-	int n;
-
-	/* Entries below nhooks never change once registered, so they are
-	 * called without the lock: a hook may register another. */
-	pthread_mutex_lock(&proc_mut.hooks_lock);
-	n = nhooks;
-	pthread_mutex_unlock(&proc_mut.hooks_lock);
 	for (int i = 0; i < n; i++)
 		hooks[i].fn(hooks[i].arg);
 }
@@ -213,17 +209,21 @@ child_known(enum fork_phase phase)
 CHILD_PATH static int
 child_reinit(enum fork_phase phase)
 {
+	int n;
+
 	if (child_known(phase))
 		return 0;
-	/* Before the locks are released: no other thread exists here, and
-	 * the allocator's registry needs no lock of its own. */
+	/* Before the locks are released: no other thread exists here, so
+	 * neither the allocator's registry nor the hook count needs a lock
+	 * (and each lock call would cost a page fault of glibc's code). */
 	alloc_child();
+	n = nhooks;
 	unlock_all(phase);
 	/* A prepared fork stopped the thread's OpenSSL state already; after
 	 * an unprepared one, the inherited error queue is cleared. */
 	if (phase == FORK_CHILD_RAW)
 		ERR_clear_error();
-	run_hooks();
+	run_hooks(n);
 	if (log_enabled(OSSL_PROC_LOG_DEBUG))
 		log_debug("child re-initialised: generation %lu",
 			  ossl_proc_generation());
