@@ -313,11 +313,19 @@ ossl_proc_teardown(void)
 bool
 proc_pin_own_libcrypto(void)
 {
+	/* Where libcrypto lives never changes: look it up once (dladdr
+	 * walks the loaded objects), pin every time (the log says so). */
+	static _Atomic int own = -1;
+	int known = atomic_load_explicit(&own, memory_order_relaxed);
 	Dl_info mine, crypto;
 
-	return dladdr((void *)proc_pin_self, &mine) &&
-	       dladdr((void *)OpenSSL_version, &crypto) &&
-	       crypto.dli_fbase == mine.dli_fbase &&
+	if (known < 0) {
+		known = dladdr((void *)proc_pin_self, &mine) &&
+			dladdr((void *)OpenSSL_version, &crypto) &&
+			crypto.dli_fbase == mine.dli_fbase;
+		atomic_store_explicit(&own, known, memory_order_relaxed);
+	}
+	return known &&
 	       proc_pin_self("it contains its own libcrypto: each thread that "
 			     "used it runs its thread-exit handler when it "
 			     "exits (OpenSSL 3.6 never deletes that key)");
