@@ -706,6 +706,10 @@ struct ossl_proc_stats {
  * @return 0, -EINVAL for NULL or a size smaller than the contract's first
  *         version of the struct.
  *
+ * Callable at any time, also after the last ossl_proc_teardown() and
+ * after OPENSSL_cleanup(): an installed allocator stays installed and
+ * keeps counting, which is how a host reads what leaked at exit.
+ *
  * Thread-safety: safe, lock-free for the allocator.  The values are a
  * consistent-enough snapshot: counters updated concurrently may be read
  * mid-update by at most the operations in flight.
