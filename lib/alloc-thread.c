@@ -9,7 +9,6 @@
 
 #include "alloc-int.h"
 
-
 static struct tstate reg = { .prev = &reg, .next = &reg };
 /* Counters of exited threads and of the exiting-thread fallback. */
 static struct tstate retired = { .shared = true };

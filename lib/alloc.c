@@ -487,24 +487,23 @@ to_backend(void *user, uint32_t word)
 		OPENSSL_LINE);
 }
 
-/*
- * A cached block keeps the freed (quarantined) state: a stale free of it
- * is still a double free, and caching it touches nothing in the block.
- * Only a block going back to the backend is marked released first.
- */
+/* Mark a block released and hand it to its backend. */
 static void
 blk_to_backend(void *user)
 {
 	struct blk *h = hdr_of(user);
-	uint32_t word;
+	uint32_t word = atomic_load_explicit(&h->word, memory_order_relaxed);
 
-
-	word = atomic_load_explicit(&h->word, memory_order_relaxed);
 	atomic_store_explicit(&h->word, (word & ~ST_MASK) | ST_RELEASED,
 			      memory_order_release);
 	to_backend(user, word);
 }
 
+/*
+ * A cached block keeps the freed (quarantined) state: a stale free of it
+ * is still a double free, and caching it touches nothing in the block.
+ * Only a block going back to the backend is marked released first.
+ */
 static inline void
 release_inline(struct tstate *t, void *user, unsigned c)
 {

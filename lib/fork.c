@@ -56,6 +56,7 @@ prepare_forget(void)
 	proc_mut.prep_depth = 0;
 	atomic_store_explicit(&proc_mut.prep_owner, 0, memory_order_relaxed);
 }
+
 static bool warned_threads, warned_shared;
 
 /* One byte the allocator reads: 1 in a process that knows its pid, 0 in
@@ -113,7 +114,8 @@ unlock_all(enum fork_phase phase)
 			pthread_mutex_init(fork_locks[i], NULL);
 		else
 			pthread_mutex_unlock(fork_locks[i]);
-	}	/* A thread that held them for a fork does not exist here. */
+	}
+	/* A thread that held them for a fork does not exist here. */
 	if (phase == FORK_CHILD_RAW)
 		prepare_forget();
 }
