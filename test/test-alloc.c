@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -361,6 +362,110 @@ START_TEST(alignment)
 		OPENSSL_free(ptrs[i]);
 	ck_assert_uint_eq(stats().live_bytes, live0);
 	ck_assert_ptr_null(OPENSSL_malloc(0));
+	ossl_proc_teardown();
+}
+END_TEST
+
+/*
+ * A host allocator with glibc's tcache habit: chunks are binned by the
+ * size asked for, and the chunk freed last into a bin is the next one
+ * handed out for that size.  Its first chunk starts 16 bytes before a
+ * page boundary, so the user pointer behind a 16-byte header would be
+ * page-aligned and osslproc must refuse it.  (Once armed: OpenSSL's own
+ * allocations at init must not take it.)
+ */
+#define LIFO_CHUNK 4096
+#define LIFO_BINS 64
+
+static struct {
+	size_t size;
+	void *top;
+} lifo_bin[LIFO_BINS];
+static void *trap_page, *trap_chunk;
+static bool trap_armed; /* the next new chunk is the trap */
+static int lifo_calls;
+
+/* The bin of @size; sizes beyond LIFO_BINS share the last. */
+static size_t
+lifo_bin_of(size_t size)
+{
+	size_t i = 0;
+
+	while (i < LIFO_BINS - 1 && lifo_bin[i].size &&
+	       lifo_bin[i].size != size)
+		i++;
+	lifo_bin[i].size = size;
+	return i;
+}
+
+/* Every chunk holds LIFO_CHUNK bytes, whatever was asked. */
+static size_t
+lifo_size_of(void *p)
+{
+	return ((size_t *)p)[-1];
+}
+
+static void *
+lifo_malloc(size_t n, void *arg)
+{
+	size_t b = lifo_bin_of(n);
+	char *p = lifo_bin[b].top;
+
+	(void)arg;
+	lifo_calls++;
+	if (n > LIFO_CHUNK)
+		return NULL;
+	if (trap_armed && !trap_chunk) {
+		trap_page = aligned_alloc(4096, 3 * 4096);
+		trap_chunk = (char *)trap_page + 4096 - 16;
+		p = trap_chunk;
+	} else if (p) {
+		lifo_bin[b].top = NULL;
+		return p;
+	} else {
+		p = (char *)malloc(LIFO_CHUNK + 16) + 16;
+	}
+	((size_t *)p)[-1] = n;
+	return p;
+}
+
+static void
+lifo_free(void *p, void *arg)
+{
+	size_t b = lifo_bin_of(lifo_size_of(p));
+	void *old = lifo_bin[b].top;
+
+	(void)arg;
+	lifo_bin[b].top = p;
+	if (old && old != trap_chunk)
+		free((char *)old - 16);
+}
+
+/* The refused chunk is not asked for again and again: one request per
+ * allocation, not two (a LIFO backend would offer it every time). */
+START_TEST(refused_chunk_not_offered_again)
+{
+	struct ossl_proc_allocator lifo = { .malloc = lifo_malloc,
+					    .free = lifo_free };
+	uint64_t allocs0;
+	int calls0;
+
+	init_with(&lifo, 1, OSSL_PROC_BAD_FREE_LOG, 0);
+	allocs0 = stats().allocs;
+	calls0 = lifo_calls;
+	trap_armed = true;
+	/* Above the class cache's sizes: every block reaches the host. */
+	for (int i = 0; i < 1000; i++) {
+		void *p = OPENSSL_malloc(2000);
+
+		ck_assert_ptr_nonnull(p);
+		ck_assert_uint_ne((uintptr_t)p % 4096, 0);
+		OPENSSL_free(p);
+	}
+	ck_assert_uint_eq(stats().allocs - allocs0, 1000);
+	ck_assert_ptr_nonnull(trap_chunk);
+	ck_assert_int_le(lifo_calls - calls0, 1000 + 2);
+	ck_assert_uint_eq(stats().invalid_frees + stats().double_frees, 0);
 	ossl_proc_teardown();
 }
 END_TEST
@@ -773,6 +878,7 @@ alloc_suite(void)
 	tc = tcase_create("blocks");
 	tcase_add_test(tc, realloc_semantics);
 	tcase_add_test(tc, alignment);
+	tcase_add_test(tc, refused_chunk_not_offered_again);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("races");
