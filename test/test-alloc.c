@@ -374,7 +374,6 @@ END_TEST
  * page-aligned and osslproc must refuse it.  (Once armed: OpenSSL's own
  * allocations at init must not take it.)
  */
-#define LIFO_CHUNK 4096
 #define LIFO_BINS 64
 
 static struct {
@@ -385,20 +384,20 @@ static void *trap_page, *trap_chunk;
 static bool trap_armed; /* the next new chunk is the trap */
 static int lifo_calls;
 
-/* The bin of @size; sizes beyond LIFO_BINS share the last. */
-static size_t
+/* The bin of @size, or -1 when every bin holds another size. */
+static int
 lifo_bin_of(size_t size)
 {
-	size_t i = 0;
-
-	while (i < LIFO_BINS - 1 && lifo_bin[i].size &&
-	       lifo_bin[i].size != size)
-		i++;
-	lifo_bin[i].size = size;
-	return i;
+	for (int i = 0; i < LIFO_BINS; i++) {
+		if (!lifo_bin[i].size)
+			lifo_bin[i].size = size;
+		if (lifo_bin[i].size == size)
+			return i;
+	}
+	return -1;
 }
 
-/* Every chunk holds LIFO_CHUNK bytes, whatever was asked. */
+/* Each chunk records the size it was asked for just before it. */
 static size_t
 lifo_size_of(void *p)
 {
@@ -408,37 +407,48 @@ lifo_size_of(void *p)
 static void *
 lifo_malloc(size_t n, void *arg)
 {
-	size_t b = lifo_bin_of(n);
-	char *p = lifo_bin[b].top;
+	int b = lifo_bin_of(n);
+	char *p;
 
 	(void)arg;
 	lifo_calls++;
-	if (n > LIFO_CHUNK)
-		return NULL;
-	if (trap_armed && !trap_chunk) {
+	if (trap_armed && !trap_chunk && n <= 2 * 4096) {
 		trap_page = aligned_alloc(4096, 3 * 4096);
 		trap_chunk = (char *)trap_page + 4096 - 16;
 		p = trap_chunk;
-	} else if (p) {
+	} else if (b >= 0 && lifo_bin[b].top) {
+		p = lifo_bin[b].top;
 		lifo_bin[b].top = NULL;
 		return p;
 	} else {
-		p = (char *)malloc(LIFO_CHUNK + 16) + 16;
+		p = malloc(n + 16);
+		if (!p)
+			return NULL;
+		p += 16;
 	}
 	((size_t *)p)[-1] = n;
 	return p;
 }
 
 static void
+lifo_release(void *p)
+{
+	if (p && p != trap_chunk)
+		free((char *)p - 16);
+}
+
+static void
 lifo_free(void *p, void *arg)
 {
-	size_t b = lifo_bin_of(lifo_size_of(p));
-	void *old = lifo_bin[b].top;
+	int b = lifo_bin_of(lifo_size_of(p));
 
 	(void)arg;
+	if (b < 0) {
+		lifo_release(p);
+		return;
+	}
+	lifo_release(lifo_bin[b].top);
 	lifo_bin[b].top = p;
-	if (old && old != trap_chunk)
-		free((char *)old - 16);
 }
 
 /* The refused chunk is not asked for again and again: one request per
