@@ -123,9 +123,9 @@ conf_set(const struct proc_config *cfg, CRYPTO_malloc_fn m,
 		aconf.prior_f = f;
 	}
 	aconf.secret = draw_secret();
+	/* Without a shared backend placement() never changes. */
 	if (!(aconf.flags & OSSL_PROC_F_TRACK_SITES) && !shared_backend())
-		aconf.fast_word = ST_LIVE | (uint32_t)(aconf.host.malloc ?
-			BK_HOST : aconf.prior_m ? BK_PRIOR : BK_LIBC) << BK_SHIFT;
+		aconf.fast_word = ST_LIVE | (uint32_t)placement() << BK_SHIFT;
 }
 
 static int

@@ -122,6 +122,25 @@ shared_backend(void)
 	return aconf.host.malloc && aconf.host.shared;
 }
 
+/*
+ * Placement by fork generation: with a shared backend, what is allocated
+ * before the first fork stays private (every worker inherits one
+ * consistent copy-on-write image); afterwards blocks go to the shared
+ * backend and belong to the process that allocated them.
+ */
+static inline enum backend
+placement(void)
+{
+	if (aconf.host.malloc) {
+		if (!aconf.host.shared)
+			return BK_HOST;
+		return atomic_load_explicit(&proc_mut.generation,
+					    memory_order_relaxed) ? BK_SHARED
+								  : BK_LIBC;
+	}
+	return aconf.prior_m ? BK_PRIOR : BK_LIBC;
+}
+
 /* alloc.c */
 void *om_malloc(size_t n, const char *file, int line);
 void *om_realloc(void *p, size_t n, const char *file, int line);

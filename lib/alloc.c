@@ -101,25 +101,6 @@ bk_free(enum backend bk, void *base, const char *file, int line)
 	}
 }
 
-/*
- * Placement by fork generation: with a shared backend, what is allocated
- * before the first fork stays private (every worker inherits one
- * consistent copy-on-write image); afterwards blocks go to the shared
- * backend and belong to the process that allocated them.
- */
-static inline enum backend
-placement(void)
-{
-	if (aconf.host.malloc) {
-		if (!aconf.host.shared)
-			return BK_HOST;
-		return atomic_load_explicit(&proc_mut.generation,
-					    memory_order_relaxed) ? BK_SHARED
-								  : BK_LIBC;
-	}
-	return aconf.prior_m ? BK_PRIOR : BK_LIBC;
-}
-
 /* ---- allocation ---- */
 
 static void
