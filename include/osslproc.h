@@ -130,6 +130,11 @@ struct ossl_proc_config {
 	 * ossl_proc_ca_file()). */
 	const char *ca_file;
 	const char *ca_dir;
+	/* Added in 0.2. */
+	/** Bytes of freed blocks, past the quarantine, each thread keeps
+	 * for reuse instead of returning them to the backend; 0: 512 KiB;
+	 * 1: none (every block goes back). */
+	size_t cache_bytes;
 };
 
 #define OSSL_PROC_CONFIG_INIT { .size = sizeof(struct ossl_proc_config) }
@@ -696,6 +701,10 @@ struct ossl_proc_stats {
 				       installed before osslproc */
 	uint64_t quarantined_blocks; /**< freed, held back, not released */
 	uint64_t quarantined_bytes;
+	/* Added in 0.2. */
+	uint64_t cached_bytes;    /**< freed, past the quarantine, kept by
+				       their thread for reuse (at most 256 KiB
+				       per thread) */
 };
 
 /**

@@ -115,6 +115,7 @@ conf_set(const struct proc_config *cfg, CRYPTO_malloc_fn m,
 	aconf.flags = cfg->flags;
 	aconf.on_bad_free = cfg->on_bad_free;
 	aconf.quarantine_bytes = cfg->quarantine_bytes;
+	aconf.cache_bytes = cfg->cache_bytes;
 	if (cfg->has_allocator)
 		aconf.host = cfg->allocator;
 	if (m != CRYPTO_malloc) {
@@ -126,6 +127,8 @@ conf_set(const struct proc_config *cfg, CRYPTO_malloc_fn m,
 	/* Without a shared backend placement() never changes. */
 	if (!(aconf.flags & OSSL_PROC_F_TRACK_SITES) && !shared_backend())
 		aconf.fast_word = ST_LIVE | (uint32_t)placement() << BK_SHIFT;
+	if (!(aconf.flags & OSSL_PROC_F_SCRUB))
+		aconf.free_word = aconf.fast_word;
 }
 
 static int
@@ -164,6 +167,7 @@ warn_frozen(const struct proc_config *cfg)
 
 	if (host_differs || cfg->on_bad_free != aconf.on_bad_free ||
 	    cfg->quarantine_bytes != aconf.quarantine_bytes ||
+	    cfg->cache_bytes != aconf.cache_bytes ||
 	    (cfg->flags ^ aconf.flags) & (OSSL_PROC_F_SCRUB |
 					  OSSL_PROC_F_TRACK_SITES))
 		log_warn("the tracked allocator keeps the settings it was "
@@ -320,9 +324,10 @@ alloc_report(FILE *out)
 	if (!installed)
 		return;
 	owner_report(out);
-	fprintf(out, "backend: %s%s, quarantine %zu bytes per thread\n",
+	fprintf(out, "backend: %s%s, quarantine %zu bytes and cache %zu "
+		"bytes per thread\n",
 		aconf.host.malloc ? "host allocator" :
 		aconf.prior_m ? "previously installed functions" : "malloc",
 		aconf.host.shared ? " (shared after the first fork)" : "",
-		aconf.quarantine_bytes);
+		aconf.quarantine_bytes, aconf.cache_bytes);
 }

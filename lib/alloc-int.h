@@ -6,6 +6,16 @@
 
 #include "osslproc-int.h"
 
+/* Built with AddressSanitizer: headers that may not be ours are read
+ * only through alloc.c's blk_peek(), which is exempt. */
+#if defined(__SANITIZE_ADDRESS__)
+#define OSSLPROC_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define OSSLPROC_SANITIZED 1
+#endif
+#endif
+
 /*
  * Every block handed to OpenSSL is preceded by this 16-byte header, so the
  * user pointer keeps alignof(max_align_t) when the backend's does:
@@ -32,16 +42,43 @@ struct blk {
 #define BLK_GEN_SHIFT 48
 
 /*
- * Blocks of at most CACHE_MAX_TOTAL bytes (prefix included) are requested
- * in 16-byte classes, and when they leave the quarantine they wait in a
- * per-thread cache for the next request of their class instead of going
- * back to the backend: their header stays valid, in the released state,
- * so a double free of a cached block is still caught.
+ * Blocks of at most CLASS_MAX_TOTAL bytes (prefix included) are requested
+ * in size classes: 16-byte steps up to 1 KiB, then four per doubling up
+ * to 32 KiB (at most 25% rounding, and OpenSSL's record buffers fit).
+ * When such a block leaves the quarantine it waits in a per-thread list
+ * of its class for the next request instead of going back to the
+ * backend: its header stays valid, in the freed state, so a double free
+ * of a cached block is still caught.  The lists hold at most cache_bytes
+ * per thread (512 KiB by default).
  */
-#define CACHE_CLASSES 65          /* class c holds c * 16 bytes; 0: none */
-#define CACHE_MAX_TOTAL ((size_t)(CACHE_CLASSES - 1) * 16)
-#define CACHE_PER_CLASS 32
+#define SMALL_CLASSES 65          /* class c < 65 holds c * 16 bytes */
+#define SMALL_MAX_TOTAL ((size_t)(SMALL_CLASSES - 1) * 16)
+#define NCLASSES (SMALL_CLASSES + 20)
+#define CLASS_MAX_TOTAL ((size_t)32768)
 #define PARK_SLOTS 16
+
+/* The class of a block of @total bytes (<= CLASS_MAX_TOTAL), never 0. */
+static inline unsigned
+class_of(size_t total)
+{
+	unsigned b;
+
+	if (likely(total <= SMALL_MAX_TOTAL))
+		return (unsigned)((total + 15) >> 4);
+	/* b = floor(log2(total - 1)), 10..14; four classes per doubling. */
+	b = 63u - (unsigned)__builtin_clzll((unsigned long long)total - 1);
+	return SMALL_CLASSES + (b - 10) * 4 +
+	       (unsigned)(((total - 1) >> (b - 2)) & 3);
+}
+
+/* The bytes a block of class @c occupies (class 0: none); alloc.c. */
+extern const uint32_t class_bytes[NCLASSES];
+
+static inline size_t
+class_size(unsigned c)
+{
+	return class_bytes[c];
+}
 
 /* word layout */
 #define ST_MASK 0x3u
@@ -74,7 +111,7 @@ struct blk_site {
  * quarantine nor the cache touches the (by then cold) block itself. */
 struct qent {
 	void *user;
-	uint64_t size_class;     /* payload size, class << 56 */
+	uint64_t held_class;     /* bytes held, class << 56 */
 };
 
 /* Per-thread state: counters written only by the owning thread. */
@@ -83,11 +120,12 @@ struct tstate {
 	_Atomic uint64_t bytes_in, bytes_out;
 	_Atomic uint64_t q_blocks, q_bytes;
 	int64_t unflushed;       /* live-byte delta not yet in the global */
-	struct qent *qring;      /* quarantine FIFO */
-	size_t qcap, qhead;
-	/* Blocks out of the quarantine, by class, still in the freed state. */
-	void *cache[CACHE_CLASSES][CACHE_PER_CLASS];
-	uint8_t cache_n[CACHE_CLASSES];
+	struct qent *qring;      /* quarantine FIFO, a power of two long */
+	size_t qmask, qhead, qtail; /* qhead, qtail: free-running */
+	/* Blocks out of the quarantine, by class, still in the freed state:
+	 * lists linked through their first payload word (alloc.c: cache_put). */
+	void *cache[NCLASSES];
+	_Atomic uint64_t cached_bytes;
 	/* Backend chunks that would have given a page-aligned user pointer,
 	 * held so the backend cannot offer them again (alloc.c: park). */
 	void *parked[PARK_SLOTS];
@@ -102,6 +140,7 @@ struct alloc_conf {
 	unsigned int flags;
 	enum ossl_proc_bad_free on_bad_free;
 	size_t quarantine_bytes;
+	size_t cache_bytes;
 	struct ossl_proc_allocator host; /* .malloc NULL: none */
 	CRYPTO_malloc_fn prior_m;        /* NULL: nothing was installed */
 	CRYPTO_realloc_fn prior_r;
@@ -109,8 +148,10 @@ struct alloc_conf {
 	uint64_t secret;
 	/* The header word of a cached block handed out again, when every
 	 * block of the process has one backend and no site record; 0 when
-	 * allocations take the general path (alloc.c: malloc_fast). */
-	uint32_t fast_word;
+	 * allocations take the general path (alloc.c: om_malloc).  The
+	 * word of a live block om_free() may retire without further checks
+	 * (no scrubbing either); 0 when none. */
+	uint32_t fast_word, free_word;
 };
 
 extern struct alloc_conf aconf;

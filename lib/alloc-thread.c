@@ -97,16 +97,17 @@ key_create(void)
 	tkey_ok = pthread_key_create(&tkey, tstate_exit) == 0;
 }
 
+/* Quarantine ring length: a power of two (an index is a mask away), one
+ * slot per 128 bytes of window, about OpenSSL's mean block size, at least
+ * 128, at most 16384 (a small ring stays in the L1 cache). */
 static size_t
 ring_slots(void)
 {
-	/* One slot per 128 bytes of window, at least 128: about OpenSSL's
-	 * mean block size, and a small ring stays in the L1 cache. */
-	size_t slots = aconf.quarantine_bytes / 128;
+	size_t slots = 128;
 
-	if (slots < 128)
-		return 128;
-	return slots > 16384 ? 16384 : slots;
+	while (slots < 16384 && slots * 128 < aconf.quarantine_bytes)
+		slots *= 2;
+	return slots;
 }
 
 struct tstate *
@@ -120,10 +121,8 @@ tstate_new(void)
 	t = calloc(1, sizeof(*t));
 	if (!t)
 		return &retired;
-	t->qcap = ring_slots();
-	t->qring = calloc(t->qcap, sizeof(*t->qring));
-	if (!t->qring)
-		t->qcap = 0;
+	t->qmask = ring_slots() - 1;
+	t->qring = calloc(t->qmask + 1, sizeof(*t->qring));
 	pthread_mutex_lock(&proc_mut.reg_lock);
 	t->next = reg.next;
 	t->prev = &reg;
@@ -163,6 +162,8 @@ add_counts(struct ossl_proc_stats *st, const struct tstate *t)
 						       memory_order_relaxed);
 	st->quarantined_bytes += atomic_load_explicit(&t->q_bytes,
 						      memory_order_relaxed);
+	st->cached_bytes += atomic_load_explicit(&t->cached_bytes,
+						 memory_order_relaxed);
 }
 
 /* The sum over the registry, whose lock the caller holds (or which only

@@ -15,6 +15,16 @@
 #define ALIGN_MASK ((uintptr_t)15)
 
 struct alloc_conf aconf;
+
+const uint32_t class_bytes[NCLASSES] = {
+	0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224,
+	240, 256, 272, 288, 304, 320, 336, 352, 368, 384, 400, 416, 432, 448,
+	464, 480, 496, 512, 528, 544, 560, 576, 592, 608, 624, 640, 656, 672,
+	688, 704, 720, 736, 752, 768, 784, 800, 816, 832, 848, 864, 880, 896,
+	912, 928, 944, 960, 976, 992, 1008, 1024,
+	1280, 1536, 1792, 2048, 2560, 3072, 3584, 4096, 5120, 6144, 7168,
+	8192, 10240, 12288, 14336, 16384, 20480, 24576, 28672, 32768,
+};
 _Atomic uint64_t bad_double, bad_invalid, bad_foreign, bad_inherited;
 
 static struct blk_site site_list = { &site_list, &site_list, 0, 0, 0, 0, 0 };
@@ -65,6 +75,19 @@ prefix_len(uint32_t word)
 	return sizeof(struct blk) +
 	       (word & W_SITES ? sizeof(struct blk_site) : 0) +
 	       (word & W_PADDED ? 16 : 0);
+}
+
+/* The bytes a freed block holds back: its class, or for a block of no
+ * class its payload and prefix. */
+static inline uint64_t
+blk_held(struct blk *h)
+{
+	unsigned c = blk_class(h);
+
+	if (likely(c))
+		return class_size(c);
+	return blk_size(h) + prefix_len(atomic_load_explicit(&h->word,
+						memory_order_relaxed));
 }
 
 /* ---- backends ---- */
@@ -175,21 +198,72 @@ realign(struct tstate *t, enum backend bk, void *base, size_t total,
 	return nb;
 }
 
+/* ---- the per-thread cache ---- */
+
+/*
+ * A cached block's first payload word links it to the next block of its
+ * class.  The link is a plain pointer, so leak checkers still see cached
+ * blocks as reachable; a write after free that leaves it misaligned (a
+ * use after free in the host or in OpenSSL) is noticed by cache_take()
+ * rather than followed.
+ */
+static inline void *
+link_of(void *user)
+{
+	return *(void **)user;
+}
+
+/* Sum what @t's lists hold, cutting each at its first bad link (the
+ * blocks after it are abandoned). */
+static void
+cache_recount(struct tstate *t)
+{
+	uint64_t held = 0;
+
+	for (unsigned c = 1; c < NCLASSES; c++) {
+		for (void *user = t->cache[c]; user;) {
+			void *next = link_of(user);
+
+			held += class_size(c);
+			if ((uintptr_t)next & ALIGN_MASK) {
+				*(void **)user = NULL;
+				break;
+			}
+			user = next;
+		}
+	}
+	atomic_store_explicit(&t->cached_bytes, held, memory_order_relaxed);
+}
+
+__attribute__((cold, noinline)) static void *
+cache_corrupt(struct tstate *t, unsigned c)
+{
+	log_error("a freed block at %p (%zu bytes with its header) was "
+		  "written after it was freed: a use after free in the host "
+		  "or in OpenSSL; find it with valgrind or ASan.  The blocks "
+		  "of that size this thread kept for reuse are abandoned",
+		  t->cache[c], class_size(c));
+	t->cache[c] = NULL;
+	cache_recount(t);
+	return NULL;
+}
+
 /* A cached block of class @c, or NULL.  Shared blocks are never cached:
  * they belong to the process that allocated them. */
 static inline void *
-cache_pop(struct tstate *t, unsigned c)
+cache_take(struct tstate *t, unsigned c)
 {
-	unsigned n = t->cache_n[c];
+	void *user = t->cache[c];
+	void *next;
 
-	if (!n)
+	if (!user)
 		return NULL;
-	t->cache_n[c] = (uint8_t)--n;
-	/* The block under it is next: its header has usually left the L1
-	 * cache while it sat in the quarantine, so start loading it now. */
-	if (n)
-		__builtin_prefetch(hdr_of(t->cache[c][n - 1]), 1);
-	return t->cache[c][n];
+	next = link_of(user);
+	if (unlikely((uintptr_t)next & ALIGN_MASK))
+		return cache_corrupt(t, c);
+	t->cache[c] = next;
+	own_add(&t->cached_bytes, -(uint64_t)class_size(c));
+	return user;
 }
 
 /* Fresh memory from the backend for a block with @word's layout. */
@@ -249,10 +323,10 @@ blk_new(size_t n, const char *file, int line)
 	if (bk == BK_SHARED)
 		word |= (uint32_t)proc_self() << OWNER_SHIFT;
 	total = n + prefix_len(word);
-	if (total <= CACHE_MAX_TOTAL && bk != BK_SHARED) {
-		c = (unsigned)((total + 15) >> 4);
-		total = (size_t)c << 4;
-		user = cache_pop(t, c);
+	if (total <= CLASS_MAX_TOTAL && bk != BK_SHARED) {
+		c = class_of(total);
+		total = class_size(c);
+		user = cache_take(t, c);
 	}
 	if (!user)
 		user = backend_block(t, bk, total, &word, &c, file, line);
@@ -265,41 +339,49 @@ blk_new(size_t n, const char *file, int line)
 	return user;
 }
 
-/*
- * The common case in a few dozen instructions: a small block from this
- * thread's cache, for a process with one private backend and no site
- * tracking.  Anything else, or an empty cache, takes blk_new().
- */
-static inline void *
-malloc_fast(size_t n)
+/* Everything but the common case: an unnoticed fork, the owner probe,
+ * a cache miss, another backend, sites, a large block. */
+__attribute__((noinline)) static void *
+malloc_slow(size_t n, const char *file, int line)
 {
-	struct tstate *t = tls_state;
-	uint32_t word = aconf.fast_word;
-	size_t total = n + sizeof(struct blk);
-	unsigned c = (unsigned)((total + 15) >> 4);
-	void *user;
-
-	if (unlikely(!word || !t || total > CACHE_MAX_TOTAL))
-		return NULL;
-	user = cache_pop(t, c);
-	if (unlikely(!user))
-		return NULL;
-	blk_stamp(user, n, c, word);
-	tstate_count_alloc(t, n);
-	return user;
-}
-
-void *
-om_malloc(size_t n, const char *file, int line)
-{
-	void *user;
-
 	if (unlikely(!*fork_flag))
 		fork_unnoticed();
 	if (unlikely(n == 0))
 		return owner_probe_answer(file, line);
-	user = malloc_fast(n);
-	return likely(user) ? user : blk_new(n, file, line);
+	return blk_new(n, file, line);
+}
+
+/*
+ * The common case in a few dozen instructions and no call: a block from
+ * this thread's cache, for a process with one private backend and no
+ * site tracking.  Every other case is one tail call away, so this path
+ * saves no registers.
+ */
+void *
+om_malloc(size_t n, const char *file, int line)
+{
+	struct tstate *t = tls_state;
+	uint32_t word = aconf.fast_word;
+	void *user, *next;
+	unsigned c;
+
+	/* n - 1: a size of 0 (the probe) wraps and goes the slow way; the
+	 * bound keeps n + the header from wrapping. */
+	if (unlikely(!*fork_flag || !word || !t ||
+		     n - 1 >= CLASS_MAX_TOTAL - sizeof(struct blk)))
+		return malloc_slow(n, file, line);
+	c = class_of(n + sizeof(struct blk));
+	user = t->cache[c];
+	if (unlikely(!user))
+		return malloc_slow(n, file, line);
+	next = link_of(user);
+	if (unlikely((uintptr_t)next & ALIGN_MASK))
+		return malloc_slow(n, file, line); /* cache_take reports it */
+	t->cache[c] = next;
+	own_add(&t->cached_bytes, -(uint64_t)class_size(c));
+	blk_stamp(user, n, c, word);
+	tstate_count_alloc(t, n);
+	return user;
 }
 
 /* ---- bad frees ---- */
@@ -481,18 +563,65 @@ blk_to_backend(void *user)
 }
 
 /*
- * A cached block keeps the freed (quarantined) state: a stale free of it
- * is still a double free, and caching it touches nothing in the block.
- * Only a block going back to the backend is marked released first.
+ * Keep a block that left the quarantine for the next request of its
+ * class @c, in the freed state: a stale free of it is still a double
+ * free.  List 0 holds blocks of no class on their way to the backend.
+ * No call and no accounting here: the caller adds what it moved to
+ * cached_bytes, and cache_trim() gives back list 0 and what exceeds the
+ * budget, once.
  */
 static inline void
+cache_link(struct tstate *t, void *user, unsigned c)
+{
+	*(void **)user = t->cache[c];
+	t->cache[c] = user;
+}
+
+static inline bool
+cache_over(const struct tstate *t, uint64_t held)
+{
+	return t->cache[0] || held > aconf.cache_bytes;
+}
+
+/* Release list 0, then cached blocks, largest classes first, until the
+ * cache is within its budget. */
+__attribute__((noinline)) static void
+cache_trim(struct tstate *t)
+{
+	uint64_t held = atomic_load_explicit(&t->cached_bytes,
+					     memory_order_relaxed);
+	void *user;
+
+	while ((user = t->cache[0])) {
+		t->cache[0] = link_of(user);
+		held -= blk_held(hdr_of(user));
+		blk_to_backend(user);
+	}
+	atomic_store_explicit(&t->cached_bytes, held, memory_order_relaxed);
+	for (unsigned c = NCLASSES - 1; c > 0 && cache_over(t, held); c--)
+		while (held > aconf.cache_bytes && (user = cache_take(t, c))) {
+			held -= class_size(c);
+			blk_to_backend(user);
+		}
+}
+
+/* Hand a block on: to @t's cache, or (no class, no @t, the shared
+ * fallback) to the backend. */
+static void
 release_inline(struct tstate *t, void *user, unsigned c)
 {
-	if (c && t && !t->shared && t->cache_n[c] < CACHE_PER_CLASS) {
-		t->cache[c][t->cache_n[c]++] = user;
+	uint64_t held;
+
+	if (!c || !t || t->shared) {
+		blk_to_backend(user);
 		return;
 	}
-	blk_to_backend(user);
+	cache_link(t, user, c);
+	held = atomic_load_explicit(&t->cached_bytes, memory_order_relaxed) +
+	       class_size(c);
+	atomic_store_explicit(&t->cached_bytes, held, memory_order_relaxed);
+	if (cache_over(t, held))
+		cache_trim(t);
 }
 
 void
@@ -520,29 +649,37 @@ cache_flush(struct tstate *t)
 				OPENSSL_FILE, OPENSSL_LINE);
 		t->parked[i] = NULL;
 	}
-	for (unsigned c = 1; c < CACHE_CLASSES; c++) {
+	for (unsigned c = 1; c < NCLASSES; c++) {
 		void *user;
 
-		while ((user = cache_pop(t, c)))
-			blk_release(NULL, user, 0);
+		while ((user = cache_take(t, c)))
+			blk_to_backend(user);
 	}
 }
 
-/* struct qent.size_class: the payload size, the cache class above it. */
+/* struct qent.held_class: the bytes held, the cache class above them. */
 #define QCLASS_SHIFT 56
-#define QSIZE_MASK ((1ull << QCLASS_SHIFT) - 1)
+#define QHELD_MASK ((1ull << QCLASS_SHIFT) - 1)
+
+static inline void
+quarantine_store(struct tstate *t, size_t head, size_t tail, uint64_t bytes)
+{
+	t->qhead = head;
+	t->qtail = tail;
+	atomic_store_explicit(&t->q_blocks, tail - head, memory_order_relaxed);
+	atomic_store_explicit(&t->q_bytes, bytes, memory_order_relaxed);
+}
 
 void
 quarantine_child(struct tstate *t, bool release)
 {
-	size_t count = atomic_load_explicit(&t->q_blocks, memory_order_relaxed);
-	size_t kept = 0;
+	size_t head = t->qhead, tail = head;
 	uint64_t bytes = 0;
 
 	/* Compact in FIFO order: the write position never passes the read
 	 * position, so no entry is overwritten before it is read. */
-	for (size_t i = 0; i < count; i++) {
-		struct qent e = t->qring[(t->qhead + i) % t->qcap];
+	for (size_t i = head; i != t->qtail; i++) {
+		struct qent e = t->qring[i & t->qmask];
 
 		/* Another process's shared block: never ours to release. */
 		if (blk_foreign(atomic_load_explicit(&hdr_of(e.user)->word,
@@ -552,40 +689,50 @@ quarantine_child(struct tstate *t, bool release)
 			blk_release(NULL, e.user, 0);
 			continue;
 		}
-		t->qring[(t->qhead + kept++) % t->qcap] = e;
-		bytes += e.size_class & QSIZE_MASK;
+		t->qring[tail++ & t->qmask] = e;
+		bytes += e.held_class & QHELD_MASK;
 	}
-	atomic_store_explicit(&t->q_blocks, kept, memory_order_relaxed);
-	atomic_store_explicit(&t->q_bytes, bytes, memory_order_relaxed);
+	quarantine_store(t, head, tail, bytes);
 }
 
-static void
-quarantine_push(struct tstate *t, void *user, size_t n, unsigned c)
+/*
+ * Quarantine a block @t's thread freed, @held bytes of class @c; the
+ * oldest blocks move on to the cache until the window holds at most
+ * quarantine_bytes.  The common case calls nothing.
+ */
+static inline void
+quarantine_push(struct tstate *t, void *user, uint64_t held, unsigned c)
 {
-	size_t limit = aconf.quarantine_bytes;
-	size_t count = atomic_load_explicit(&t->q_blocks, memory_order_relaxed);
-	uint64_t bytes = atomic_load_explicit(&t->q_bytes, memory_order_relaxed);
-	struct qent *e;
+	struct qent *ring = t->qring;
+	size_t head = t->qhead, tail = t->qtail, mask = t->qmask;
+	uint64_t bytes = atomic_load_explicit(&t->q_bytes,
+					      memory_order_relaxed) + held;
+	uint64_t limit = aconf.quarantine_bytes, moved = 0;
 
-	/* A block larger than the whole window cannot be held back. */
-	if (!t->qring || n > limit) {
-		blk_release(t, user, c);
+	/* The shared fallback has no ring; a block larger than the whole
+	 * window cannot be held back. */
+	if (unlikely(!ring || held > limit)) {
+		release_inline(t, user, c);
 		return;
 	}
-	while (count && (count == t->qcap || bytes + n > limit)) {
-		e = &t->qring[t->qhead];
-		t->qhead = t->qhead + 1 == t->qcap ? 0 : t->qhead + 1;
-		count--;
-		bytes -= e->size_class & QSIZE_MASK;
-		release_inline(t, e->user,
-			       (unsigned)(e->size_class >> QCLASS_SHIFT));
+	/* Oldest out first (tail - head > mask: the ring is full). */
+	while (bytes > limit || tail - head > mask) {
+		struct qent e = ring[head++ & mask];
+		uint64_t b = e.held_class & QHELD_MASK;
+
+		bytes -= b;
+		moved += b;
+		cache_link(t, e.user, (unsigned)(e.held_class >> QCLASS_SHIFT));
 	}
-	e = &t->qring[t->qhead + count < t->qcap ? t->qhead + count
-						 : t->qhead + count - t->qcap];
-	e->user = user;
-	e->size_class = (uint64_t)n | (uint64_t)c << QCLASS_SHIFT;
-	atomic_store_explicit(&t->q_blocks, count + 1, memory_order_relaxed);
-	atomic_store_explicit(&t->q_bytes, bytes + n, memory_order_relaxed);
+	ring[tail++ & mask] = (struct qent){
+		.user = user,
+		.held_class = held | (uint64_t)c << QCLASS_SHIFT,
+	};
+	quarantine_store(t, head, tail, bytes);
+	moved += atomic_load_explicit(&t->cached_bytes, memory_order_relaxed);
+	atomic_store_explicit(&t->cached_bytes, moved, memory_order_relaxed);
+	if (unlikely(cache_over(t, moved)))
+		cache_trim(t);
 }
 
 /* Free a block known to be valid, live and ours. */
@@ -609,11 +756,14 @@ blk_retire(void *p, uint32_t word, const char *file, int line)
 		OPENSSL_cleanse(p, n);
 	t = tstate_get();
 	tstate_count_free(t, n);
-	quarantine_push(t, p, n, blk_class(h));
+	quarantine_push(t, p, blk_held(h), blk_class(h));
 }
 
-void
-om_free(void *p, const char *file, int line)
+/* Every free but the common case: bad pointers, another backend or
+ * process, sites, scrubbing, an unnoticed fork, a thread's first or
+ * last free. */
+__attribute__((noinline)) static void
+free_slow(void *p, const char *file, int line)
 {
 	uint32_t word;
 
@@ -628,6 +778,52 @@ om_free(void *p, const char *file, int line)
 	if (!owned_here(p, word, file, line))
 		return;
 	blk_retire(p, word, file, line);
+}
+
+/*
+ * @p is a live block om_free() may retire at once: aligned, not at a
+ * page start, its header valid and equal to aconf.free_word.  The read
+ * is inline here (no call, so no saved registers); sanitizer builds read
+ * through blk_peek(), which they are told about.
+ */
+static inline bool
+blk_fast_live(void *p, uint32_t *word)
+{
+	struct blk *h = hdr_of(p);
+
+	if (((uintptr_t)p & ALIGN_MASK) || !((uintptr_t)p & PAGE_MASK))
+		return false;
+#ifdef OSSLPROC_SANITIZED
+	return blk_peek(p, word) && *word == aconf.free_word;
+#else
+	*word = atomic_load_explicit(&h->word, memory_order_acquire);
+	return *word == aconf.free_word &&
+	       h->magic == blk_magic(p, h->size_gen, *word);
+#endif
+}
+
+void
+om_free(void *p, const char *file, int line)
+{
+	struct tstate *t = tls_state;
+	uint32_t word;
+	struct blk *h;
+	size_t n;
+
+	if (unlikely(!*fork_flag || !t || !blk_fast_live(p, &word))) {
+		free_slow(p, file, line);
+		return;
+	}
+	h = hdr_of(p);
+	if (unlikely(!atomic_compare_exchange_strong_explicit(&h->word, &word,
+			(word & ~ST_MASK) | ST_QUAR, memory_order_acq_rel,
+			memory_order_acquire))) {
+		bad_free(BAD_DOUBLE, p, h, word, file, line);
+		return;
+	}
+	n = blk_size(h);
+	quarantine_push(t, p, blk_held(h), blk_class(h));
+	tstate_count_free(t, n);
 }
 
 /*

@@ -126,6 +126,8 @@ config_warn_conflicts(const struct ossl_proc_config *c)
 		what = "on_bad_free";
 	else if (c->quarantine_bytes != first.quarantine_bytes)
 		what = "quarantine_bytes";
+	else if (c->cache_bytes != first.cache_bytes)
+		what = "cache_bytes";
 	else if (c->log != first.log || c->log_arg != first.log_arg ||
 		 c->log_level != first.log_level)
 		what = "log settings";
@@ -169,6 +171,7 @@ active_set(const struct ossl_proc_config *c)
 	if (!c->quarantine_bytes)
 		active.quarantine_bytes = c->allocator && c->allocator->shared ?
 			QUARANTINE_SHARED_DEFAULT : QUARANTINE_DEFAULT;
+	active.cache_bytes = c->cache_bytes ? c->cache_bytes : CACHE_DEFAULT;
 	if (dup_str(c->ca_file, &active.ca_file) ||
 	    dup_str(c->ca_dir, &active.ca_dir)) {
 		active_clear();

@@ -41,7 +41,7 @@ print_counters(FILE *out, const struct ossl_proc_stats *st)
 {
 	fprintf(out, "allocs %llu, frees %llu, reallocs %llu\n"
 		"live %llu blocks, %llu bytes (peak %llu bytes)\n"
-		"quarantined %llu blocks, %llu bytes\n"
+		"quarantined %llu blocks, %llu bytes; cached %llu bytes\n"
 		"bad frees: double %llu, invalid %llu, foreign %llu, "
 		"inherited %llu; passed to the previous allocator %llu\n"
 		"fork generation %llu\n",
@@ -52,6 +52,7 @@ print_counters(FILE *out, const struct ossl_proc_stats *st)
 		(unsigned long long)st->peak_bytes,
 		(unsigned long long)st->quarantined_blocks,
 		(unsigned long long)st->quarantined_bytes,
+		(unsigned long long)st->cached_bytes,
 		(unsigned long long)st->double_frees,
 		(unsigned long long)st->invalid_frees,
 		(unsigned long long)st->foreign_frees,

@@ -183,26 +183,41 @@ START_TEST(double_free_names_sites)
 }
 END_TEST
 
-/* Past the quarantine the block went back to the backend; a stale free
- * is still refused and never reaches the backend a second time. */
+/* Past the quarantine and the thread's cache (full here) the block went
+ * back to the backend, which scribbled on its header; a stale free is
+ * refused as not ours and never reaches the backend a second time. */
 START_TEST(double_free_after_quarantine)
 {
-	char *p, *churn[64];
+	enum { FILL = 8192, TAIL = 32 };
+	char **churn = calloc(FILL + TAIL, sizeof(*churn));
+	char *p;
+	int frees0;
 
+	ck_assert_ptr_nonnull(churn);
 	init_with(&counting, 1024, OSSL_PROC_BAD_FREE_LOG, 0);
+	for (int i = 0; i < FILL + TAIL; i++)
+		ck_assert_ptr_nonnull(churn[i] = OPENSSL_malloc(100));
 	p = OPENSSL_malloc(100);
-	OPENSSL_free(p);
-	for (int i = 0; i < 64; i++)
-		churn[i] = OPENSSL_malloc(100);
-	for (int i = 0; i < 64; i++)
+	/* 8192 blocks of 128 bytes fill the cache's 512 KiB. */
+	for (int i = 0; i < FILL; i++)
 		OPENSSL_free(churn[i]);
-	ck_assert_int_ge(atomic_load(&bk.frees), 50);
+	ck_assert_uint_le(stats().cached_bytes, 512 * 1024);
+	ck_assert_uint_gt(stats().cached_bytes, 512 * 1024 - 1024);
+	frees0 = atomic_load(&bk.frees);
+	ck_assert_int_gt(frees0, 0);
+	/* p, then enough frees to push it out of the 1 KiB quarantine into
+	 * a full cache: it goes back to the backend. */
+	OPENSSL_free(p);
+	for (int i = FILL; i < FILL + TAIL; i++)
+		OPENSSL_free(churn[i]);
+	ck_assert_int_ge(atomic_load(&bk.frees), frees0 + TAIL);
 	tl_expect(OSSL_PROC_LOG_WARNING, "free");
 	OPENSSL_free(p);
-	/* The backend scribbled on the header: refused as not ours. */
-	ck_assert_uint_eq(stats().double_frees + stats().invalid_frees, 1);
+	ck_assert_uint_eq(stats().invalid_frees, 1);
+	ck_assert_uint_eq(stats().double_frees, 0);
 	ck_assert_int_eq(atomic_load(&bk.twice), 0);
 	ossl_proc_teardown();
+	free(churn);
 }
 END_TEST
 
@@ -227,6 +242,117 @@ START_TEST(double_free_of_cached_block)
 	memset(q, 1, 40);
 	OPENSSL_free(q);
 	ck_assert_uint_eq(stats().double_frees, 1);
+	ck_assert_int_eq(atomic_load(&bk.twice), 0);
+	ossl_proc_teardown();
+}
+END_TEST
+
+/* Blocks up to 32 KiB are reused from the thread's cache once they
+ * have left the quarantine, in classes (16-byte steps, then four per
+ * doubling), and the cache stays within its budget. */
+START_TEST(cache_reuses_by_class)
+{
+	static const size_t sizes[] = { 1, 40, 1000, 1009, 3000, 16384 + 600,
+					32752 };
+	char *p, *q;
+
+	init_with(&counting, 64, OSSL_PROC_BAD_FREE_LOG, 0);
+	for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+		int mallocs;
+
+		p = OPENSSL_malloc(sizes[i]);
+		ck_assert_ptr_nonnull(p);
+		memset(p, 0xa5, sizes[i]);
+		OPENSSL_free(p);
+		/* Larger than the 64-byte window: straight to the cache;
+		 * smaller ones are pushed out by three frees of another
+		 * class. */
+		for (int k = 0; k < 3; k++)
+			OPENSSL_free(OPENSSL_malloc(24));
+		mallocs = atomic_load(&bk.mallocs);
+		q = OPENSSL_malloc(sizes[i]);
+		ck_assert_ptr_eq(q, p);
+		ck_assert_int_eq(atomic_load(&bk.mallocs), mallocs);
+		OPENSSL_free(q);
+	}
+	ck_assert_uint_gt(stats().cached_bytes, 32768);
+	/* One byte more than the largest class: never cached. */
+	p = OPENSSL_malloc(32753);
+	OPENSSL_free(p);
+	ck_assert_uint_le(stats().cached_bytes, 512 * 1024);
+	ck_assert_uint_eq(stats().double_frees + stats().invalid_frees, 0);
+	ossl_proc_teardown();
+}
+END_TEST
+
+/* cache_bytes bounds what each thread keeps; 1 keeps nothing, so
+ * every block past the quarantine goes back to the backend. */
+static void
+cache_budget_case(size_t budget, uint64_t least, int backend_frees)
+{
+	struct ossl_proc_config c = tl_config();
+	char *p[64];
+	int frees0;
+
+	c.allocator = &counting;
+	c.quarantine_bytes = 64;
+	c.cache_bytes = budget;
+	ck_assert_int_eq(ossl_proc_init(&c), 0);
+	for (int i = 0; i < 64; i++)
+		ck_assert_ptr_nonnull(p[i] = OPENSSL_malloc(100));
+	frees0 = atomic_load(&bk.frees);
+	/* 128-byte blocks, larger than the window: straight on. */
+	for (int i = 0; i < 64; i++)
+		OPENSSL_free(p[i]);
+	ck_assert_uint_le(stats().cached_bytes, budget);
+	ck_assert_uint_ge(stats().cached_bytes, least);
+	ck_assert_int_ge(atomic_load(&bk.frees) - frees0, backend_frees);
+	ck_assert_uint_eq(stats().double_frees + stats().invalid_frees, 0);
+	ossl_proc_teardown();
+}
+
+START_TEST(cache_bytes_bounds_the_cache)
+{
+	/* Full to within one block; at most 32 of the 64 kept. */
+	cache_budget_case(4096, 4096 - 128, 32);
+}
+END_TEST
+
+START_TEST(cache_bytes_one_keeps_nothing)
+{
+	cache_budget_case(1, 0, 64);
+}
+END_TEST
+
+/* A cached block written after its free (a use after free in the host)
+ * is not followed: the next request of its class gets fresh memory and
+ * an ERROR names the block; everything else keeps working. */
+START_TEST(cache_write_after_free_detected)
+{
+	char *p, *q, *r;
+
+	init_with(&counting, 64, OSSL_PROC_BAD_FREE_LOG, 0);
+	q = OPENSSL_malloc(40);
+	p = OPENSSL_malloc(40);
+	OPENSSL_free(q);
+	OPENSSL_free(p);
+	/* Three frees of another class push both out of the 64-byte
+	 * window: p and q are cached now.  The host scribbles on p (a
+	 * misaligned value where the link to q is). */
+	for (int k = 0; k < 3; k++)
+		OPENSSL_free(OPENSSL_malloc(24));
+	memset(p, 0xa5, 16);
+	tl_expect(OSSL_PROC_LOG_ERROR, "written after it was freed");
+	r = OPENSSL_malloc(40);
+	ck_assert_ptr_nonnull(r);
+	ck_assert_ptr_ne(r, p);
+	ck_assert_ptr_ne(r, q);
+	ck_assert_int_eq(tl_count(OSSL_PROC_LOG_ERROR,
+				  "written after it was freed"), 1);
+	memset(r, 1, 40);
+	OPENSSL_free(r);
+	ck_assert_uint_le(stats().cached_bytes, 512 * 1024);
+	ck_assert_uint_eq(stats().double_frees + stats().invalid_frees, 0);
 	ck_assert_int_eq(atomic_load(&bk.twice), 0);
 	ossl_proc_teardown();
 }
@@ -880,6 +1006,10 @@ alloc_suite(void)
 	tcase_add_test(tc, double_free_names_sites);
 	tcase_add_test(tc, double_free_after_quarantine);
 	tcase_add_test(tc, double_free_of_cached_block);
+	tcase_add_test(tc, cache_reuses_by_class);
+	tcase_add_test(tc, cache_bytes_bounds_the_cache);
+	tcase_add_test(tc, cache_bytes_one_keeps_nothing);
+	tcase_add_test(tc, cache_write_after_free_detected);
 	tcase_add_test(tc, invalid_pointers);
 	tcase_add_test(tc, foreign_page_aligned);
 	tcase_add_test_raise_signal(tc, abort_policy, SIGABRT);

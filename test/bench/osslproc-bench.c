@@ -75,20 +75,31 @@ setup_variant(enum variant v)
 #define PAIRS 2000000
 #define WORKING_SET 64
 
-/* Sizes in the proportions OpenSSL 3 asks for during a handshake:
- * mostly small objects, some buffers, a few record-sized blocks. */
+/*
+ * Sizes in the proportions OpenSSL 3.0 asks for during verified TLS 1.3
+ * handshakes (both sides, counted per handshake with a counting
+ * CRYPTO_set_mem_functions): per mille of requests up to each bound.
+ */
+static const struct {
+	unsigned permille; /* cumulative */
+	size_t lo, hi;
+} size_mix[] = {
+	{ 304, 1, 16 },      { 647, 17, 32 },      { 784, 33, 64 },
+	{ 870, 65, 128 },    { 973, 129, 256 },    { 981, 257, 512 },
+	{ 988, 513, 1024 },  { 989, 1025, 2048 },  { 997, 2049, 4096 },
+	{ 998, 4097, 8192 }, { 999, 8193, 16384 }, { 1000, 16385, 32768 },
+};
+
 static size_t
 openssl_size(unsigned *seed)
 {
-	unsigned r = (unsigned)rand_r(seed) % 100;
+	unsigned r = (unsigned)rand_r(seed) % 1000;
+	size_t i = 0;
 
-	if (r < 60)
-		return 16 + (unsigned)rand_r(seed) % 112;
-	if (r < 90)
-		return 128 + (unsigned)rand_r(seed) % 896;
-	if (r < 98)
-		return 1024 + (unsigned)rand_r(seed) % 3072;
-	return 16384 + (unsigned)rand_r(seed) % 1024;
+	while (r >= size_mix[i].permille)
+		i++;
+	return size_mix[i].lo + (unsigned)rand_r(seed) %
+	       (size_mix[i].hi - size_mix[i].lo + 1);
 }
 
 static void *
