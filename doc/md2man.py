@@ -63,7 +63,7 @@ def convert(md):
     lines = md.split('\n')
     out = ['.\\" Generated from doc/integrating.md by doc/md2man.py; '
            'edit the Markdown.',
-           '.TH %s 7 %s "osslproc 0.1" "osslproc Manual"' % (TITLE, DATE),
+           '.TH %s 7 %s "osslproc 0.2" "osslproc Manual"' % (TITLE, DATE),
            '.SH NAME', NAME]
     i = 0
     pending_para = False

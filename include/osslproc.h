@@ -116,9 +116,10 @@ struct ossl_proc_config {
 	const struct ossl_proc_allocator *allocator;
 	/** Policy for double, invalid and foreign frees. */
 	enum ossl_proc_bad_free on_bad_free;
-	/** Bytes of freed blocks each thread holds back before releasing
-	 * them (the double-free detection window); 0: 16 KiB, or 64 KiB
-	 * with a shared allocator. */
+	/** Bytes of freed blocks (headers and size-class rounding
+	 * included) each thread holds back before releasing them (the
+	 * double-free detection window); 0: 16 KiB, or 64 KiB with a
+	 * shared allocator. */
 	size_t quarantine_bytes;
 	/** Log callback; NULL: lines go to stderr. */
 	ossl_proc_log_fn log;
@@ -700,7 +701,7 @@ struct ossl_proc_stats {
 	uint64_t prior_frees;     /**< frees handed to the allocator that was
 				       installed before osslproc */
 	uint64_t quarantined_blocks; /**< freed, held back, not released */
-	uint64_t quarantined_bytes;
+	uint64_t quarantined_bytes; /**< with headers and class rounding */
 	/* Added in 0.2. */
 	uint64_t cached_bytes;    /**< freed, past the quarantine, kept by
 				       their thread for reuse (at most 256 KiB

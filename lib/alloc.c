@@ -240,8 +240,10 @@ cache_corrupt(struct tstate *t, unsigned c)
 {
 	log_error("a freed block at %p (%zu bytes with its header) was "
 		  "written after it was freed: a use after free in the host "
-		  "or in OpenSSL; find it with valgrind or ASan.  The blocks "
-		  "of that size this thread kept for reuse are abandoned",
+		  "or in OpenSSL; find it with valgrind or ASan and "
+		  "cache_bytes = 1 (freed blocks then go back to the allocator "
+		  "they watch).  The blocks of that size this thread kept for "
+		  "reuse are abandoned",
 		  t->cache[c], class_size(c));
 	t->cache[c] = NULL;
 	cache_recount(t);
