@@ -791,13 +791,13 @@ free_slow(void *p, const char *file, int line)
 static inline bool
 blk_fast_live(void *p, uint32_t *word)
 {
-	struct blk *h = hdr_of(p);
-
 	if (((uintptr_t)p & ALIGN_MASK) || !((uintptr_t)p & PAGE_MASK))
 		return false;
 #ifdef OSSLPROC_SANITIZED
 	return blk_peek(p, word) && *word == aconf.free_word;
 #else
+	struct blk *h = hdr_of(p);
+
 	*word = atomic_load_explicit(&h->word, memory_order_acquire);
 	return *word == aconf.free_word &&
 	       h->magic == blk_magic(p, h->size_gen, *word);

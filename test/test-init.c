@@ -347,6 +347,9 @@ START_TEST(report_prints_state)
 	ck_assert_ptr_nonnull(strstr(buf, "allocator: tracked"));
 	ck_assert_ptr_nonnull(strstr(buf, "allocs "));
 	ck_assert_ptr_nonnull(strstr(buf, "OpenSSL 3."));
+	/* The defaults, as init resolved them. */
+	ck_assert_ptr_nonnull(strstr(buf, "quarantine 16384 bytes and cache "
+				     "524288 bytes per thread"));
 	tl_stderr_begin();
 	ck_assert_int_eq(ossl_proc_report(NULL), -EINVAL);
 	tl_stderr_end();
