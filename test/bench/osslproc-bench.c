@@ -55,15 +55,19 @@ now_ns(void)
 	return ts.tv_sec * 1e9 + ts.tv_nsec;
 }
 
-/* OSSLPROC_BENCH_QUARANTINE sets quarantine_bytes, for tuning. */
+/* OSSLPROC_BENCH_QUARANTINE and OSSLPROC_BENCH_CACHE set quarantine_bytes
+ * and cache_bytes, for tuning. */
 static void
 setup_variant(enum variant v)
 {
 	struct ossl_proc_config c = OSSL_PROC_CONFIG_INIT;
 	const char *q = getenv("OSSLPROC_BENCH_QUARANTINE");
+	const char *k = getenv("OSSLPROC_BENCH_CACHE");
 
 	if (q)
 		c.quarantine_bytes = strtoul(q, NULL, 0);
+	if (k)
+		c.cache_bytes = strtoul(k, NULL, 0);
 	if (v == OSSLPROC && ossl_proc_init(&c) != 0) {
 		fprintf(stderr, "ossl_proc_init failed\n");
 		_exit(2);
