@@ -567,10 +567,9 @@ blk_to_backend(void *user)
 /*
  * Keep a block that left the quarantine for the next request of its
  * class @c, in the freed state: a stale free of it is still a double
- * free.  List 0 holds blocks of no class on their way to the backend.
- * No call and no accounting here: the caller adds what it moved to
- * cached_bytes, and cache_trim() gives back list 0 and what exceeds the
- * budget, once.
+ * free.  List 0 holds blocks on their way to the backend: those of no
+ * class and those the budget has no room for.  No call here: the caller
+ * accounts for what it kept, and cache_drain() gives back list 0 once.
  */
 static inline void
 cache_link(struct tstate *t, void *user, unsigned c)
@@ -579,36 +578,20 @@ cache_link(struct tstate *t, void *user, unsigned c)
 	t->cache[c] = user;
 }
 
-static inline bool
-cache_over(const struct tstate *t, uint64_t held)
-{
-	return t->cache[0] || held > aconf.cache_bytes;
-}
-
-/* Release list 0, then cached blocks, largest classes first, until the
- * cache is within its budget. */
+/* Give back list 0. */
 __attribute__((noinline)) static void
-cache_trim(struct tstate *t)
+cache_drain(struct tstate *t)
 {
-	uint64_t held = atomic_load_explicit(&t->cached_bytes,
-					     memory_order_relaxed);
 	void *user;
 
 	while ((user = t->cache[0])) {
 		t->cache[0] = link_of(user);
-		held -= blk_held(hdr_of(user));
 		blk_to_backend(user);
 	}
-	atomic_store_explicit(&t->cached_bytes, held, memory_order_relaxed);
-	for (unsigned c = NCLASSES - 1; c > 0 && cache_over(t, held); c--)
-		while (held > aconf.cache_bytes && (user = cache_take(t, c))) {
-			held -= class_size(c);
-			blk_to_backend(user);
-		}
 }
 
-/* Hand a block on: to @t's cache, or (no class, no @t, the shared
- * fallback) to the backend. */
+/* Hand a block on: to @t's cache while its budget has room, else (or
+ * with no class, no @t, the shared fallback) to the backend. */
 static void
 release_inline(struct tstate *t, void *user, unsigned c)
 {
@@ -618,12 +601,14 @@ release_inline(struct tstate *t, void *user, unsigned c)
 		blk_to_backend(user);
 		return;
 	}
-	cache_link(t, user, c);
 	held = atomic_load_explicit(&t->cached_bytes, memory_order_relaxed) +
 	       class_size(c);
+	if (held > aconf.cache_bytes) {
+		blk_to_backend(user);
+		return;
+	}
+	cache_link(t, user, c);
 	atomic_store_explicit(&t->cached_bytes, held, memory_order_relaxed);
-	if (cache_over(t, held))
-		cache_trim(t);
 }
 
 void
@@ -709,7 +694,9 @@ quarantine_push(struct tstate *t, void *user, uint64_t held, unsigned c)
 	size_t head = t->qhead, tail = t->qtail, mask = t->qmask;
 	uint64_t bytes = atomic_load_explicit(&t->q_bytes,
 					      memory_order_relaxed) + held;
-	uint64_t limit = aconf.quarantine_bytes, moved = 0;
+	uint64_t limit = aconf.quarantine_bytes, budget = aconf.cache_bytes;
+	uint64_t cached = atomic_load_explicit(&t->cached_bytes,
+					       memory_order_relaxed);
 
 	/* The shared fallback has no ring; a block larger than the whole
 	 * window cannot be held back. */
@@ -717,24 +704,28 @@ quarantine_push(struct tstate *t, void *user, uint64_t held, unsigned c)
 		release_inline(t, user, c);
 		return;
 	}
-	/* Oldest out first (tail - head > mask: the ring is full). */
+	/* Oldest out first (tail - head > mask: the ring is full), to its
+	 * class's list if the budget has room, else to list 0. */
 	while (bytes > limit || tail - head > mask) {
 		struct qent e = ring[head++ & mask];
 		uint64_t b = e.held_class & QHELD_MASK;
+		unsigned ec = (unsigned)(e.held_class >> QCLASS_SHIFT);
 
 		bytes -= b;
-		moved += b;
-		cache_link(t, e.user, (unsigned)(e.held_class >> QCLASS_SHIFT));
+		if (ec && cached + b <= budget)
+			cached += b;
+		else
+			ec = 0;
+		cache_link(t, e.user, ec);
 	}
 	ring[tail++ & mask] = (struct qent){
 		.user = user,
 		.held_class = held | (uint64_t)c << QCLASS_SHIFT,
 	};
 	quarantine_store(t, head, tail, bytes);
-	moved += atomic_load_explicit(&t->cached_bytes, memory_order_relaxed);
-	atomic_store_explicit(&t->cached_bytes, moved, memory_order_relaxed);
-	if (unlikely(cache_over(t, moved)))
-		cache_trim(t);
+	atomic_store_explicit(&t->cached_bytes, cached, memory_order_relaxed);
+	if (unlikely(t->cache[0]))
+		cache_drain(t);
 }
 
 /* Free a block known to be valid, live and ours. */
