@@ -243,7 +243,7 @@ void ossl_proc_fork_parent(void);
 
 /**
  * Re-initialise the child after fork(): a new generation and pid, the
- * allocator state of threads that do not exist in the child released, the
+ * allocator state of threads that do not exist in the child and the
  * shared blocks of other processes forgotten (never released), a fresh
  * error queue, then the ossl_proc_on_child() hooks in registration order.
  * OpenSSL's DRBGs reseed by themselves when the pid changes.
@@ -704,8 +704,8 @@ struct ossl_proc_stats {
 	uint64_t quarantined_bytes; /**< with headers and class rounding */
 	/* Added in 0.2. */
 	uint64_t cached_bytes;    /**< freed, past the quarantine, kept by
-				       their thread for reuse (at most 256 KiB
-				       per thread) */
+				       their thread for reuse (at most
+				       cache_bytes per thread) */
 };
 
 /**

@@ -107,8 +107,8 @@ struct blk_site {
 	uint64_t reserved;
 };
 
-/* A quarantined block, with what releasing it needs, so that neither the
- * quarantine nor the cache touches the (by then cold) block itself. */
+/* A quarantined block, with what moving it on needs, so that the
+ * quarantine reads nothing from the (by then cold) block itself. */
 struct qent {
 	void *user;
 	uint64_t held_class;     /* bytes held, class << 56 */
@@ -123,7 +123,8 @@ struct tstate {
 	struct qent *qring;      /* quarantine FIFO, a power of two long */
 	size_t qmask, qhead, qtail; /* qhead, qtail: free-running */
 	/* Blocks out of the quarantine, by class, still in the freed state:
-	 * lists linked through their first payload word (alloc.c: cache_put). */
+	 * lists linked through their first payload word (alloc.c: cache_link);
+	 * list 0 only between an eviction and cache_drain(). */
 	void *cache[NCLASSES];
 	_Atomic uint64_t cached_bytes;
 	/* Backend chunks that would have given a page-aligned user pointer,

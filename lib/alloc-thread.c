@@ -223,18 +223,29 @@ alloc_generation_get(void)
 	return atomic_load(&proc_mut.generation);
 }
 
-/* A thread that does not exist in the child: its blocks go back, its
- * counts stay. */
+/* Threads that do not exist in this process (a child): kept reachable,
+ * so that leak checkers do not report what they held. */
+static struct tstate forgotten = { .prev = &forgotten, .next = &forgotten };
+
+/*
+ * A thread that does not exist in the child: its counts stay; its
+ * quarantine, cache and parked chunks are forgotten, not released.  They
+ * are copies of the parent's (private, untouched, so they cost no memory)
+ * or the parent's own shared blocks, and the thread may have been moving
+ * blocks from its quarantine to its cache when the fork happened:
+ * releasing them could free one twice.
+ */
 static void
 forget_thread(struct tstate *t)
 {
-	tstate_drain(t);
 	tstate_flush(t);
 	fold(&retired, t);
 	t->prev->next = t->next;
 	t->next->prev = t->prev;
-	free(t->qring);
-	free(t);
+	t->next = forgotten.next;
+	t->prev = &forgotten;
+	forgotten.next->prev = t;
+	forgotten.next = t;
 }
 
 CHILD_PATH void

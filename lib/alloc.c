@@ -198,38 +198,75 @@ realign(struct tstate *t, enum backend bk, void *base, size_t total,
 	return nb;
 }
 
+/*
+ * Read a header that may lie in memory we do not own (a stale pointer's
+ * block after release, or a stack or static object).  The caller made sure
+ * the 16 bytes are in the same page as the pointer, so the read cannot
+ * fault; sanitizers are told that reading here is deliberate, and
+ * test/valgrind.supp tells valgrind (noipa keeps the frame visible).
+ */
+__attribute__((noipa, no_sanitize_address)) static bool
+blk_peek(void *user, uint32_t *word)
+{
+	struct blk *h = hdr_of(user);
+	uint64_t size_gen = *(volatile uint64_t *)&h->size_gen;
+	uint32_t magic = *(volatile uint32_t *)&h->magic;
+
+	*word = atomic_load_explicit(&h->word, memory_order_acquire);
+	return magic == blk_magic(user, size_gen, *word);
+}
+
 /* ---- the per-thread cache ---- */
 
 /*
  * A cached block's first payload word links it to the next block of its
- * class.  The link is a plain pointer, so leak checkers still see cached
- * blocks as reachable; a write after free that leaves it misaligned (a
- * use after free in the host or in OpenSSL) is noticed by cache_take()
- * rather than followed.
+ * class, CACHE_END after the last one.  The links are plain pointers, so
+ * leak checkers still see cached blocks as reachable.  A write after
+ * free (a use after free in the host or in OpenSSL) is noticed rather
+ * than followed: a link that is NULL, misaligned or at a page start, or
+ * a block whose header is not that of a cached block, is refused.
  */
+#define CACHE_END ((void *)(uintptr_t)16)
+
 static inline void *
 link_of(void *user)
 {
 	return *(void **)user;
 }
 
-/* Sum what @t's lists hold, cutting each at its first bad link (the
- * blocks after it are abandoned). */
+static inline bool
+link_ok(void *next)
+{
+	return next == CACHE_END ||
+	       (!((uintptr_t)next & ALIGN_MASK) && ((uintptr_t)next & PAGE_MASK));
+}
+
+/* @user is a block in the freed state with a valid header. */
+static bool
+cached_ok(void *user)
+{
+	uint32_t word;
+
+	return blk_peek(user, &word) && (word & ST_MASK) == ST_QUAR;
+}
+
+/* Sum what @t's lists hold, cutting each before its first bad block (the
+ * blocks from there on are abandoned). */
 static void
 cache_recount(struct tstate *t)
 {
 	uint64_t held = 0;
 
 	for (unsigned c = 1; c < NCLASSES; c++) {
-		for (void *user = t->cache[c]; user;) {
-			void *next = link_of(user);
+		void **link = &t->cache[c];
 
-			held += class_size(c);
-			if ((uintptr_t)next & ALIGN_MASK) {
-				*(void **)user = NULL;
+		while (*link && *link != CACHE_END) {
+			if (!link_ok(*link) || !cached_ok(*link)) {
+				*link = link == &t->cache[c] ? NULL : CACHE_END;
 				break;
 			}
-			user = next;
+			held += class_size(c);
+			link = (void **)*link;
 		}
 	}
 	atomic_store_explicit(&t->cached_bytes, held, memory_order_relaxed);
@@ -250,21 +287,34 @@ cache_corrupt(struct tstate *t, unsigned c)
 	return NULL;
 }
 
-/* A cached block of class @c, or NULL.  Shared blocks are never cached:
- * they belong to the process that allocated them. */
+/* Pop the head @user of list @c, a block whose header word must be
+ * @cached (the word of a cached block of this process's layout). */
+static inline bool
+cache_pop(struct tstate *t, unsigned c, void *user, uint32_t cached)
+{
+	void *next = link_of(user);
+
+	if (unlikely(atomic_load_explicit(&hdr_of(user)->word,
+					  memory_order_relaxed) != cached ||
+		     !link_ok(next)))
+		return false;
+	t->cache[c] = next == CACHE_END ? NULL : next;
+	own_add(&t->cached_bytes, -(uint64_t)class_size(c));
+	return true;
+}
+
+/* A cached block of class @c for a block with @word's layout, or NULL.
+ * Shared blocks are never cached: they belong to the process that
+ * allocated them. */
 static inline void *
-cache_take(struct tstate *t, unsigned c)
+cache_take(struct tstate *t, unsigned c, uint32_t word)
 {
 	void *user = t->cache[c];
-	void *next;
 
 	if (!user)
 		return NULL;
-	next = link_of(user);
-	if (unlikely((uintptr_t)next & ALIGN_MASK))
+	if (unlikely(!cache_pop(t, c, user, (word & ~ST_MASK) | ST_QUAR)))
 		return cache_corrupt(t, c);
-	t->cache[c] = next;
-	own_add(&t->cached_bytes, -(uint64_t)class_size(c));
 	return user;
 }
 
@@ -328,7 +378,11 @@ blk_new(size_t n, const char *file, int line)
 	if (total <= CLASS_MAX_TOTAL && bk != BK_SHARED) {
 		c = class_of(total);
 		total = class_size(c);
-		user = cache_take(t, c);
+		user = cache_take(t, c, word);
+	} else if (n < sizeof(void *)) {
+		/* Room for the link that carries it to the backend later
+		 * (cache_link); a class always has it. */
+		total = prefix_len(word) + sizeof(void *);
 	}
 	if (!user)
 		user = backend_block(t, bk, total, &word, &c, file, line);
@@ -364,7 +418,7 @@ om_malloc(size_t n, const char *file, int line)
 {
 	struct tstate *t = tls_state;
 	uint32_t word = aconf.fast_word;
-	void *user, *next;
+	void *user;
 	unsigned c;
 
 	/* n - 1: a size of 0 (the probe) wraps and goes the slow way; the
@@ -374,13 +428,10 @@ om_malloc(size_t n, const char *file, int line)
 		return malloc_slow(n, file, line);
 	c = class_of(n + sizeof(struct blk));
 	user = t->cache[c];
-	if (unlikely(!user))
+	/* cache_take() reports a bad block, on the slow path. */
+	if (unlikely(!user || !cache_pop(t, c, user,
+					 (word & ~ST_MASK) | ST_QUAR)))
 		return malloc_slow(n, file, line);
-	next = link_of(user);
-	if (unlikely((uintptr_t)next & ALIGN_MASK))
-		return malloc_slow(n, file, line); /* cache_take reports it */
-	t->cache[c] = next;
-	own_add(&t->cached_bytes, -(uint64_t)class_size(c));
 	blk_stamp(user, n, c, word);
 	tstate_count_alloc(t, n);
 	return user;
@@ -460,24 +511,6 @@ bad_free(enum bad_kind kind, void *p, struct blk *h, uint32_t word,
 }
 
 /* ---- free ---- */
-
-/*
- * Read a header that may lie in memory we do not own (a stale pointer's
- * block after release, or a stack or static object).  The caller made sure
- * the 16 bytes are in the same page as the pointer, so the read cannot
- * fault; sanitizers are told that reading here is deliberate, and
- * test/valgrind.supp tells valgrind (noipa keeps the frame visible).
- */
-__attribute__((noipa, no_sanitize_address)) static bool
-blk_peek(void *user, uint32_t *word)
-{
-	struct blk *h = hdr_of(user);
-	uint64_t size_gen = *(volatile uint64_t *)&h->size_gen;
-	uint32_t magic = *(volatile uint32_t *)&h->magic;
-
-	*word = atomic_load_explicit(&h->word, memory_order_acquire);
-	return magic == blk_magic(user, size_gen, *word);
-}
 
 /* Where a pointer without our header goes: the previous allocator, or
  * the bad-free path. */
@@ -574,7 +607,7 @@ blk_to_backend(void *user)
 static inline void
 cache_link(struct tstate *t, void *user, unsigned c)
 {
-	*(void **)user = t->cache[c];
+	*(void **)user = t->cache[c] ? t->cache[c] : CACHE_END;
 	t->cache[c] = user;
 }
 
@@ -585,15 +618,15 @@ cache_drain(struct tstate *t)
 	void *user;
 
 	while ((user = t->cache[0])) {
-		t->cache[0] = link_of(user);
+		t->cache[0] = link_of(user) == CACHE_END ? NULL : link_of(user);
 		blk_to_backend(user);
 	}
 }
 
-/* Hand a block on: to @t's cache while its budget has room, else (or
+/* Hand a block on: to @t's cache while its @budget has room, else (or
  * with no class, no @t, the shared fallback) to the backend. */
 static void
-release_inline(struct tstate *t, void *user, unsigned c)
+release_inline(struct tstate *t, void *user, unsigned c, uint64_t budget)
 {
 	uint64_t held;
 
@@ -603,7 +636,7 @@ release_inline(struct tstate *t, void *user, unsigned c)
 	}
 	held = atomic_load_explicit(&t->cached_bytes, memory_order_relaxed) +
 	       class_size(c);
-	if (held > aconf.cache_bytes) {
+	if (held > budget) {
 		blk_to_backend(user);
 		return;
 	}
@@ -614,7 +647,7 @@ release_inline(struct tstate *t, void *user, unsigned c)
 void
 blk_release(struct tstate *t, void *user, unsigned c)
 {
-	release_inline(t, user, c);
+	release_inline(t, user, c, aconf.cache_bytes);
 }
 
 /* In a child: parked chunks of a shared backend are the parent's, which
@@ -636,12 +669,21 @@ cache_flush(struct tstate *t)
 				OPENSSL_FILE, OPENSSL_LINE);
 		t->parked[i] = NULL;
 	}
+	/* A bad block ends its list there: what follows it is abandoned
+	 * (cache_corrupt() said why when the list was last used). */
 	for (unsigned c = 1; c < NCLASSES; c++) {
-		void *user;
+		void *user = t->cache[c];
 
-		while ((user = cache_take(t, c)))
+		t->cache[c] = NULL;
+		while (user && user != CACHE_END && link_ok(user) &&
+		       cached_ok(user)) {
+			void *next = link_of(user);
+
 			blk_to_backend(user);
+			user = next;
+		}
 	}
+	atomic_store_explicit(&t->cached_bytes, 0, memory_order_relaxed);
 }
 
 /* struct qent.held_class: the bytes held, the cache class above them. */
@@ -684,24 +726,26 @@ quarantine_child(struct tstate *t, bool release)
 
 /*
  * Quarantine a block @t's thread freed, @held bytes of class @c; the
- * oldest blocks move on to the cache until the window holds at most
- * quarantine_bytes.  The common case calls nothing.
+ * oldest blocks move on to the cache (while it holds at most @budget)
+ * until the window holds at most quarantine_bytes.  The common case
+ * calls nothing.
  */
 static inline void
-quarantine_push(struct tstate *t, void *user, uint64_t held, unsigned c)
+quarantine_push(struct tstate *t, void *user, uint64_t held, unsigned c,
+		uint64_t budget)
 {
 	struct qent *ring = t->qring;
 	size_t head = t->qhead, tail = t->qtail, mask = t->qmask;
 	uint64_t bytes = atomic_load_explicit(&t->q_bytes,
 					      memory_order_relaxed) + held;
-	uint64_t limit = aconf.quarantine_bytes, budget = aconf.cache_bytes;
+	uint64_t limit = aconf.quarantine_bytes;
 	uint64_t cached = atomic_load_explicit(&t->cached_bytes,
 					       memory_order_relaxed);
 
 	/* The shared fallback has no ring; a block larger than the whole
 	 * window cannot be held back. */
 	if (unlikely(!ring || held > limit)) {
-		release_inline(t, user, c);
+		release_inline(t, user, c, budget);
 		return;
 	}
 	/* Oldest out first (tail - head > mask: the ring is full), to its
@@ -749,7 +793,10 @@ blk_retire(void *p, uint32_t word, const char *file, int line)
 		OPENSSL_cleanse(p, n);
 	t = tstate_get();
 	tstate_count_free(t, n);
-	quarantine_push(t, p, blk_held(h), blk_class(h));
+	/* A worker of a shared backend allocates nothing from the cache:
+	 * what it frees of its private inheritance goes back. */
+	quarantine_push(t, p, blk_held(h), blk_class(h),
+			placement() == BK_SHARED ? 0 : aconf.cache_bytes);
 }
 
 /* Every free but the common case: bad pointers, another backend or
@@ -815,7 +862,7 @@ om_free(void *p, const char *file, int line)
 		return;
 	}
 	n = blk_size(h);
-	quarantine_push(t, p, blk_held(h), blk_class(h));
+	quarantine_push(t, p, blk_held(h), blk_class(h), aconf.cache_bytes);
 	tstate_count_free(t, n);
 }
 

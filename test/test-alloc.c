@@ -325,11 +325,15 @@ START_TEST(cache_bytes_one_keeps_nothing)
 END_TEST
 
 /* A cached block written after its free (a use after free in the host)
- * is not followed: the next request of its class gets fresh memory and
- * an ERROR names the block; everything else keeps working. */
-START_TEST(cache_write_after_free_detected)
+ * is not followed: neither the scribbled link nor the blocks after it
+ * are handed out, one ERROR names the block, and everything else keeps
+ * working.  @value is what the host writes where the link is. */
+static _Alignas(16) char forged_target[64];
+
+static void
+scribbled_cache_case(const void *value)
 {
-	char *p, *q, *r;
+	char *p, *q, *r[2];
 
 	init_with(&counting, 64, OSSL_PROC_BAD_FREE_LOG, 0);
 	q = OPENSSL_malloc(40);
@@ -337,24 +341,54 @@ START_TEST(cache_write_after_free_detected)
 	OPENSSL_free(q);
 	OPENSSL_free(p);
 	/* Three frees of another class push both out of the 64-byte
-	 * window: p and q are cached now.  The host scribbles on p (a
-	 * misaligned value where the link to q is). */
+	 * window: p and q are cached now, p first. */
 	for (int k = 0; k < 3; k++)
 		OPENSSL_free(OPENSSL_malloc(24));
-	memset(p, 0xa5, 16);
+	memcpy(p, value, sizeof(void *));
 	tl_expect(OSSL_PROC_LOG_ERROR, "written after it was freed");
-	r = OPENSSL_malloc(40);
-	ck_assert_ptr_nonnull(r);
-	ck_assert_ptr_ne(r, p);
-	ck_assert_ptr_ne(r, q);
+	for (int i = 0; i < 2; i++) {
+		r[i] = OPENSSL_malloc(40);
+		ck_assert_ptr_nonnull(r[i]);
+		ck_assert_ptr_ne(r[i], q);
+		ck_assert_ptr_ne(r[i], forged_target + 16);
+		memset(r[i], 1, 40);
+	}
+	ck_assert_ptr_ne(r[0], r[1]);
 	ck_assert_int_eq(tl_count(OSSL_PROC_LOG_ERROR,
 				  "written after it was freed"), 1);
-	memset(r, 1, 40);
-	OPENSSL_free(r);
+	OPENSSL_free(r[0]);
+	OPENSSL_free(r[1]);
 	ck_assert_uint_le(stats().cached_bytes, 512 * 1024);
 	ck_assert_uint_eq(stats().double_frees + stats().invalid_frees, 0);
 	ck_assert_int_eq(atomic_load(&bk.twice), 0);
 	ossl_proc_teardown();
+}
+
+START_TEST(cache_misaligned_link_refused)
+{
+	uintptr_t v = (uintptr_t)0xa5a5a5a5a5a5a5a5ull;
+
+	scribbled_cache_case(&v);
+}
+END_TEST
+
+START_TEST(cache_null_link_refused)
+{
+	void *v = NULL;
+
+	scribbled_cache_case(&v);
+}
+END_TEST
+
+/* An aligned address that is not a cached block (its header is not one)
+ * is refused when it would be handed out. */
+START_TEST(cache_forged_link_refused)
+{
+	void *v = forged_target + 16;
+
+	/* Its own link is plausible too: it points to itself. */
+	memcpy(forged_target + 16, &v, sizeof(v));
+	scribbled_cache_case(&v);
 }
 END_TEST
 
@@ -1009,7 +1043,9 @@ alloc_suite(void)
 	tcase_add_test(tc, cache_reuses_by_class);
 	tcase_add_test(tc, cache_bytes_bounds_the_cache);
 	tcase_add_test(tc, cache_bytes_one_keeps_nothing);
-	tcase_add_test(tc, cache_write_after_free_detected);
+	tcase_add_test(tc, cache_misaligned_link_refused);
+	tcase_add_test(tc, cache_null_link_refused);
+	tcase_add_test(tc, cache_forged_link_refused);
 	tcase_add_test(tc, invalid_pointers);
 	tcase_add_test(tc, foreign_page_aligned);
 	tcase_add_test_raise_signal(tc, abort_policy, SIGABRT);

@@ -338,6 +338,62 @@ START_TEST(threaded_parent_warned)
 }
 END_TEST
 
+static _Atomic int host_frees;
+
+static void *
+host_malloc(size_t n, void *arg)
+{
+	(void)arg;
+	return malloc(n);
+}
+
+static void
+host_free(void *p, void *arg)
+{
+	(void)arg;
+	atomic_fetch_add(&host_frees, 1);
+	free(p);
+}
+
+/* The child forgets what a thread that does not exist in it held (its
+ * quarantine and cache) rather than releasing it: that thread may have
+ * been moving blocks when the fork happened. */
+START_TEST(vanished_thread_blocks_forgotten)
+{
+	static const struct ossl_proc_allocator host = {
+		.malloc = host_malloc, .free = host_free,
+	};
+	struct ossl_proc_config c = tl_config();
+	pthread_t t;
+	pid_t pid;
+	int before;
+
+	c.allocator = &host;
+	c.cache_bytes = 1; /* past the window, blocks would go back */
+	/* The handlers by hand: what prepare frees is not the child's. */
+	c.flags = OSSL_PROC_F_NO_ATFORK;
+	ck_assert_int_eq(ossl_proc_init(&c), 0);
+	pthread_barrier_init(&hold, NULL, 2);
+	pthread_create(&t, NULL, busy_thread, NULL);
+	pthread_barrier_wait(&hold); /* its block is in its quarantine */
+	tl_expect(OSSL_PROC_LOG_WARNING, "other thread(s) that used OpenSSL");
+	ossl_proc_fork_prepare();
+	before = atomic_load(&host_frees);
+	pid = fork();
+	if (pid == 0) {
+		ossl_proc_child_reinit();
+		_exit(atomic_load(&host_frees) == before ? 0 : 1);
+	}
+	ossl_proc_fork_parent();
+	ck_assert_int_eq(reap(pid), 0);
+	pthread_barrier_wait(&hold);
+	pthread_join(t, NULL);
+	/* In the parent the thread's exit gave it back. */
+	ck_assert_int_gt(atomic_load(&host_frees), before);
+	ossl_proc_teardown();
+}
+END_TEST
+
 /* ---- shared mode: the built-in arena ---- */
 
 static struct ossl_proc_arena *arena;
@@ -510,6 +566,98 @@ START_TEST(shared_ssl_freed_by_other_process)
 }
 END_TEST
 
+/* A shared host allocator that hands out exactly what is asked, with a
+ * guard pattern right after each block, checked when it is freed. */
+static const unsigned char guard[8] = { 0xde, 0xad, 0xbe, 0xef,
+					 0xca, 0xfe, 0xba, 0xbe };
+static int guards_broken;
+
+static void *
+exact_malloc(size_t n, void *arg)
+{
+	unsigned char *b = aligned_alloc(16, (n + 8 + 16 + 15) & ~(size_t)15);
+
+	(void)arg;
+	if (!b)
+		return NULL;
+	memcpy(b, &n, sizeof(n));
+	memcpy(b + 16 + n, guard, sizeof(guard));
+	return b + 16;
+}
+
+static void
+exact_free(void *p, void *arg)
+{
+	unsigned char *b = (unsigned char *)p - 16;
+	size_t n;
+
+	(void)arg;
+	memcpy(&n, b, sizeof(n));
+	guards_broken += memcmp(b + 16 + n, guard, sizeof(guard)) != 0;
+	free(b);
+}
+
+/* A worker's tiny blocks (shared, so of no size class) pass through the
+ * quarantine and back to the backend without osslproc writing past
+ * them. */
+START_TEST(shared_tiny_blocks_not_overrun)
+{
+	static const struct ossl_proc_allocator exact = {
+		.malloc = exact_malloc, .free = exact_free, .shared = 1,
+	};
+	struct ossl_proc_config c = tl_config();
+	pid_t pid;
+
+	c.allocator = &exact;
+	ck_assert_int_eq(ossl_proc_init(&c), 0);
+	pid = fork();
+	if (pid == 0) {
+		for (int i = 0; i < 2000; i++)
+			OPENSSL_free(OPENSSL_malloc(1 + i % 7));
+		_exit(ossl_proc_generation() == 1 && guards_broken == 0 ? 0
+									: 1);
+	}
+	ck_assert_int_eq(reap(pid), 0);
+	ck_assert_int_eq(guards_broken, 0);
+	ossl_proc_teardown();
+}
+END_TEST
+
+/* What a shared worker frees of its private inheritance goes back to the
+ * backend: the worker allocates from the shared backend only, so keeping
+ * those blocks for reuse would only hold memory. */
+START_TEST(shared_worker_keeps_no_private_blocks)
+{
+	enum { N = 100 };
+	char *inherited[N];
+	pid_t pid;
+
+	init_shared();
+	for (int i = 0; i < N; i++)
+		ck_assert_ptr_nonnull(inherited[i] = OPENSSL_malloc(100));
+	pid = fork();
+	if (pid == 0) {
+		struct ossl_proc_stats st0 = { .size = sizeof(st0) };
+		struct ossl_proc_stats st = { .size = sizeof(st) };
+
+		ossl_proc_get_stats(&st0);
+		/* 1,000 frees of the worker's own push them out of the
+		 * 64 KiB window. */
+		for (int i = 0; i < N; i++)
+			OPENSSL_free(inherited[i]);
+		for (int i = 0; i < 1000; i++)
+			OPENSSL_free(OPENSSL_malloc(100));
+		ossl_proc_get_stats(&st);
+		_exit(st.cached_bytes <= st0.cached_bytes &&
+		      st.double_frees + st.invalid_frees == 0 ? 0 : 1);
+	}
+	ck_assert_int_eq(reap(pid), 0);
+	for (int i = 0; i < N; i++)
+		OPENSSL_free(inherited[i]);
+	ossl_proc_teardown();
+}
+END_TEST
+
 START_TEST(reclaim_refuses_live_process)
 {
 	init_shared();
@@ -675,6 +823,7 @@ main(void)
 	tcase_add_test(tc, raw_fork_detected);
 	tcase_add_test(tc, manual_fork_handlers);
 	tcase_add_test(tc, threaded_parent_warned);
+	tcase_add_test(tc, vanished_thread_blocks_forgotten);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("shared");
@@ -683,6 +832,8 @@ main(void)
 	tcase_add_test(tc, shared_free_by_other_process);
 	tcase_add_test(tc, shared_ssl_freed_by_other_process);
 	tcase_add_test(tc, reclaim_refuses_live_process);
+	tcase_add_test(tc, shared_tiny_blocks_not_overrun);
+	tcase_add_test(tc, shared_worker_keeps_no_private_blocks);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("ctx");
