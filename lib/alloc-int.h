@@ -127,6 +127,10 @@ struct tstate {
 	 * list 0 only between an eviction and cache_drain(). */
 	void *cache[NCLASSES];
 	_Atomic uint64_t cached_bytes;
+	/* At most this many bytes cached: cache_bytes, or 0 in a worker of
+	 * a shared backend, which allocates from the shared backend only
+	 * (what it frees of its private inheritance goes back). */
+	uint64_t budget;
 	/* Backend chunks that would have given a page-aligned user pointer,
 	 * held so the backend cannot offer them again (alloc.c: park). */
 	void *parked[PARK_SLOTS];
@@ -191,6 +195,8 @@ void om_free(void *p, const char *file, int line);
  * room, else to the backend (@t NULL: always the backend). */
 void blk_release(struct tstate *t, void *user, unsigned c);
 void park_forget_shared(struct tstate *t);
+/* Empty lists for a new @t. */
+void cache_init(struct tstate *t);
 /* Return every cached and parked block of @t to the backend. */
 void cache_flush(struct tstate *t);
 /* In a child: forget @t's quarantined shared blocks that belong to another

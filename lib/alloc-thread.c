@@ -121,6 +121,8 @@ tstate_new(void)
 	t = calloc(1, sizeof(*t));
 	if (!t)
 		return &retired;
+	cache_init(t);
+	t->budget = alloc_shared_worker() ? 0 : aconf.cache_bytes;
 	t->qmask = ring_slots() - 1;
 	t->qring = calloc(t->qmask + 1, sizeof(*t->qring));
 	pthread_mutex_lock(&proc_mut.reg_lock);
@@ -257,12 +259,14 @@ alloc_child(void)
 	for (struct tstate *t = reg.next; t != &reg; t = next) {
 		next = t->next;
 		park_forget_shared(t);
-		if (t != tls_state)
+		if (t != tls_state) {
 			forget_thread(t);
-		else if (shared_backend())
+		} else if (shared_backend()) {
 			/* Only a shared backend leaves blocks that are not
 			 * this process's; private ones are its own copies. */
 			quarantine_child(t, false);
+			t->budget = 0;
+		}
 	}
 	alloc_stats_rebase();
 }

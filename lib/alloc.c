@@ -220,13 +220,21 @@ blk_peek(void *user, uint32_t *word)
 
 /*
  * A cached block's first payload word links it to the next block of its
- * class, CACHE_END after the last one.  The links are plain pointers, so
- * leak checkers still see cached blocks as reachable.  A write after
- * free (a use after free in the host or in OpenSSL) is noticed rather
- * than followed: a link that is NULL, misaligned or at a page start, or
- * a block whose header is not that of a cached block, is refused.
+ * class; a list ends at CACHE_END, which is also the head of an empty
+ * list, so a pop stores the link it read without looking at it (a test
+ * there would be a branch as unpredictable as the lists' lengths).  The
+ * links are plain pointers, so leak checkers still see cached blocks as
+ * reachable.  A write after free (a use after free in the host or in
+ * OpenSSL) is noticed rather than followed: a link that is NULL,
+ * misaligned or at a page start, or a block whose header is not a cached
+ * block's, is refused.
  */
-#define CACHE_END ((void *)(uintptr_t)16)
+static struct {
+	_Alignas(32) unsigned char bytes[32];
+} cache_end_obj;
+/* 16 bytes into a 32-aligned object: aligned, never at a page start; the
+ * "header" before it is zero, no block's. */
+#define CACHE_END ((void *)&cache_end_obj.bytes[16])
 
 static inline void *
 link_of(void *user)
@@ -237,8 +245,21 @@ link_of(void *user)
 static inline bool
 link_ok(void *next)
 {
-	return next == CACHE_END ||
-	       (!((uintptr_t)next & ALIGN_MASK) && ((uintptr_t)next & PAGE_MASK));
+	return !((uintptr_t)next & ALIGN_MASK) && ((uintptr_t)next & PAGE_MASK);
+}
+
+/* A list head that holds nothing (NULL: a state never set up). */
+static inline bool
+list_empty(void *head)
+{
+	return head == CACHE_END || !head;
+}
+
+void
+cache_init(struct tstate *t)
+{
+	for (unsigned c = 0; c < NCLASSES; c++)
+		t->cache[c] = CACHE_END;
 }
 
 /* @user is a block in the freed state with a valid header. */
@@ -260,9 +281,9 @@ cache_recount(struct tstate *t)
 	for (unsigned c = 1; c < NCLASSES; c++) {
 		void **link = &t->cache[c];
 
-		while (*link && *link != CACHE_END) {
+		while (!list_empty(*link)) {
 			if (!link_ok(*link) || !cached_ok(*link)) {
-				*link = link == &t->cache[c] ? NULL : CACHE_END;
+				*link = CACHE_END;
 				break;
 			}
 			held += class_size(c);
@@ -282,7 +303,7 @@ cache_corrupt(struct tstate *t, unsigned c)
 		  "they watch).  The blocks of that size this thread kept for "
 		  "reuse are abandoned",
 		  t->cache[c], class_size(c));
-	t->cache[c] = NULL;
+	t->cache[c] = CACHE_END;
 	cache_recount(t);
 	return NULL;
 }
@@ -298,7 +319,7 @@ cache_pop(struct tstate *t, unsigned c, void *user, uint32_t cached)
 					  memory_order_relaxed) != cached ||
 		     !link_ok(next)))
 		return false;
-	t->cache[c] = next == CACHE_END ? NULL : next;
+	t->cache[c] = next;
 	own_add(&t->cached_bytes, -(uint64_t)class_size(c));
 	return true;
 }
@@ -311,7 +332,7 @@ cache_take(struct tstate *t, unsigned c, uint32_t word)
 {
 	void *user = t->cache[c];
 
-	if (!user)
+	if (list_empty(user))
 		return NULL;
 	if (unlikely(!cache_pop(t, c, user, (word & ~ST_MASK) | ST_QUAR)))
 		return cache_corrupt(t, c);
@@ -429,7 +450,7 @@ om_malloc(size_t n, const char *file, int line)
 	c = class_of(n + sizeof(struct blk));
 	user = t->cache[c];
 	/* cache_take() reports a bad block, on the slow path. */
-	if (unlikely(!user || !cache_pop(t, c, user,
+	if (unlikely(list_empty(user) || !cache_pop(t, c, user,
 					 (word & ~ST_MASK) | ST_QUAR)))
 		return malloc_slow(n, file, line);
 	blk_stamp(user, n, c, word);
@@ -607,7 +628,7 @@ blk_to_backend(void *user)
 static inline void
 cache_link(struct tstate *t, void *user, unsigned c)
 {
-	*(void **)user = t->cache[c] ? t->cache[c] : CACHE_END;
+	*(void **)user = t->cache[c];
 	t->cache[c] = user;
 }
 
@@ -617,16 +638,16 @@ cache_drain(struct tstate *t)
 {
 	void *user;
 
-	while ((user = t->cache[0])) {
-		t->cache[0] = link_of(user) == CACHE_END ? NULL : link_of(user);
+	while (!list_empty(user = t->cache[0])) {
+		t->cache[0] = link_of(user);
 		blk_to_backend(user);
 	}
 }
 
-/* Hand a block on: to @t's cache while its @budget has room, else (or
+/* Hand a block on: to @t's cache while its budget has room, else (or
  * with no class, no @t, the shared fallback) to the backend. */
 static void
-release_inline(struct tstate *t, void *user, unsigned c, uint64_t budget)
+release_inline(struct tstate *t, void *user, unsigned c)
 {
 	uint64_t held;
 
@@ -636,7 +657,7 @@ release_inline(struct tstate *t, void *user, unsigned c, uint64_t budget)
 	}
 	held = atomic_load_explicit(&t->cached_bytes, memory_order_relaxed) +
 	       class_size(c);
-	if (held > budget) {
+	if (held > t->budget) {
 		blk_to_backend(user);
 		return;
 	}
@@ -647,7 +668,7 @@ release_inline(struct tstate *t, void *user, unsigned c, uint64_t budget)
 void
 blk_release(struct tstate *t, void *user, unsigned c)
 {
-	release_inline(t, user, c, aconf.cache_bytes);
+	release_inline(t, user, c);
 }
 
 /* In a child: parked chunks of a shared backend are the parent's, which
@@ -674,9 +695,8 @@ cache_flush(struct tstate *t)
 	for (unsigned c = 1; c < NCLASSES; c++) {
 		void *user = t->cache[c];
 
-		t->cache[c] = NULL;
-		while (user && user != CACHE_END && link_ok(user) &&
-		       cached_ok(user)) {
+		t->cache[c] = CACHE_END;
+		while (!list_empty(user) && link_ok(user) && cached_ok(user)) {
 			void *next = link_of(user);
 
 			blk_to_backend(user);
@@ -726,26 +746,25 @@ quarantine_child(struct tstate *t, bool release)
 
 /*
  * Quarantine a block @t's thread freed, @held bytes of class @c; the
- * oldest blocks move on to the cache (while it holds at most @budget)
- * until the window holds at most quarantine_bytes.  The common case
- * calls nothing.
+ * oldest blocks move on to the cache (while it holds at most its
+ * budget) until the window holds at most quarantine_bytes.  The common
+ * case calls nothing.
  */
 static inline void
-quarantine_push(struct tstate *t, void *user, uint64_t held, unsigned c,
-		uint64_t budget)
+quarantine_push(struct tstate *t, void *user, uint64_t held, unsigned c)
 {
 	struct qent *ring = t->qring;
 	size_t head = t->qhead, tail = t->qtail, mask = t->qmask;
 	uint64_t bytes = atomic_load_explicit(&t->q_bytes,
 					      memory_order_relaxed) + held;
-	uint64_t limit = aconf.quarantine_bytes;
+	uint64_t limit = aconf.quarantine_bytes, budget = t->budget;
 	uint64_t cached = atomic_load_explicit(&t->cached_bytes,
 					       memory_order_relaxed);
 
 	/* The shared fallback has no ring; a block larger than the whole
 	 * window cannot be held back. */
 	if (unlikely(!ring || held > limit)) {
-		release_inline(t, user, c, budget);
+		release_inline(t, user, c);
 		return;
 	}
 	/* Oldest out first (tail - head > mask: the ring is full), to its
@@ -768,7 +787,7 @@ quarantine_push(struct tstate *t, void *user, uint64_t held, unsigned c,
 	};
 	quarantine_store(t, head, tail, bytes);
 	atomic_store_explicit(&t->cached_bytes, cached, memory_order_relaxed);
-	if (unlikely(t->cache[0]))
+	if (unlikely(t->cache[0] != CACHE_END))
 		cache_drain(t);
 }
 
@@ -793,10 +812,7 @@ blk_retire(void *p, uint32_t word, const char *file, int line)
 		OPENSSL_cleanse(p, n);
 	t = tstate_get();
 	tstate_count_free(t, n);
-	/* A worker of a shared backend allocates nothing from the cache:
-	 * what it frees of its private inheritance goes back. */
-	quarantine_push(t, p, blk_held(h), blk_class(h),
-			placement() == BK_SHARED ? 0 : aconf.cache_bytes);
+	quarantine_push(t, p, blk_held(h), blk_class(h));
 }
 
 /* Every free but the common case: bad pointers, another backend or
@@ -862,7 +878,7 @@ om_free(void *p, const char *file, int line)
 		return;
 	}
 	n = blk_size(h);
-	quarantine_push(t, p, blk_held(h), blk_class(h), aconf.cache_bytes);
+	quarantine_push(t, p, blk_held(h), blk_class(h));
 	tstate_count_free(t, n);
 }
 
