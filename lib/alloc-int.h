@@ -117,11 +117,12 @@ struct qent {
 /* Per-thread state: counters written only by the owning thread. */
 struct tstate {
 	_Atomic uint64_t allocs, frees, reallocs, prior_frees;
-	_Atomic uint64_t bytes_in, bytes_out;
-	_Atomic uint64_t q_blocks, q_bytes;
-	int64_t unflushed;       /* live-byte delta not yet in the global */
+	_Atomic uint64_t live;   /* bytes allocated minus freed, modulo 2^64 */
+	uint64_t flushed;        /* live when last folded into the global */
+	_Atomic uint64_t q_bytes;
 	struct qent *qring;      /* quarantine FIFO, a power of two long */
-	size_t qmask, qhead, qtail; /* qhead, qtail: free-running */
+	size_t qmask;
+	_Atomic size_t qhead, qtail; /* free-running: tail - head blocks */
 	/* Blocks out of the quarantine, by class, still in the freed state:
 	 * lists linked through their first payload word (alloc.c: cache_link);
 	 * list 0 only between an eviction and cache_drain(). */
@@ -247,6 +248,21 @@ counter_add(const struct tstate *t, _Atomic uint64_t *c, uint64_t v)
  * makes peak_bytes exact to within this many bytes per thread. */
 #define FLUSH_BYTES ((int64_t)64 * 1024)
 
+/* The owner's count of an allocation (+@n) or a free (-@n) of @t, which
+ * is not the shared fallback: two plain adds and a test. */
+static inline void
+tstate_count_own(struct tstate *t, _Atomic uint64_t *events, int64_t n)
+{
+	uint64_t live = atomic_load_explicit(&t->live, memory_order_relaxed) +
+			(uint64_t)n;
+
+	own_add(events, 1);
+	atomic_store_explicit(&t->live, live, memory_order_relaxed);
+	if (unlikely((int64_t)(live - t->flushed) > FLUSH_BYTES ||
+		     (int64_t)(live - t->flushed) < -FLUSH_BYTES))
+		tstate_flush(t);
+}
+
 /* Inline: they run in every allocation and free.  The shared fallback
  * (exiting threads) is tested once, then the owner's plain adds. */
 static inline void
@@ -254,15 +270,11 @@ tstate_count_alloc(struct tstate *t, size_t n)
 {
 	if (unlikely(t->shared)) {
 		counter_add(t, &t->allocs, 1);
-		counter_add(t, &t->bytes_in, n);
+		counter_add(t, &t->live, n);
 		tstate_count_shared((int64_t)n);
 		return;
 	}
-	own_add(&t->allocs, 1);
-	own_add(&t->bytes_in, n);
-	t->unflushed += (int64_t)n;
-	if (unlikely(t->unflushed > FLUSH_BYTES))
-		tstate_flush(t);
+	tstate_count_own(t, &t->allocs, (int64_t)n);
 }
 
 static inline void
@@ -270,15 +282,11 @@ tstate_count_free(struct tstate *t, size_t n)
 {
 	if (unlikely(t->shared)) {
 		counter_add(t, &t->frees, 1);
-		counter_add(t, &t->bytes_out, n);
+		counter_add(t, &t->live, -(uint64_t)n);
 		tstate_count_shared(-(int64_t)n);
 		return;
 	}
-	own_add(&t->frees, 1);
-	own_add(&t->bytes_out, n);
-	t->unflushed -= (int64_t)n;
-	if (unlikely(t->unflushed < -FLUSH_BYTES))
-		tstate_flush(t);
+	tstate_count_own(t, &t->frees, -(int64_t)n);
 }
 
 /* alloc-install.c */

@@ -37,10 +37,11 @@ peak_raise(uint64_t now)
 void
 tstate_flush(struct tstate *t)
 {
-	int64_t v = t->unflushed;
+	uint64_t live = atomic_load_explicit(&t->live, memory_order_relaxed);
+	int64_t v = (int64_t)(live - t->flushed);
 	int64_t now;
 
-	t->unflushed = 0;
+	t->flushed = live;
 	now = atomic_fetch_add_explicit(&live_global, v,
 					memory_order_relaxed) + v;
 	if (v > 0 && now > 0)
@@ -51,11 +52,10 @@ static void
 fold(struct tstate *dst, const struct tstate *src)
 {
 	_Atomic uint64_t *d[] = { &dst->allocs, &dst->frees, &dst->reallocs,
-				  &dst->prior_frees, &dst->bytes_in,
-				  &dst->bytes_out };
+				  &dst->prior_frees, &dst->live };
 	const _Atomic uint64_t *s[] = { &src->allocs, &src->frees,
 					&src->reallocs, &src->prior_frees,
-					&src->bytes_in, &src->bytes_out };
+					&src->live };
 
 	for (size_t i = 0; i < ARRAY_SIZE(d); i++)
 		atomic_fetch_add_explicit(d[i], atomic_load_explicit(s[i],
@@ -149,9 +149,7 @@ tstate_count_shared(int64_t delta)
 CHILD_PATH static void
 add_counts(struct ossl_proc_stats *st, const struct tstate *t)
 {
-	uint64_t in = atomic_load_explicit(&t->bytes_in, memory_order_relaxed);
-	uint64_t out = atomic_load_explicit(&t->bytes_out,
-					    memory_order_relaxed);
+	size_t head;
 
 	st->allocs += atomic_load_explicit(&t->allocs, memory_order_relaxed);
 	st->frees += atomic_load_explicit(&t->frees, memory_order_relaxed);
@@ -159,9 +157,12 @@ add_counts(struct ossl_proc_stats *st, const struct tstate *t)
 					     memory_order_relaxed);
 	st->prior_frees += atomic_load_explicit(&t->prior_frees,
 						memory_order_relaxed);
-	st->live_bytes += in - out;
-	st->quarantined_blocks += atomic_load_explicit(&t->q_blocks,
-						       memory_order_relaxed);
+	st->live_bytes += atomic_load_explicit(&t->live, memory_order_relaxed);
+	/* The head first: the tail never passes behind a head read
+	 * earlier. */
+	head = atomic_load_explicit(&t->qhead, memory_order_relaxed);
+	st->quarantined_blocks += atomic_load_explicit(&t->qtail,
+						       memory_order_relaxed) - head;
 	st->quarantined_bytes += atomic_load_explicit(&t->q_bytes,
 						      memory_order_relaxed);
 	st->cached_bytes += atomic_load_explicit(&t->cached_bytes,
