@@ -119,8 +119,8 @@ pid_t proc_self(void);
 
 /* ---- alloc.c ---- */
 
-/* 16 KiB: handshakes run at 1.01-1.03x the default allocator's speed,
- * 64 KiB at 1.00-1.01x, 256 KiB at 0.97-0.98x (doc/benchmarks.md).
+/* 16 KiB: handshakes run at 1.01-1.04x the default allocator's speed,
+ * 64 KiB at 1.00-1.01x, 256 KiB at 0.94-0.98x (doc/benchmarks.md).
  * With a shared backend, 64 KiB: a worker that frees another worker's SSL
  * (a host bug the shared mode must survive) frees the SSL_CTX's private
  * objects it reaches twice, farther apart than 16 KiB of frees. */
