@@ -115,6 +115,9 @@ conf_set(const struct proc_config *cfg, CRYPTO_malloc_fn m,
 	aconf.flags = cfg->flags;
 	aconf.on_bad_free = cfg->on_bad_free;
 	aconf.quarantine_bytes = cfg->quarantine_bytes;
+	aconf.quarantine_high = cfg->quarantine_bytes +
+		(cfg->quarantine_bytes / 8 < UINT64_MAX - cfg->quarantine_bytes ?
+		 cfg->quarantine_bytes / 8 : UINT64_MAX - cfg->quarantine_bytes);
 	aconf.cache_bytes = cfg->cache_bytes;
 	if (cfg->has_allocator)
 		aconf.host = cfg->allocator;

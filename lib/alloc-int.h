@@ -146,6 +146,7 @@ struct alloc_conf {
 	unsigned int flags;
 	enum ossl_proc_bad_free on_bad_free;
 	size_t quarantine_bytes;
+	uint64_t quarantine_high; /* 9/8 of it: where eviction starts */
 	size_t cache_bytes;
 	struct ossl_proc_allocator host; /* .malloc NULL: none */
 	CRYPTO_malloc_fn prior_m;        /* NULL: nothing was installed */

@@ -160,7 +160,7 @@ add_counts(struct ossl_proc_stats *st, const struct tstate *t)
 	st->live_bytes += atomic_load_explicit(&t->live, memory_order_relaxed);
 	/* The head first: the tail never passes behind a head read
 	 * earlier. */
-	head = atomic_load_explicit(&t->qhead, memory_order_relaxed);
+	head = atomic_load_explicit(&t->qhead, memory_order_acquire);
 	st->quarantined_blocks += atomic_load_explicit(&t->qtail,
 						       memory_order_relaxed) - head;
 	st->quarantined_bytes += atomic_load_explicit(&t->q_bytes,

@@ -714,8 +714,10 @@ cache_flush(struct tstate *t)
 static inline void
 quarantine_store(struct tstate *t, size_t head, size_t tail, uint64_t bytes)
 {
-	atomic_store_explicit(&t->qhead, head, memory_order_relaxed);
+	/* Release: a reader of the head (add_counts) sees a tail at least as
+	 * new as the one stored before it. */
 	atomic_store_explicit(&t->qtail, tail, memory_order_relaxed);
+	atomic_store_explicit(&t->qhead, head, memory_order_release);
 	atomic_store_explicit(&t->q_bytes, bytes, memory_order_relaxed);
 }
 
@@ -807,7 +809,7 @@ quarantine_push(struct tstate *t, void *user, uint64_t held, unsigned c)
 	};
 	atomic_store_explicit(&t->qtail, tail + 1, memory_order_relaxed);
 	atomic_store_explicit(&t->q_bytes, bytes, memory_order_relaxed);
-	if (unlikely(bytes > limit + limit / 8 ||
+	if (unlikely(bytes > aconf.quarantine_high ||
 		     tail + 1 - atomic_load_explicit(&t->qhead,
 						     memory_order_relaxed) >
 		     t->qmask))
@@ -889,11 +891,8 @@ om_free(void *p, const char *file, int line)
 	struct blk *h;
 	size_t n;
 
-	/* No fork check here: a fork that bypassed the handlers is noticed
-	 * at the next allocation, and this path serves one private backend
-	 * only, where nothing in a free depends on the process (free_slow
-	 * checks, for a shared backend's owners). */
-	if (unlikely(!t || !blk_fast_live(p, &word))) {
+	/* The fork check first: a child's own counts start at its fork. */
+	if (unlikely(!*fork_flag || !t || !blk_fast_live(p, &word))) {
 		free_slow(p, file, line);
 		return;
 	}

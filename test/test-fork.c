@@ -282,6 +282,33 @@ START_TEST(raw_fork_detected)
 END_TEST
 
 /* A host that calls the fork functions itself (OSSL_PROC_F_NO_ATFORK). */
+/* A child of a fork that bypassed the handlers counts its own frees even
+ * when it frees before it allocates. */
+START_TEST(raw_fork_child_counts_first_frees)
+{
+	void *p[10];
+	pid_t pid;
+
+	init_flags(0);
+	for (int i = 0; i < 10; i++)
+		ck_assert_ptr_nonnull(p[i] = OPENSSL_malloc(32));
+	tl_expect(OSSL_PROC_LOG_WARNING, "without pthread_atfork");
+	pid = (pid_t)syscall(SYS_fork);
+	if (pid == 0) {
+		struct ossl_proc_stats st = { .size = sizeof(st) };
+
+		for (int i = 0; i < 10; i++)
+			OPENSSL_free(p[i]);
+		ossl_proc_get_stats(&st);
+		_exit(st.frees == 10 && st.generation == 1 ? 0 : 1);
+	}
+	ck_assert_int_eq(reap(pid), 0);
+	for (int i = 0; i < 10; i++)
+		OPENSSL_free(p[i]);
+	ossl_proc_teardown();
+}
+END_TEST
+
 START_TEST(manual_fork_handlers)
 {
 	pid_t pid;
@@ -821,6 +848,7 @@ main(void)
 	tcase_add_test(tc, generation_counts_lineage);
 	tcase_add_test(tc, hooks_run_in_order_once);
 	tcase_add_test(tc, raw_fork_detected);
+	tcase_add_test(tc, raw_fork_child_counts_first_frees);
 	tcase_add_test(tc, manual_fork_handlers);
 	tcase_add_test(tc, threaded_parent_warned);
 	tcase_add_test(tc, vanished_thread_blocks_forgotten);
