@@ -36,7 +36,7 @@ extern "C" {
 #endif
 
 #define OSSL_PROC_VERSION_MAJOR 0
-#define OSSL_PROC_VERSION_MINOR 1
+#define OSSL_PROC_VERSION_MINOR 2
 #define OSSL_PROC_VERSION_MICRO 0
 
 /**
@@ -95,7 +95,7 @@ enum ossl_proc_bad_free {
 #define OSSL_PROC_F_NO_ATFORK (1u << 1)
 /** Zero every block when OpenSSL frees it. */
 #define OSSL_PROC_F_SCRUB (1u << 2)
-/** Remember file:line of each allocation and of its first free (costs 32
+/** Remember file:line of each allocation and of its first free (costs 48
  * bytes per block). */
 #define OSSL_PROC_F_TRACK_SITES (1u << 3)
 /** All flags this version knows. */
@@ -134,7 +134,8 @@ struct ossl_proc_config {
 	/* Added in 0.2. */
 	/** Bytes of freed blocks, past the quarantine, each thread keeps
 	 * for reuse instead of returning them to the backend; 0: 512 KiB;
-	 * 1: none (every block goes back). */
+	 * 1: none (every block goes back).  A worker of a shared
+	 * allocator keeps none. */
 	size_t cache_bytes;
 };
 
@@ -720,8 +721,10 @@ struct ossl_proc_stats {
  * after OPENSSL_cleanup(): an installed allocator stays installed and
  * keeps counting, which is how a host reads what leaked at exit.
  *
- * Thread-safety: safe, lock-free for the allocator.  The values are a
- * consistent-enough snapshot: counters updated concurrently may be read
+ * Thread-safety: safe.  It takes the registry lock that a thread's
+ * first allocation and its exit take, never a lock of the allocator's
+ * common path, so allocating threads do not wait for it.  The values are
+ * a consistent-enough snapshot: counters updated concurrently may be read
  * mid-update by at most the operations in flight.
  */
 int ossl_proc_get_stats(struct ossl_proc_stats *out);

@@ -751,8 +751,9 @@ quarantine_child(struct tstate *t, bool release)
  * quarantine_bytes and an eighth, or its ring is full, the oldest go on
  * (to their class's list while the budget has room, else to list 0)
  * until it holds at most quarantine_bytes and its ring is an eighth
- * short of full.  A block still leaves only once the blocks freed after
- * it hold quarantine_bytes or fill seven eighths of the ring.  A free
+ * short of full.  So a block stays while it and the blocks freed after
+ * it hold at most quarantine_bytes and number at most seven eighths of
+ * the ring (test-alloc: quarantine_window_in_bytes, _in_blocks).  A free
  * then costs a store and a compare, the moves come a few dozen at a
  * time; moving one block per free cost 1.3 ns per pair.
  */

@@ -26,6 +26,15 @@ stats(void)
 	return st;
 }
 
+static struct ossl_proc_arena_stats
+arena_stats(struct ossl_proc_arena *a)
+{
+	struct ossl_proc_arena_stats st = { .size = sizeof(st) };
+
+	ck_assert_int_eq(ossl_proc_arena_get_stats(a, &st), 0);
+	return st;
+}
+
 /* ---- a counting host backend that never reuses an address ---- */
 
 /* Its own 16-byte header in front of each block links every block it
@@ -247,6 +256,152 @@ START_TEST(double_free_of_cached_block)
 }
 END_TEST
 
+/* A backend-only allocator: nothing is cached, so what leaves the
+ * quarantine reaches the backend (which scribbles on the header). */
+static void
+init_uncached(size_t quarantine, enum ossl_proc_bad_free policy,
+	      unsigned flags)
+{
+	struct ossl_proc_config c = tl_config();
+
+	c.allocator = &counting;
+	c.quarantine_bytes = quarantine;
+	c.cache_bytes = 1;
+	c.on_bad_free = policy;
+	c.flags = flags;
+	ck_assert_int_eq(ossl_proc_init(&c), 0);
+}
+
+/* The window in bytes: a block stays quarantined while it and the blocks
+ * its thread freed after it hold at most quarantine_bytes (headers and
+ * class rounding counted), and leaves once they hold 9/8 of it. */
+START_TEST(quarantine_window_in_bytes)
+{
+	char *p, *later[40];
+	int frees0;
+
+	init_uncached(1024, OSSL_PROC_BAD_FREE_LOG, 0);
+	/* 200 + 16 bytes: class 14, 224 bytes held. */
+	p = OPENSSL_malloc(200);
+	for (int i = 0; i < 40; i++)
+		ck_assert_ptr_nonnull(later[i] = OPENSSL_malloc(48));
+	frees0 = atomic_load(&bk.frees);
+	OPENSSL_free(p);
+	/* 12 blocks of 64 bytes and one of 32: 800 more, 1024 in all. */
+	for (int i = 0; i < 12; i++)
+		OPENSSL_free(later[i]);
+	OPENSSL_free(OPENSSL_malloc(16));
+	tl_expect(OSSL_PROC_LOG_WARNING, "double free");
+	OPENSSL_free(p);
+	ck_assert_uint_eq(stats().double_frees, 1);
+	/* 28 blocks (1,792 bytes) more: p has gone to the backend, once,
+	 * and a stale free of it now meets the backend's scribble. */
+	for (int i = 12; i < 40; i++)
+		OPENSSL_free(later[i]);
+	ck_assert_int_gt(atomic_load(&bk.frees), frees0);
+	tl_expect(OSSL_PROC_LOG_WARNING, "never returned");
+	OPENSSL_free(p);
+	ck_assert_uint_eq(stats().double_frees, 1);
+	ck_assert_uint_eq(stats().invalid_frees, 1);
+	ck_assert_int_eq(atomic_load(&bk.twice), 0);
+	ossl_proc_teardown();
+}
+END_TEST
+
+/* The window in blocks, in a thread whose quarantine starts empty: with
+ * 16 KiB the ring has 128 slots; once it is full, its oldest eighth
+ * leaves, so a block stays while at most 111 blocks were freed after it
+ * when the ring fills (seven eighths of it), and here leaves when the
+ * ring fills again. */
+static void *
+window_in_blocks(void *arg)
+{
+	char *p, *older[16], *later[127];
+
+	(void)arg;
+	for (int i = 0; i < 16; i++)
+		ck_assert_ptr_nonnull(older[i] = OPENSSL_malloc(16));
+	p = OPENSSL_malloc(16);
+	for (int i = 0; i < 127; i++)
+		ck_assert_ptr_nonnull(later[i] = OPENSSL_malloc(16));
+	/* 16 + 1 + 111 = 128: the ring fills and the 16 older leave. */
+	for (int i = 0; i < 16; i++)
+		OPENSSL_free(older[i]);
+	OPENSSL_free(p);
+	for (int i = 0; i < 111; i++)
+		OPENSSL_free(later[i]);
+	OPENSSL_free(p);
+	ck_assert_uint_eq(stats().double_frees, 1);
+	ck_assert_uint_eq(stats().invalid_frees, 0);
+	/* 16 more fill it again: p, the oldest, leaves for the backend. */
+	for (int i = 111; i < 127; i++)
+		OPENSSL_free(later[i]);
+	OPENSSL_free(p);
+	ck_assert_uint_eq(stats().double_frees, 1);
+	ck_assert_uint_eq(stats().invalid_frees, 1);
+	return NULL;
+}
+
+START_TEST(quarantine_window_in_blocks)
+{
+	pthread_t t;
+
+	init_uncached(16384, OSSL_PROC_BAD_FREE_IGNORE, 0);
+	ck_assert_int_eq(pthread_create(&t, NULL, window_in_blocks, NULL), 0);
+	ck_assert_int_eq(pthread_join(t, NULL), 0);
+	ossl_proc_teardown();
+}
+END_TEST
+
+/* A header is bound to its address: the same 16 bytes copied in front of
+ * another (aligned) buffer do not make it a block. */
+START_TEST(header_bound_to_address)
+{
+	static _Alignas(16) char copy[256];
+	char *p;
+
+	init_with(&counting, 0, OSSL_PROC_BAD_FREE_LOG, 0);
+	p = OPENSSL_malloc(64);
+	ck_assert_ptr_nonnull(p);
+	memset(p, 0x3c, 64);
+	memcpy(copy + 16, p - 16, 16 + 64);
+	tl_expect(OSSL_PROC_LOG_WARNING, "never returned");
+	OPENSSL_free(copy + 32);
+	ck_assert_uint_eq(stats().invalid_frees, 1);
+	ck_assert_uint_eq(stats().double_frees, 0);
+	tl_expect(0, NULL);
+	OPENSSL_free(p);
+	ck_assert_uint_eq(stats().invalid_frees + stats().double_frees, 1);
+	ossl_proc_teardown();
+}
+END_TEST
+
+/* OSSL_PROC_F_SCRUB: the payload is zero as soon as it is freed (key
+ * material does not linger in the quarantine, the cache or a shared
+ * backend). */
+START_TEST(scrub_zeroes_freed_blocks)
+{
+	static const size_t sizes[] = { 24, 300, 5000, 40000 };
+
+	init_uncached(0, OSSL_PROC_BAD_FREE_LOG, OSSL_PROC_F_SCRUB);
+	for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+		unsigned char *p = OPENSSL_malloc(sizes[i]);
+		size_t nonzero = 0;
+
+		ck_assert_ptr_nonnull(p);
+		memset(p, 0xa5, sizes[i]);
+		OPENSSL_free(p);
+		/* Quarantined, or for 40000 bytes (more than the window)
+		 * back in the test backend, which never reuses memory and
+		 * writes only over the header. */
+		for (size_t k = 0; k < sizes[i]; k++)
+			nonzero += p[k] != 0;
+		ck_assert_uint_eq(nonzero, 0);
+	}
+	ossl_proc_teardown();
+}
+END_TEST
+
 /* Blocks up to 32 KiB are reused from the thread's cache once they
  * have left the quarantine, in classes (16-byte steps, then four per
  * doubling), and the cache stays within its budget. */
@@ -398,13 +553,14 @@ START_TEST(invalid_pointers)
 {
 	_Alignas(16) char stack_block[256];
 	char *p, *libc;
-
 	uint64_t frees0;
+	int backend_frees0;
 
 	init_with(&counting, 0, OSSL_PROC_BAD_FREE_IGNORE, 0);
 	p = OPENSSL_malloc(256);
 	libc = malloc(64);
 	frees0 = stats().frees;
+	backend_frees0 = atomic_load(&bk.frees);
 	char *bad[] = {
 		p + 16,            /* interior */
 		p + 1,             /* misaligned */
@@ -423,6 +579,7 @@ START_TEST(invalid_pointers)
 	ck_assert_uint_eq(stats().invalid_frees, 5 - page_aligned);
 	ck_assert_uint_eq(stats().foreign_frees, page_aligned);
 	ck_assert_uint_eq(stats().frees, frees0);
+	ck_assert_int_eq(atomic_load(&bk.frees), backend_frees0);
 	/* The real block is untouched and frees normally. */
 	OPENSSL_free(p);
 	ck_assert_uint_eq(stats().frees, frees0 + 1);
@@ -453,16 +610,68 @@ START_TEST(foreign_page_aligned)
 }
 END_TEST
 
+/* SIGABRT without the ERROR first is not what the policy promises: the
+ * test then exits instead of dying of the signal, and fails. */
+static void
+abort_logged_first(int sig)
+{
+	if (tl_count(OSSL_PROC_LOG_ERROR, "aborting as configured") != 1)
+		_exit(3);
+	signal(sig, SIG_DFL);
+}
+
 START_TEST(abort_policy)
 {
 	char *p;
 
 	init_with(NULL, 0, OSSL_PROC_BAD_FREE_ABORT, 0);
+	signal(SIGABRT, abort_logged_first);
 	p = OPENSSL_malloc(10);
 	OPENSSL_free(p);
 	tl_expect(OSSL_PROC_LOG_ERROR, "aborting as configured");
 	OPENSSL_free(p);
 	ck_abort_msg("not reached");
+}
+END_TEST
+
+/* ossl_proc_report() lists what is still allocated: the count and bytes,
+ * and with OSSL_PROC_F_TRACK_SITES each block's allocation site; a block
+ * freed again leaves the list. */
+static const char *
+report_text(void)
+{
+	static char buf[16384];
+	FILE *f = tmpfile();
+	size_t n;
+
+	ck_assert_ptr_nonnull(f);
+	ck_assert_int_eq(ossl_proc_report(f), 0);
+	rewind(f);
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	buf[n] = '\0';
+	fclose(f);
+	return buf;
+}
+
+START_TEST(report_lists_leaks)
+{
+	struct ossl_proc_stats st0;
+	char *p, want[128];
+
+	init_with(NULL, 0, OSSL_PROC_BAD_FREE_LOG, OSSL_PROC_F_TRACK_SITES);
+	st0 = stats();
+	p = CRYPTO_malloc(77, "leak-site.c", 42);
+	ck_assert_ptr_nonnull(p);
+	snprintf(want, sizeof(want), "leaks: %llu blocks, %llu bytes",
+		 (unsigned long long)st0.live_blocks + 1,
+		 (unsigned long long)st0.live_bytes + 77);
+	ck_assert_ptr_nonnull(strstr(report_text(), want));
+	snprintf(want, sizeof(want), "leak: 77 bytes at %p, allocated at "
+		 "leak-site.c:42", (void *)p);
+	ck_assert_ptr_nonnull(strstr(report_text(), want));
+	CRYPTO_free(p, "leak-site.c", 43);
+	ck_assert_ptr_null(strstr(report_text(), "leak-site.c"));
+	ossl_proc_teardown();
 }
 END_TEST
 
@@ -686,32 +895,40 @@ START_TEST(two_threads_one_block)
 END_TEST
 
 /* Two processes free the same block in shared memory at once: the state
- * lives in the block, so exactly one of them wins. */
+ * lives in the block, so exactly one of them wins and releases it to the
+ * arena, and the arena sees each block freed exactly once. */
 START_TEST(two_processes_one_block)
 {
 	struct ossl_proc_arena *a = ossl_proc_arena_new(8 << 20);
+	struct ossl_proc_config c = tl_config();
 	struct ossl_proc_allocator private_view;
-	struct ossl_proc_arena_stats as = { .size = sizeof(as) };
 	atomic_int *go = mmap(NULL, 4096, PROT_READ | PROT_WRITE,
 			      MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	int rounds = 200, parent_wins = 0, child_wins, status;
+	uint64_t arena_frees0;
 	pid_t pid;
 	void **blocks;
 
 	ck_assert_ptr_nonnull(a);
 	ck_assert_ptr_ne(go, MAP_FAILED);
-	/* Placed in the arena from the start, without fork generations.
-	 * Declared private, so both processes inherit one quarantine of
-	 * blocks in shared memory: it is made large enough that neither
-	 * evicts (and so releases) those blocks during the race. */
+	/* Placed in the arena from the start, without fork generations, and
+	 * released at once (no quarantine, no cache): a free that wins goes
+	 * straight to the arena, which counts it and refuses a second. */
 	private_view = *ossl_proc_arena_allocator(a);
 	private_view.shared = 0;
-	init_with(&private_view, 16 << 20, OSSL_PROC_BAD_FREE_IGNORE, 0);
+	c.allocator = &private_view;
+	c.quarantine_bytes = 1;
+	c.cache_bytes = 1;
+	c.on_bad_free = OSSL_PROC_BAD_FREE_IGNORE;
+	ck_assert_int_eq(ossl_proc_init(&c), 0);
 	blocks = (void **)(go + 16);
 	for (int i = 0; i < rounds; i++)
 		blocks[i] = OPENSSL_malloc(48);
 	pid = fork();
 	ck_assert_int_ge(pid, 0);
+	/* After the fork: its prepare handler stops OpenSSL's thread state,
+	 * whose blocks the arena takes back too. */
+	arena_frees0 = arena_stats(a).frees;
 	for (int i = 0; i < rounds; i++) {
 		uint64_t before = stats().frees;
 
@@ -722,16 +939,20 @@ START_TEST(two_processes_one_block)
 		if (stats().frees > before)
 			pid ? parent_wins++ : atomic_fetch_add(&go[1], 1);
 	}
+	/* The loser saw the winner's state, or (once the arena took the
+	 * block back) no valid header: refused either way. */
 	if (pid == 0)
-		_exit(stats().double_frees + (uint64_t)atomic_load(&go[1]) ==
-		      (uint64_t)rounds ? 0 : 1);
+		_exit(stats().double_frees + stats().invalid_frees +
+		      (uint64_t)atomic_load(&go[1]) == (uint64_t)rounds ? 0 : 1);
 	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
 	ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 	child_wins = atomic_load(&go[1]);
 	ck_assert_int_eq(parent_wins + child_wins, rounds);
-	ck_assert_uint_eq(stats().double_frees, (uint64_t)child_wins);
-	ck_assert_int_eq(ossl_proc_arena_get_stats(a, &as), 0);
-	ck_assert_uint_eq(as.bad_frees, 0);
+	ck_assert_uint_eq(stats().double_frees + stats().invalid_frees,
+			  (uint64_t)child_wins);
+	ck_assert_uint_eq(arena_stats(a).frees - arena_frees0,
+			  (uint64_t)rounds);
+	ck_assert_uint_eq(arena_stats(a).bad_frees, 0);
 	ossl_proc_teardown();
 }
 END_TEST
@@ -794,7 +1015,7 @@ END_TEST
 
 /* ---- stacking on a host's functions ---- */
 
-static atomic_int host_m, host_f;
+static atomic_int host_m, host_f, host_r;
 static void *host_watch;
 
 static void *
@@ -809,6 +1030,7 @@ static void *
 host_realloc(void *p, size_t n, const char *file, int line)
 {
 	(void)file, (void)line;
+	atomic_fetch_add(&host_r, 1);
 	return realloc(p, n);
 }
 
@@ -824,13 +1046,16 @@ host_free(void *p, const char *file, int line)
 START_TEST(stacks_on_host_functions)
 {
 	struct ossl_proc_config c = tl_config();
-	void *old, *fresh;
+	void *old, *old2, *fresh;
 	uint64_t frees0;
 	int m0;
 
 	ck_assert_int_eq(CRYPTO_set_mem_functions(host_malloc, host_realloc,
 						  host_free), 1);
 	old = OPENSSL_malloc(40);
+	old2 = OPENSSL_malloc(40);
+	ck_assert_ptr_nonnull(old2);
+	memcpy(old2, "before", 7);
 	host_watch = old;
 	ck_assert_int_eq(ossl_proc_init(&c), 0);
 	ck_assert_int_eq(stats().allocator, OSSL_PROC_ALLOC_TRACKED);
@@ -838,6 +1063,16 @@ START_TEST(stacks_on_host_functions)
 	OPENSSL_free(old);
 	ck_assert_int_eq(atomic_load(&host_f), 1);
 	ck_assert_uint_eq(stats().prior_frees, 1);
+	ck_assert_uint_eq(stats().invalid_frees, 0);
+	/* Its realloc goes to the host's realloc, and stays the host's. */
+	old2 = OPENSSL_realloc(old2, 4000);
+	ck_assert_ptr_nonnull(old2);
+	ck_assert_int_eq(atomic_load(&host_r), 1);
+	ck_assert_str_eq(old2, "before");
+	host_watch = old2;
+	OPENSSL_free(old2);
+	ck_assert_int_eq(atomic_load(&host_f), 2);
+	ck_assert_uint_eq(stats().prior_frees, 2);
 	ck_assert_uint_eq(stats().invalid_frees, 0);
 	/* New blocks are tracked on top of the host's functions (a size
 	 * above the per-thread cache's classes, so it must reach them). */
@@ -873,15 +1108,6 @@ START_TEST(replacement_detected)
 END_TEST
 
 /* ---- the shared arena on its own ---- */
-
-static struct ossl_proc_arena_stats
-arena_stats(struct ossl_proc_arena *a)
-{
-	struct ossl_proc_arena_stats st = { .size = sizeof(st) };
-
-	ck_assert_int_eq(ossl_proc_arena_get_stats(a, &st), 0);
-	return st;
-}
 
 START_TEST(arena_bad_arguments)
 {
@@ -1040,6 +1266,9 @@ alloc_suite(void)
 	tcase_add_test(tc, double_free_names_sites);
 	tcase_add_test(tc, double_free_after_quarantine);
 	tcase_add_test(tc, double_free_of_cached_block);
+	tcase_add_test(tc, quarantine_window_in_bytes);
+	tcase_add_test(tc, quarantine_window_in_blocks);
+	tcase_add_test(tc, header_bound_to_address);
 	tcase_add_test(tc, cache_reuses_by_class);
 	tcase_add_test(tc, cache_bytes_bounds_the_cache);
 	tcase_add_test(tc, cache_bytes_one_keeps_nothing);
@@ -1052,6 +1281,8 @@ alloc_suite(void)
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("blocks");
+	tcase_add_test(tc, scrub_zeroes_freed_blocks);
+	tcase_add_test(tc, report_lists_leaks);
 	tcase_add_test(tc, realloc_semantics);
 	tcase_add_test(tc, alignment);
 	tcase_add_test(tc, refused_chunk_not_offered_again);
