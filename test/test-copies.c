@@ -195,6 +195,136 @@ START_TEST(plugin_owns_shared_mode)
 }
 END_TEST
 
+/*
+ * A copy of another version, as a later copy sees it: the probe's
+ * question and the owner record are the ABI between copies
+ * (lib/alloc-install.c), frozen but for fields appended at the end, so
+ * they are spelled out here rather than shared with the library.
+ */
+#define PROBE_TAG "osslproc:owner-probe"
+#define PROBE_LINE 0x6f70726f
+
+struct other_record {
+	uint64_t magic;
+	uint32_t version;
+	uint32_t size;
+	const struct other_record *self;
+	const char *object;
+	int (*get_stats)(struct ossl_proc_stats *out);
+	void (*report)(FILE *out);
+	void *appended_later;
+};
+
+struct probe_question {
+	char tag[32];
+	const struct other_record *answer;
+};
+
+static struct other_record other;
+
+static int
+other_get_stats(struct ossl_proc_stats *out)
+{
+	out->allocs = 4242;
+	return 0;
+}
+
+static void
+other_report(FILE *out)
+{
+	fputs("report of the other copy\n", out);
+}
+
+static void *
+other_malloc(size_t n, const char *file, int line)
+{
+	if (n == 0 && line == PROBE_LINE && file && !strcmp(file, PROBE_TAG)) {
+		((struct probe_question *)(uintptr_t)file)->answer = &other;
+		return NULL;
+	}
+	return malloc(n);
+}
+
+static void *
+other_realloc(void *p, size_t n, const char *file, int line)
+{
+	(void)file, (void)line;
+	return realloc(p, n);
+}
+
+static void
+other_free(void *p, const char *file, int line)
+{
+	(void)file, (void)line;
+	free(p);
+}
+
+/* In a child: what init makes of an allocator answering with @rec. */
+static int
+mode_with_other(struct other_record rec)
+{
+	struct ossl_proc_config c = tl_config();
+	pid_t pid;
+	int status;
+
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		other = rec;
+		other.self = rec.self ? &other : NULL;
+		if (!CRYPTO_set_mem_functions(other_malloc, other_realloc,
+					      other_free) ||
+		    ossl_proc_init(&c) != 0)
+			_exit(100);
+		_exit((int)host_stats().allocator);
+	}
+	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+	ck_assert(WIFEXITED(status));
+	return WEXITSTATUS(status);
+}
+
+/* A newer copy (a higher version, a longer record) owns the allocator:
+ * this one attaches and reports the owner's counters and report; a
+ * record that does not verify is no osslproc, and this copy stacks on
+ * those functions instead. */
+START_TEST(other_versions_recognised)
+{
+	struct other_record newer = {
+		.magic = 0x6f73736c70726f63ull, .version = 2,
+		.size = sizeof(struct other_record), .self = &other,
+		.object = "newer-copy.so", .get_stats = other_get_stats,
+		.report = other_report,
+	};
+	struct other_record bad;
+	struct ossl_proc_config c = tl_config();
+	char buf[4096];
+
+	bad = newer, bad.version = 0;
+	ck_assert_int_eq(mode_with_other(bad), OSSL_PROC_ALLOC_TRACKED);
+	bad = newer, bad.size = 24;
+	ck_assert_int_eq(mode_with_other(bad), OSSL_PROC_ALLOC_TRACKED);
+	bad = newer, bad.magic ^= 1;
+	ck_assert_int_eq(mode_with_other(bad), OSSL_PROC_ALLOC_TRACKED);
+	bad = newer, bad.self = NULL;
+	ck_assert_int_eq(mode_with_other(bad), OSSL_PROC_ALLOC_TRACKED);
+	ck_assert_int_eq(mode_with_other(newer), OSSL_PROC_ALLOC_ATTACHED);
+
+	/* Here too, to look at what attaching gives. */
+	other = newer;
+	ck_assert_int_eq(CRYPTO_set_mem_functions(other_malloc, other_realloc,
+						  other_free), 1);
+	ck_assert_int_eq(ossl_proc_init(&c), 0);
+	ck_assert_int_eq(tl_count(OSSL_PROC_LOG_INFO,
+				  "belongs to the osslproc copy in "
+				  "newer-copy.so"), 1);
+	ck_assert_uint_eq(host_stats().allocs, 4242);
+	ck_assert_ptr_nonnull(strstr(report_of(ossl_proc_report, buf,
+					       sizeof(buf)),
+				     "report of the other copy"));
+	ossl_proc_teardown();
+}
+END_TEST
+
 int
 main(void)
 {
@@ -205,6 +335,7 @@ main(void)
 	tcase_add_test(tc, host_owns_plugin_attaches);
 	tcase_add_test(tc, plugin_owns_host_attaches);
 	tcase_add_test(tc, plugin_owns_shared_mode);
+	tcase_add_test(tc, other_versions_recognised);
 	suite_add_tcase(s, tc);
 	return tl_run(s);
 }
