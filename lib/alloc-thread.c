@@ -82,11 +82,11 @@ tstate_exit(void *arg)
 	tls_state = NULL;
 	tstate_drain(t);
 	tstate_flush(t);
-	pthread_mutex_lock(&proc_mut.reg_lock);
+	proc_lock(&proc_mut.reg_lock);
 	fold(&retired, t);
 	t->prev->next = t->next;
 	t->next->prev = t->prev;
-	pthread_mutex_unlock(&proc_mut.reg_lock);
+	proc_unlock(&proc_mut.reg_lock);
 	free(t->qring);
 	free(t);
 }
@@ -125,12 +125,12 @@ tstate_new(void)
 	t->budget = alloc_shared_worker() ? 0 : aconf.cache_bytes;
 	t->qmask = ring_slots() - 1;
 	t->qring = calloc(t->qmask + 1, sizeof(*t->qring));
-	pthread_mutex_lock(&proc_mut.reg_lock);
+	proc_lock(&proc_mut.reg_lock);
 	t->next = reg.next;
 	t->prev = &reg;
 	reg.next->prev = t;
 	reg.next = t;
-	pthread_mutex_unlock(&proc_mut.reg_lock);
+	proc_unlock(&proc_mut.reg_lock);
 	pthread_setspecific(tkey, t);
 	tls_state = t;
 	return t;
@@ -189,9 +189,9 @@ tstate_sum_unlocked(struct ossl_proc_stats *st)
 void
 tstate_sum(struct ossl_proc_stats *st)
 {
-	pthread_mutex_lock(&proc_mut.reg_lock);
+	proc_lock(&proc_mut.reg_lock);
 	tstate_sum_unlocked(st);
-	pthread_mutex_unlock(&proc_mut.reg_lock);
+	proc_unlock(&proc_mut.reg_lock);
 	/* Deltas not yet flushed can put the sum above the peak.  Not in
 	 * the child's path: writing the peak there costs a page fault. */
 	if (st->live_bytes > st->peak_bytes) {
@@ -207,10 +207,10 @@ alloc_other_threads(void)
 {
 	unsigned n = 0;
 
-	pthread_mutex_lock(&proc_mut.reg_lock);
+	proc_lock(&proc_mut.reg_lock);
 	for (struct tstate *t = reg.next; t != &reg; t = t->next)
 		n += t != tls_state;
-	pthread_mutex_unlock(&proc_mut.reg_lock);
+	proc_unlock(&proc_mut.reg_lock);
 	return n;
 }
 

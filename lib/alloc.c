@@ -136,12 +136,12 @@ site_link(struct blk *h, const char *file, int line)
 	s->alloc_line = line;
 	s->free_file = NULL;
 	s->free_line = 0;
-	pthread_mutex_lock(&proc_mut.site_lock);
+	proc_lock(&proc_mut.site_lock);
 	s->next = site_list.next;
 	s->prev = &site_list;
 	site_list.next->prev = s;
 	site_list.next = s;
-	pthread_mutex_unlock(&proc_mut.site_lock);
+	proc_unlock(&proc_mut.site_lock);
 }
 
 static void
@@ -149,11 +149,11 @@ site_unlink(struct blk *h, const char *file, int line)
 {
 	struct blk_site *s = site_of(h);
 
-	pthread_mutex_lock(&proc_mut.site_lock);
+	proc_lock(&proc_mut.site_lock);
 	s->prev->next = s->next;
 	s->next->prev = s->prev;
 	s->next = s->prev = s;
-	pthread_mutex_unlock(&proc_mut.site_lock);
+	proc_unlock(&proc_mut.site_lock);
 	s->free_file = file;
 	s->free_line = line;
 }
@@ -961,7 +961,7 @@ sites_report(FILE *out)
 {
 	size_t shown = 0, total = 0;
 
-	pthread_mutex_lock(&proc_mut.site_lock);
+	proc_lock(&proc_mut.site_lock);
 	for (struct blk_site *s = site_list.next; s != &site_list;
 	     s = s->next, total++) {
 		struct blk *h = (struct blk *)(s + 1);
@@ -972,7 +972,7 @@ sites_report(FILE *out)
 				s->alloc_file ? s->alloc_file : "?",
 				s->alloc_line);
 	}
-	pthread_mutex_unlock(&proc_mut.site_lock);
+	proc_unlock(&proc_mut.site_lock);
 	if (total > shown)
 		fprintf(out, "  ... and %zu more\n", total - shown);
 }

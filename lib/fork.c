@@ -57,6 +57,20 @@ prepare_forget(void)
 	atomic_store_explicit(&proc_mut.prep_owner, 0, memory_order_relaxed);
 }
 
+void
+proc_lock(pthread_mutex_t *m)
+{
+	if (!prepared_here())
+		pthread_mutex_lock(m);
+}
+
+void
+proc_unlock(pthread_mutex_t *m)
+{
+	if (!prepared_here())
+		pthread_mutex_unlock(m);
+}
+
 static bool warned_threads, warned_shared;
 
 /* One byte the allocator reads: 1 in a process that knows its pid, 0 in
@@ -334,9 +348,9 @@ fork_init(unsigned int flags)
 void
 fork_teardown(void)
 {
-	pthread_mutex_lock(&proc_mut.hooks_lock);
+	proc_lock(&proc_mut.hooks_lock);
 	nhooks = 0;
-	pthread_mutex_unlock(&proc_mut.hooks_lock);
+	proc_unlock(&proc_mut.hooks_lock);
 }
 
 OSSL_PROC_EXPORT unsigned long
@@ -355,12 +369,12 @@ ossl_proc_on_child(void (*fn)(void *arg), void *arg)
 			       "ossl_proc_init() first" : "fn is NULL");
 		return -EINVAL;
 	}
-	pthread_mutex_lock(&proc_mut.hooks_lock);
+	proc_lock(&proc_mut.hooks_lock);
 	if (nhooks == MAX_HOOKS)
 		rc = -ENOSPC;
 	else
 		hooks[nhooks++] = (struct hook){ fn, arg };
-	pthread_mutex_unlock(&proc_mut.hooks_lock);
+	proc_unlock(&proc_mut.hooks_lock);
 	if (rc)
 		log_error("ossl_proc_on_child: already %d hooks registered",
 			  MAX_HOOKS);

@@ -116,6 +116,15 @@ void fork_unnoticed(void);
 void fork_check(void);
 /* This process's pid as of its last (re-)initialisation: no syscall. */
 pid_t proc_self(void);
+/*
+ * Take and release one of proc_mut's locks.  The thread that holds them
+ * all for a fork (between ossl_proc_fork_prepare() and the parent or
+ * child handler) neither takes nor releases them: pthread_atfork
+ * handlers that the host registered before osslproc's run inside that
+ * span, and may call OpenSSL or osslproc.
+ */
+void proc_lock(pthread_mutex_t *m);
+void proc_unlock(pthread_mutex_t *m);
 
 /* ---- alloc.c ---- */
 

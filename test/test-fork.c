@@ -256,6 +256,58 @@ START_TEST(hooks_run_in_order_once)
 }
 END_TEST
 
+/*
+ * The host's own pthread_atfork handlers, registered before osslproc's,
+ * run while osslproc's prepare handler holds its locks (prepare handlers
+ * run newest first, parent and child handlers oldest first).  There they
+ * use OpenSSL with call sites tracked (OpenSIPS and Kamailio call
+ * OPENSSL_thread_stop() in such a handler), read the statistics and
+ * register a hook: the fork must not hang (Check's timeout fails it).
+ */
+static int host_handlers_ran;
+
+static void
+host_atfork_work(void)
+{
+	struct ossl_proc_stats st = { .size = sizeof(st) };
+
+	OPENSSL_free(OPENSSL_malloc(100));
+	OPENSSL_thread_stop();
+	ck_assert_int_eq(ossl_proc_get_stats(&st), 0);
+	host_handlers_ran++;
+}
+
+static void
+host_prepare(void)
+{
+	host_atfork_work();
+	ck_assert_int_eq(ossl_proc_on_child(hook, (void *)'p'), 0);
+}
+
+START_TEST(host_atfork_handlers_use_osslproc)
+{
+	pid_t pid;
+
+	ck_assert_int_eq(pthread_atfork(host_prepare, host_atfork_work,
+					host_atfork_work), 0);
+	init_flags(OSSL_PROC_F_TRACK_SITES);
+	trace_map();
+	make_tls();
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0)
+		_exit(host_handlers_ran == 2 &&
+		      tls_handshakes(client, server, 1) == 1 ? 0 : 1);
+	ck_assert_int_eq(reap(pid), 0);
+	ck_assert_int_eq(host_handlers_ran, 2);
+	/* The hook registered inside the prepare handler ran in the child. */
+	ck_assert_str_eq(trace, "p");
+	ck_assert_int_eq(tls_handshakes(client, server, 1), 1);
+	free_tls();
+	ossl_proc_teardown();
+}
+END_TEST
+
 /* A fork that bypasses pthread_atfork is noticed at the next allocation,
  * with a WARNING, and the child is re-initialised once. */
 START_TEST(raw_fork_detected)
@@ -848,6 +900,7 @@ main(void)
 	tcase_add_test(tc, generation_counts_lineage);
 	tcase_add_test(tc, hooks_run_in_order_once);
 	tcase_add_test(tc, raw_fork_detected);
+	tcase_add_test(tc, host_atfork_handlers_use_osslproc);
 	tcase_add_test(tc, raw_fork_child_counts_first_frees);
 	tcase_add_test(tc, manual_fork_handlers);
 	tcase_add_test(tc, threaded_parent_warned);
