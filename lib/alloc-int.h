@@ -47,8 +47,8 @@ struct blk {
  * to 32 KiB (at most 25% rounding, and OpenSSL's record buffers fit).
  * When such a block leaves the quarantine it waits in a per-thread list
  * of its class for the next request instead of going back to the
- * backend: its header stays valid, in the freed state, so a double free
- * of a cached block is still caught.  The lists hold at most cache_bytes
+ * backend: its header stays valid, in a freed state of its own
+ * (ST_CACHED), so a double free of a cached block is still caught.  The lists hold at most cache_bytes
  * per thread (512 KiB by default).
  */
 #define SMALL_CLASSES 65          /* class c < 65 holds c * 16 bytes */
@@ -82,6 +82,8 @@ class_size(unsigned c)
 
 /* word layout */
 #define ST_MASK 0x3u
+#define ST_CACHED 0x0u         /* freed, past the quarantine, kept for
+				  reuse in a thread's cache */
 #define ST_LIVE 0x1u
 #define ST_QUAR 0x2u           /* freed, held in a quarantine */
 #define ST_RELEASED 0x3u       /* handed back to the backend */

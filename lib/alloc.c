@@ -226,9 +226,14 @@ blk_peek(void *user, uint32_t *word)
  * there would be a branch as unpredictable as the lists' lengths).  The
  * links are plain pointers, so leak checkers still see cached blocks as
  * reachable.  A write after free (a use after free in the host or in
- * OpenSSL) is noticed rather than followed: a link that is NULL,
- * misaligned or at a page start, or a block whose header is not a cached
- * block's, is refused.
+ * OpenSSL) is noticed rather than followed: a link that is misaligned, at
+ * a page start, or outside the range where Linux maps anything (below
+ * 64 KiB, vm.mmap_min_addr's default, or above 2^56), is refused before
+ * it is read, and so is a block whose header is not a valid cached
+ * block's of that class (a live or quarantined block has another state).
+ * A link into memory that is not mapped still faults, as that use after
+ * free would without osslproc; a link to another cached block of the
+ * same class is not noticed.
  */
 static struct {
 	_Alignas(32) unsigned char bytes[32];
@@ -243,10 +248,20 @@ link_of(void *user)
 	return *(void **)user;
 }
 
+#define LINK_MIN ((uintptr_t)64 * 1024)
+#if UINTPTR_MAX > 0xffffffffu
+#define LINK_MAX ((uintptr_t)1 << 56)
+#else
+#define LINK_MAX UINTPTR_MAX
+#endif
+
 static inline bool
 link_ok(void *next)
 {
-	return !((uintptr_t)next & ALIGN_MASK) && ((uintptr_t)next & PAGE_MASK);
+	uintptr_t v = (uintptr_t)next;
+
+	return !(v & ALIGN_MASK) && (v & PAGE_MASK) &&
+	       v - LINK_MIN < LINK_MAX - LINK_MIN;
 }
 
 /* A list head that holds nothing (NULL: a state never set up). */
@@ -263,13 +278,13 @@ cache_init(struct tstate *t)
 		t->cache[c] = CACHE_END;
 }
 
-/* @user is a block in the freed state with a valid header. */
+/* @user is a cached block with a valid header. */
 static bool
 cached_ok(void *user)
 {
 	uint32_t word;
 
-	return blk_peek(user, &word) && (word & ST_MASK) == ST_QUAR;
+	return blk_peek(user, &word) && (word & ST_MASK) == ST_CACHED;
 }
 
 /* Sum what @t's lists hold, cutting each before its first bad block (the
@@ -309,15 +324,20 @@ cache_corrupt(struct tstate *t, unsigned c)
 	return NULL;
 }
 
-/* Pop the head @user of list @c, a block whose header word must be
- * @cached (the word of a cached block of this process's layout). */
+/* Pop the head @user of list @c, a block whose header must be a valid
+ * one of class @c with the word @cached (a cached block's of this
+ * process's layout). */
 static inline bool
 cache_pop(struct tstate *t, unsigned c, void *user, uint32_t cached)
 {
+	struct blk *h = hdr_of(user);
 	void *next = link_of(user);
+	uint64_t size_gen = h->size_gen;
 
-	if (unlikely(atomic_load_explicit(&hdr_of(user)->word,
-					  memory_order_relaxed) != cached ||
+	if (unlikely(atomic_load_explicit(&h->word, memory_order_relaxed) !=
+		     cached ||
+		     (unsigned)(size_gen >> BLK_CLASS_SHIFT & 0xff) != c ||
+		     h->magic != blk_magic(user, size_gen, cached) ||
 		     !link_ok(next)))
 		return false;
 	t->cache[c] = next;
@@ -335,7 +355,7 @@ cache_take(struct tstate *t, unsigned c, uint32_t word)
 
 	if (list_empty(user))
 		return NULL;
-	if (unlikely(!cache_pop(t, c, user, (word & ~ST_MASK) | ST_QUAR)))
+	if (unlikely(!cache_pop(t, c, user, (word & ~ST_MASK) | ST_CACHED)))
 		return cache_corrupt(t, c);
 	return user;
 }
@@ -452,7 +472,7 @@ om_malloc(size_t n, const char *file, int line)
 	user = t->cache[c];
 	/* cache_take() reports a bad block, on the slow path. */
 	if (unlikely(list_empty(user) || !cache_pop(t, c, user,
-					 (word & ~ST_MASK) | ST_QUAR)))
+					 (word & ~ST_MASK) | ST_CACHED)))
 		return malloc_slow(n, file, line);
 	blk_stamp(user, n, c, word);
 	tstate_count_own(t, &t->allocs, (int64_t)n);
@@ -490,14 +510,15 @@ site_first_time(const char *file, int line, enum bad_kind kind)
 }
 
 /* ", allocated at f:l, first freed at f:l" while the block's site record
- * is still ours (quarantined), else "". */
+ * is still ours (quarantined or cached), else "". */
 static const char *
 sites_text(char *buf, size_t len, struct blk *h, uint32_t word)
 {
 	struct blk_site *s;
 
 	buf[0] = '\0';
-	if (!h || !(word & W_SITES) || (word & ST_MASK) != ST_QUAR)
+	if (!h || !(word & W_SITES) || (word & ST_MASK) == ST_LIVE ||
+	    (word & ST_MASK) == ST_RELEASED)
 		return buf;
 	s = site_of(h);
 	snprintf(buf, len, "; allocated at %s:%d, first freed at %s:%d",
@@ -629,6 +650,13 @@ blk_to_backend(void *user)
 static inline void
 cache_link(struct tstate *t, void *user, unsigned c)
 {
+	struct blk *h = hdr_of(user);
+
+	/* Only ST_LIVE is ever swapped away, so no other thread can change
+	 * this word now: a plain store suffices. */
+	atomic_store_explicit(&h->word, atomic_load_explicit(&h->word,
+			      memory_order_relaxed) & ~ST_MASK,
+			      memory_order_relaxed);
 	*(void **)user = t->cache[c];
 	t->cache[c] = user;
 }

@@ -547,6 +547,56 @@ START_TEST(cache_forged_link_refused)
 }
 END_TEST
 
+/* A small number where the link was (a length, a count): aligned and
+ * not at a page start, but below anything Linux maps: never read. */
+START_TEST(cache_small_link_refused)
+{
+	uintptr_t v = 0x10;
+
+	scribbled_cache_case(&v);
+}
+END_TEST
+
+/* A link to a block still in the quarantine: a valid header, but not a
+ * cached block's, so it is not handed out while the quarantine holds it,
+ * and a double free of it is still caught. */
+START_TEST(cache_link_to_quarantined_refused)
+{
+	char *p, *q, *b, *r[2];
+
+	init_with(&counting, 64, OSSL_PROC_BAD_FREE_LOG, 0);
+	q = OPENSSL_malloc(40);
+	p = OPENSSL_malloc(40);
+	b = OPENSSL_malloc(40);
+	OPENSSL_free(q);
+	OPENSSL_free(p);
+	for (int k = 0; k < 3; k++)
+		OPENSSL_free(OPENSSL_malloc(24));
+	/* p and q are cached, p first; b fills the 64-byte window. */
+	OPENSSL_free(b);
+	memcpy(p, &b, sizeof(b));
+	tl_expect(OSSL_PROC_LOG_ERROR, "written after it was freed");
+	for (int i = 0; i < 2; i++) {
+		r[i] = OPENSSL_malloc(40);
+		ck_assert_ptr_nonnull(r[i]);
+		ck_assert_ptr_ne(r[i], b);
+		ck_assert_ptr_ne(r[i], q);
+		memset(r[i], 1, 40);
+	}
+	ck_assert_int_eq(tl_count(OSSL_PROC_LOG_ERROR,
+				  "written after it was freed"), 1);
+	tl_expect(OSSL_PROC_LOG_WARNING, "double free");
+	OPENSSL_free(b);
+	ck_assert_uint_eq(stats().double_frees, 1);
+	tl_expect(0, NULL);
+	OPENSSL_free(r[0]);
+	OPENSSL_free(r[1]);
+	ck_assert_uint_eq(stats().invalid_frees, 0);
+	ck_assert_int_eq(atomic_load(&bk.twice), 0);
+	ossl_proc_teardown();
+}
+END_TEST
+
 static char static_block[256] __attribute__((aligned(16)));
 
 START_TEST(invalid_pointers)
@@ -1275,6 +1325,8 @@ alloc_suite(void)
 	tcase_add_test(tc, cache_misaligned_link_refused);
 	tcase_add_test(tc, cache_null_link_refused);
 	tcase_add_test(tc, cache_forged_link_refused);
+	tcase_add_test(tc, cache_small_link_refused);
+	tcase_add_test(tc, cache_link_to_quarantined_refused);
 	tcase_add_test(tc, invalid_pointers);
 	tcase_add_test(tc, foreign_page_aligned);
 	tcase_add_test_raise_signal(tc, abort_policy, SIGABRT);
