@@ -253,7 +253,10 @@ void ossl_proc_fork_parent(void);
  * bypasses the handlers (syscall(SYS_fork), clone, _Fork) is noticed at the
  * next OpenSSL allocation (a MADV_WIPEONFORK page; without it, at the next
  * osslproc call) and handled there with a WARNING asking the host to call
- * this function.
+ * this function.  Noticed in the allocator, only the allocator is
+ * re-initialised there; the error queue and the hooks, which call OpenSSL
+ * and the host, wait for this function or the next ossl_proc_ctx_get(),
+ * ossl_proc_get_stats() or ossl_proc_report().
  *
  * @return 0, also when this process was already re-initialised (it is
  *         idempotent per process); -EINVAL before ossl_proc_init().

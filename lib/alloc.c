@@ -443,7 +443,7 @@ __attribute__((noinline)) static void *
 malloc_slow(size_t n, const char *file, int line)
 {
 	if (unlikely(!*fork_flag))
-		fork_unnoticed();
+		fork_unnoticed(true);
 	if (unlikely(n == 0))
 		return owner_probe_answer(file, line);
 	return blk_new(n, file, line);
@@ -878,7 +878,7 @@ free_slow(void *p, const char *file, int line)
 	uint32_t word;
 
 	if (unlikely(!*fork_flag))
-		fork_unnoticed();
+		fork_unnoticed(true);
 	if (!p || !blk_check(p, &word, file, line))
 		return;
 	if ((word & ST_MASK) != ST_LIVE) {
@@ -952,7 +952,7 @@ om_realloc(void *p, size_t n, const char *file, int line)
 	if (!p)
 		return om_malloc(n, file, line);
 	if (unlikely(!*fork_flag))
-		fork_unnoticed();
+		fork_unnoticed(true);
 	if (n == 0) {
 		om_free(p, file, line);
 		return NULL;

@@ -199,6 +199,41 @@ run_hooks(int n)
 }
 
 /*
+ * What a re-initialisation noticed inside an OpenSSL allocation left for
+ * later: clearing the error queue and the host's hooks call OpenSSL and
+ * the host, which must not run inside OpenSSL's allocator (OpenSSL may be
+ * in the middle of its error code or hold one of its locks there).  The
+ * next osslproc call that checks for forks runs them.  -1: nothing.
+ */
+static int pending_hooks = -1;
+static bool pending_clear;
+
+/* The part of a child's re-initialisation that calls out. */
+CHILD_PATH static void
+child_finish(int n, bool clear_errors)
+{
+	/* A prepared fork stopped the thread's OpenSSL state already; after
+	 * an unprepared one, the inherited error queue is cleared. */
+	if (clear_errors)
+		ERR_clear_error();
+	run_hooks(n);
+	if (log_enabled(OSSL_PROC_LOG_DEBUG))
+		log_debug("child re-initialised: generation %lu",
+			  ossl_proc_generation());
+}
+
+static void
+run_pending(void)
+{
+	int n = pending_hooks;
+
+	if (n < 0)
+		return;
+	pending_hooks = -1;
+	child_finish(n, pending_clear);
+}
+
+/*
  * Whether this process was re-initialised already, and its pid from now
  * on.  After a prepared fork this is a new child for sure, and its pid is
  * left to be read when first needed (proc_self): right after fork the
@@ -221,28 +256,33 @@ child_known(enum fork_phase phase)
 }
 
 /* The child's work; @phase says whether our prepare handler held the
- * locks.  Idempotent per process. */
+ * locks, @in_allocator that OpenSSL's allocator is the caller (what calls
+ * out is then left pending).  Idempotent per process. */
 CHILD_PATH static int
-child_reinit(enum fork_phase phase)
+child_reinit(enum fork_phase phase, bool in_allocator)
 {
 	int n;
 
-	if (child_known(phase))
+	if (child_known(phase)) {
+		if (!in_allocator)
+			run_pending();
 		return 0;
+	}
 	/* Before the locks are released: no other thread exists here, so
 	 * neither the allocator's registry nor the hook count needs a lock
 	 * (and each lock call would cost a page fault of glibc's code). */
 	alloc_child();
 	n = nhooks;
 	unlock_all(phase);
-	/* A prepared fork stopped the thread's OpenSSL state already; after
-	 * an unprepared one, the inherited error queue is cleared. */
-	if (phase == FORK_CHILD_RAW)
-		ERR_clear_error();
-	run_hooks(n);
-	if (log_enabled(OSSL_PROC_LOG_DEBUG))
-		log_debug("child re-initialised: generation %lu",
-			  ossl_proc_generation());
+	if (in_allocator) {
+		pending_hooks = n;
+		pending_clear = phase == FORK_CHILD_RAW;
+		return 0;
+	}
+	/* Whatever an ancestor left pending was its own. */
+	if (unlikely(pending_hooks >= 0))
+		pending_hooks = -1;
+	child_finish(n, phase == FORK_CHILD_RAW);
 	return 0;
 }
 
@@ -250,7 +290,7 @@ CHILD_PATH static void
 atfork_child(void)
 {
 	if (prepare_unwound())
-		child_reinit(FORK_CHILD_PREPARED);
+		child_reinit(FORK_CHILD_PREPARED, false);
 }
 
 CHILD_PATH OSSL_PROC_EXPORT int
@@ -265,13 +305,13 @@ ossl_proc_child_reinit(void)
 	}
 	prepare_forget();
 	return child_reinit(was_prepared ? FORK_CHILD_PREPARED
-					 : FORK_CHILD_RAW);
+					 : FORK_CHILD_RAW, false);
 }
 
-/* Called when a fork went unnoticed: from the allocator (flag page) or a
- * library call (pid changed). */
+/* Called when a fork went unnoticed: from the allocator (flag page;
+ * @in_allocator) or a library call (pid changed). */
 void
-fork_unnoticed(void)
+fork_unnoticed(bool in_allocator)
 {
 	pid_t known = atomic_load(&proc_mut.pid), self = getpid();
 
@@ -287,14 +327,17 @@ fork_unnoticed(void)
 	 * called ossl_proc_child_reinit() yet: not a surprise. */
 	if (prepared_here()) {
 		prepare_forget();
-		child_reinit(FORK_CHILD_PREPARED);
+		child_reinit(FORK_CHILD_PREPARED, in_allocator);
 		return;
 	}
 	log_warn("process %ld was forked without pthread_atfork handlers "
 		 "running (raw clone or syscall(SYS_fork)); osslproc "
-		 "re-initialised it now: call ossl_proc_child_reinit() in the "
-		 "child right after such a fork", (long)getpid());
-	child_reinit(FORK_CHILD_RAW);
+		 "re-initialised %s: call ossl_proc_child_reinit() in the "
+		 "child right after such a fork", (long)getpid(),
+		 in_allocator ? "its allocator now, and clears the error queue "
+		 "and runs the ossl_proc_on_child() hooks at the next osslproc "
+		 "call" : "it now");
+	child_reinit(FORK_CHILD_RAW, in_allocator);
 }
 
 void
@@ -303,14 +346,16 @@ fork_check(void)
 	pid_t known;
 
 	if (!*fork_flag) {
-		fork_unnoticed();
+		fork_unnoticed(false);
 		return;
 	}
+	if (unlikely(pending_hooks >= 0))
+		run_pending();
 	if (wipeonfork || !proc_initialised())
 		return;
 	known = atomic_load(&proc_mut.pid);
 	if (known != getpid())
-		fork_unnoticed();
+		fork_unnoticed(false);
 }
 
 pid_t

@@ -110,9 +110,12 @@ extern volatile unsigned char *fork_flag;
 /* At first init: map the flag page, register the atfork handlers. */
 int fork_init(unsigned int flags);
 void fork_teardown(void);
-/* A fork went unnoticed: re-initialise now, with a WARNING. */
-void fork_unnoticed(void);
-/* For library calls: notice a fork by the flag page or the pid. */
+/* A fork went unnoticed: re-initialise now, with a WARNING.  From the
+ * allocator (@in_allocator), only the allocator's part: the error queue
+ * and the hooks wait for the next fork_check(). */
+void fork_unnoticed(bool in_allocator);
+/* For library calls: notice a fork by the flag page or the pid, and run
+ * what a re-initialisation in the allocator left pending. */
 void fork_check(void);
 /* This process's pid as of its last (re-)initialisation: no syscall. */
 pid_t proc_self(void);

@@ -4,6 +4,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -309,7 +310,9 @@ START_TEST(host_atfork_handlers_use_osslproc)
 END_TEST
 
 /* A fork that bypasses pthread_atfork is noticed at the next allocation,
- * with a WARNING, and the child is re-initialised once. */
+ * with a WARNING, and the child is re-initialised once: the allocator at
+ * once, the hooks (which may call OpenSSL) not inside OpenSSL's
+ * allocator but at the next osslproc call. */
 START_TEST(raw_fork_detected)
 {
 	pid_t pid;
@@ -321,11 +324,15 @@ START_TEST(raw_fork_detected)
 	pid = (pid_t)syscall(SYS_fork);
 	if (pid == 0) {
 		void *p = OPENSSL_malloc(10);
+		bool deferred;
 
 		OPENSSL_free(p);
-		_exit(ossl_proc_generation() == 1 &&
-		      tl_count(OSSL_PROC_LOG_WARNING,
-			       "call ossl_proc_child_reinit") == 1 ? 0 : 1);
+		deferred = ossl_proc_generation() == 1 && trace[0] == '\0';
+		ossl_proc_child_reinit();
+		ossl_proc_child_reinit();
+		_exit(deferred && tl_count(OSSL_PROC_LOG_WARNING,
+					   "call ossl_proc_child_reinit") == 1
+		      ? 0 : 1);
 	}
 	ck_assert_int_eq(reap(pid), 0);
 	ck_assert_str_eq(trace, "h");
