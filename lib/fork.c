@@ -203,10 +203,8 @@ run_hooks(int n)
  * later: clearing the error queue and the host's hooks call OpenSSL and
  * the host, which must not run inside OpenSSL's allocator (OpenSSL may be
  * in the middle of its error code or hold one of its locks there).  The
- * next osslproc call that checks for forks runs them.  -1: nothing.
+ * next osslproc call that checks for forks runs them (proc_mut.pending).
  */
-static int pending_hooks = -1;
-static bool pending_clear;
 
 /* The part of a child's re-initialisation that calls out. */
 CHILD_PATH static void
@@ -225,12 +223,10 @@ child_finish(int n, bool clear_errors)
 static void
 run_pending(void)
 {
-	int n = pending_hooks;
-
-	if (n < 0)
+	if (!proc_mut.pending)
 		return;
-	pending_hooks = -1;
-	child_finish(n, pending_clear);
+	proc_mut.pending = false;
+	child_finish(proc_mut.pending_hooks, proc_mut.pending_clear);
 }
 
 /*
@@ -275,13 +271,14 @@ child_reinit(enum fork_phase phase, bool in_allocator)
 	n = nhooks;
 	unlock_all(phase);
 	if (in_allocator) {
-		pending_hooks = n;
-		pending_clear = phase == FORK_CHILD_RAW;
+		proc_mut.pending = true;
+		proc_mut.pending_hooks = n;
+		proc_mut.pending_clear = phase == FORK_CHILD_RAW;
 		return 0;
 	}
 	/* Whatever an ancestor left pending was its own. */
-	if (unlikely(pending_hooks >= 0))
-		pending_hooks = -1;
+	if (unlikely(proc_mut.pending))
+		proc_mut.pending = false;
 	child_finish(n, phase == FORK_CHILD_RAW);
 	return 0;
 }
@@ -349,7 +346,7 @@ fork_check(void)
 		fork_unnoticed(false);
 		return;
 	}
-	if (unlikely(pending_hooks >= 0))
+	if (unlikely(proc_mut.pending))
 		run_pending();
 	if (wipeonfork || !proc_initialised())
 		return;

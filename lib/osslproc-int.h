@@ -81,6 +81,12 @@ struct proc_mut {
 	 * their own. */
 	_Atomic uintptr_t prep_owner;
 	int prep_depth;
+	/* fork.c: hooks a re-initialisation inside the allocator left to
+	 * run (their count), and whether the error queue is to be cleared.
+	 * Here because the prepared child's path reads them. */
+	bool pending;
+	bool pending_clear;
+	int pending_hooks;
 	/* The process-wide event counters at this process's start: each
 	 * process reports its own events (alloc-install.c). */
 	struct ossl_proc_stats base;
