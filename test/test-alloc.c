@@ -725,6 +725,23 @@ START_TEST(report_lists_leaks)
 }
 END_TEST
 
+/* With a shared allocator the window defaults to 64 KiB. */
+START_TEST(report_shared_defaults)
+{
+	struct ossl_proc_arena *a = ossl_proc_arena_new(4 << 20);
+	struct ossl_proc_config c = tl_config();
+
+	ck_assert_ptr_nonnull(a);
+	c.allocator = ossl_proc_arena_allocator(a);
+	ck_assert_int_eq(ossl_proc_init(&c), 0);
+	ck_assert_ptr_nonnull(strstr(report_text(),
+				     "backend: host allocator (shared after "
+				     "the first fork), quarantine 65536 bytes "
+				     "and cache 524288 bytes per thread"));
+	ossl_proc_teardown();
+}
+END_TEST
+
 /* ---- realloc and alignment ---- */
 
 START_TEST(realloc_semantics)
@@ -1335,6 +1352,7 @@ alloc_suite(void)
 	tc = tcase_create("blocks");
 	tcase_add_test(tc, scrub_zeroes_freed_blocks);
 	tcase_add_test(tc, report_lists_leaks);
+	tcase_add_test(tc, report_shared_defaults);
 	tcase_add_test(tc, realloc_semantics);
 	tcase_add_test(tc, alignment);
 	tcase_add_test(tc, refused_chunk_not_offered_again);
