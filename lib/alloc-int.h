@@ -48,8 +48,8 @@ struct blk {
  * When such a block leaves the quarantine it waits in a per-thread list
  * of its class for the next request instead of going back to the
  * backend: its header stays valid, in a freed state of its own
- * (ST_CACHED), so a double free of a cached block is still caught.  The lists hold at most cache_bytes
- * per thread (512 KiB by default).
+ * (ST_CACHED), so a double free of a cached block is still caught.  The
+ * lists hold at most cache_bytes per thread (512 KiB by default).
  */
 #define SMALL_CLASSES 65          /* class c < 65 holds c * 16 bytes */
 #define SMALL_MAX_TOTAL ((size_t)(SMALL_CLASSES - 1) * 16)

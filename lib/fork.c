@@ -198,14 +198,6 @@ run_hooks(int n)
 		hooks[i].fn(hooks[i].arg);
 }
 
-/*
- * What a re-initialisation noticed inside an OpenSSL allocation left for
- * later: clearing the error queue and the host's hooks call OpenSSL and
- * the host, which must not run inside OpenSSL's allocator (OpenSSL may be
- * in the middle of its error code or hold one of its locks there).  The
- * next osslproc call that checks for forks runs them (proc_mut.pending).
- */
-
 /* The part of a child's re-initialisation that calls out. */
 CHILD_PATH static void
 child_finish(int n, bool clear_errors)
@@ -220,6 +212,13 @@ child_finish(int n, bool clear_errors)
 			  ossl_proc_generation());
 }
 
+/*
+ * What a re-initialisation noticed inside an OpenSSL allocation left for
+ * later: clearing the error queue and the host's hooks call OpenSSL and
+ * the host, which must not run inside OpenSSL's allocator (OpenSSL may be
+ * in the middle of its error code or hold one of its locks there).  The
+ * next osslproc call that checks for forks runs them (proc_mut.pending).
+ */
 static void
 run_pending(void)
 {
