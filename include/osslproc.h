@@ -232,6 +232,12 @@ int ossl_proc_teardown(void);
  * again.  Calls nest: calling it by hand as well as automatically is
  * harmless.  Does nothing before init.
  *
+ * The host's own pthread_atfork() handlers registered before
+ * ossl_proc_init() run while these locks are held (prepare handlers run
+ * newest first, parent and child handlers oldest first); the thread that
+ * holds them does not take them again, so those handlers may call OpenSSL
+ * and osslproc.  They must not wait for another thread that does.
+ *
  * Thread-safety: safe; concurrent forks are serialised.
  */
 void ossl_proc_fork_prepare(void);
@@ -256,7 +262,9 @@ void ossl_proc_fork_parent(void);
  * this function.  Noticed in the allocator, only the allocator is
  * re-initialised there; the error queue and the hooks, which call OpenSSL
  * and the host, wait for this function or the next ossl_proc_ctx_get(),
- * ossl_proc_get_stats() or ossl_proc_report().
+ * ossl_proc_get_stats() or ossl_proc_report(), in whichever thread makes
+ * it (the inherited error queue is cleared only in the thread that
+ * forked).
  *
  * @return 0, also when this process was already re-initialised (it is
  *         idempotent per process); -EINVAL before ossl_proc_init().

@@ -255,13 +255,21 @@ link_of(void *user)
 #define LINK_MAX UINTPTR_MAX
 #endif
 
+/* aarch64 ignores a pointer's top byte, which MTE and tagging
+ * allocators use: a tagged link is a valid one. */
+#if defined(__aarch64__)
+#define LINK_TAG_MASK (((uintptr_t)1 << 56) - 1)
+#else
+#define LINK_TAG_MASK UINTPTR_MAX
+#endif
+
 static inline bool
 link_ok(void *next)
 {
 	uintptr_t v = (uintptr_t)next;
 
 	return !(v & ALIGN_MASK) && (v & PAGE_MASK) &&
-	       v - LINK_MIN < LINK_MAX - LINK_MIN;
+	       (v & LINK_TAG_MASK) - LINK_MIN < LINK_MAX - LINK_MIN;
 }
 
 /* A list head that holds nothing (NULL: a state never set up). */

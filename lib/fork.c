@@ -222,10 +222,12 @@ child_finish(int n, bool clear_errors)
 static void
 run_pending(void)
 {
-	if (!proc_mut.pending)
+	if (!atomic_exchange(&proc_mut.pending, false))
 		return;
-	proc_mut.pending = false;
-	child_finish(proc_mut.pending_hooks, proc_mut.pending_clear);
+	/* The inherited queue is the forking thread's: clear it only from
+	 * that thread (another's queue is its own). */
+	child_finish(proc_mut.pending_hooks,
+		     proc_mut.pending_clear == (uintptr_t)&thread_anchor);
 }
 
 /*
@@ -270,14 +272,16 @@ child_reinit(enum fork_phase phase, bool in_allocator)
 	n = nhooks;
 	unlock_all(phase);
 	if (in_allocator) {
-		proc_mut.pending = true;
 		proc_mut.pending_hooks = n;
-		proc_mut.pending_clear = phase == FORK_CHILD_RAW;
+		proc_mut.pending_clear = phase == FORK_CHILD_RAW ?
+			(uintptr_t)&thread_anchor : 0;
+		atomic_store(&proc_mut.pending, true);
 		return 0;
 	}
 	/* Whatever an ancestor left pending was its own. */
-	if (unlikely(proc_mut.pending))
-		proc_mut.pending = false;
+	if (unlikely(atomic_load_explicit(&proc_mut.pending,
+					  memory_order_relaxed)))
+		atomic_store(&proc_mut.pending, false);
 	child_finish(n, phase == FORK_CHILD_RAW);
 	return 0;
 }
@@ -287,6 +291,11 @@ atfork_child(void)
 {
 	if (prepare_unwound())
 		child_reinit(FORK_CHILD_PREPARED, false);
+	else
+		/* A host's atfork child handler, registered before ours, ran
+		 * first and allocated: the allocator re-initialised the child
+		 * and left the rest to here. */
+		run_pending();
 }
 
 CHILD_PATH OSSL_PROC_EXPORT int
@@ -339,19 +348,16 @@ fork_unnoticed(bool in_allocator)
 void
 fork_check(void)
 {
-	pid_t known;
-
-	if (!*fork_flag) {
+	if (!*fork_flag)
 		fork_unnoticed(false);
-		return;
-	}
-	if (unlikely(proc_mut.pending))
+	else if (!wipeonfork && proc_initialised() &&
+		 atomic_load(&proc_mut.pid) != getpid())
+		fork_unnoticed(false);
+	/* Also after a re-initialisation the allocator did: its flag may
+	 * not be re-armed yet. */
+	if (unlikely(atomic_load_explicit(&proc_mut.pending,
+					  memory_order_relaxed)))
 		run_pending();
-	if (wipeonfork || !proc_initialised())
-		return;
-	known = atomic_load(&proc_mut.pid);
-	if (known != getpid())
-		fork_unnoticed(false);
 }
 
 pid_t

@@ -81,12 +81,13 @@ struct proc_mut {
 	 * their own. */
 	_Atomic uintptr_t prep_owner;
 	int prep_depth;
-	/* fork.c: hooks a re-initialisation inside the allocator left to
-	 * run (their count), and whether the error queue is to be cleared.
-	 * Here because the prepared child's path reads them. */
-	bool pending;
-	bool pending_clear;
+	/* fork.c: what a re-initialisation inside the allocator left to
+	 * do: run the first pending_hooks hooks, and clear the error queue
+	 * of the thread that forked (pending_clear, that thread's anchor;
+	 * 0: none).  Here because the prepared child's path reads them. */
+	_Atomic bool pending;
 	int pending_hooks;
+	uintptr_t pending_clear;
 	/* The process-wide event counters at this process's start: each
 	 * process reports its own events (alloc-install.c). */
 	struct ossl_proc_stats base;
