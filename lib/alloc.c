@@ -517,21 +517,31 @@ site_first_time(const char *file, int line, enum bad_kind kind)
 	return true;
 }
 
-/* ", allocated at f:l, first freed at f:l" while the block's site record
- * is still ours (quarantined or cached), else "". */
+/* What the header @h (NULL: none valid) tells of the block: "; allocated
+ * at f:l, first freed at f:l" while its site record is still ours
+ * (quarantined or cached), then the fork generation that allocated it
+ * (a double free across a fork is a freed inheritance). */
 static const char *
 sites_text(char *buf, size_t len, struct blk *h, uint32_t word)
 {
 	struct blk_site *s;
+	int n = 0;
 
 	buf[0] = '\0';
-	if (!h || !(word & W_SITES) || (word & ST_MASK) == ST_LIVE ||
-	    (word & ST_MASK) == ST_RELEASED)
+	if (!h)
 		return buf;
-	s = site_of(h);
-	snprintf(buf, len, "; allocated at %s:%d, first freed at %s:%d",
-		 s->alloc_file ? s->alloc_file : "?", s->alloc_line,
-		 s->free_file ? s->free_file : "?", s->free_line);
+	if ((word & W_SITES) && ((word & ST_MASK) == ST_QUAR ||
+				 (word & ST_MASK) == ST_CACHED)) {
+		s = site_of(h);
+		n = snprintf(buf, len, "; allocated at %s:%d, first freed at "
+			     "%s:%d", s->alloc_file ? s->alloc_file : "?",
+			     s->alloc_line, s->free_file ? s->free_file : "?",
+			     s->free_line);
+		if (n < 0 || (size_t)n >= len)
+			return buf;
+	}
+	snprintf(buf + n, len - (size_t)n, "; allocated in fork generation %u",
+		 (unsigned)(h->size_gen >> BLK_GEN_SHIFT));
 	return buf;
 }
 

@@ -318,6 +318,35 @@ START_TEST(host_atfork_handlers_use_osslproc)
 }
 END_TEST
 
+/* A double free names the fork generation that allocated the block: in
+ * a worker, an inherited block freed twice says 0, its own block 1. */
+START_TEST(double_free_names_generation)
+{
+	void *inherited;
+	pid_t pid;
+
+	init_flags(0);
+	inherited = OPENSSL_malloc(64);
+	pid = fork();
+	if (pid == 0) {
+		void *own = OPENSSL_malloc(64);
+
+		tl_expect(OSSL_PROC_LOG_WARNING, "double free");
+		OPENSSL_free(inherited);
+		CRYPTO_free(inherited, "worker.c", 1);
+		OPENSSL_free(own);
+		CRYPTO_free(own, "worker.c", 2);
+		_exit(tl_count(OSSL_PROC_LOG_WARNING, "worker.c:1; allocated "
+			       "in fork generation 0") == 1 &&
+		      tl_count(OSSL_PROC_LOG_WARNING, "worker.c:2; allocated "
+			       "in fork generation 1") == 1 ? 0 : 1);
+	}
+	ck_assert_int_eq(reap(pid), 0);
+	OPENSSL_free(inherited);
+	ossl_proc_teardown();
+}
+END_TEST
+
 /* A fork that bypasses pthread_atfork is noticed at the next allocation,
  * with a WARNING, and the child is re-initialised once: the allocator at
  * once, the hooks (which may call OpenSSL) not inside OpenSSL's
@@ -919,6 +948,7 @@ main(void)
 	tcase_add_test(tc, generation_counts_lineage);
 	tcase_add_test(tc, hooks_run_in_order_once);
 	tcase_add_test(tc, raw_fork_detected);
+	tcase_add_test(tc, double_free_names_generation);
 	tcase_add_test(tc, host_atfork_handlers_use_osslproc);
 	tcase_add_test(tc, raw_fork_child_counts_first_frees);
 	tcase_add_test(tc, manual_fork_handlers);
