@@ -35,6 +35,7 @@ struct blk {
 	_Atomic uint32_t word;  /* state, backend, flags, owner pid */
 	uint32_t magic;
 };
+_Static_assert(sizeof(struct blk) == 16, "the header is 16 bytes");
 
 #define BLK_SIZE_BITS 40
 #define BLK_SIZE_MAX ((1ull << 40) - 1)
