@@ -210,8 +210,8 @@ __attribute__((noipa, no_sanitize_address)) static bool
 blk_peek(void *user, uint32_t *word)
 {
 	struct blk *h = hdr_of(user);
-	uint64_t size_gen = *(volatile uint64_t *)&h->size_gen;
-	uint32_t magic = *(volatile uint32_t *)&h->magic;
+	uint64_t size_gen = __atomic_load_n(&h->size_gen, __ATOMIC_RELAXED);
+	uint32_t magic = __atomic_load_n(&h->magic, __ATOMIC_RELAXED);
 
 	*word = atomic_load_explicit(&h->word, memory_order_acquire);
 	return magic == blk_magic(user, size_gen, *word);
@@ -393,17 +393,24 @@ backend_block(struct tstate *t, enum backend bk, size_t total, uint32_t *word,
 	return base + prefix_len(*word);
 }
 
-/* Write a live header for @n bytes of class @c at @user. */
+/*
+ * Write a live header for @n bytes of class @c at @user.  Relaxed atomic
+ * stores (plain moves on x86 and arm64): a stale free in another thread
+ * may read the header meanwhile; it then fails validation, without a
+ * data race.
+ */
 static inline struct blk *
 blk_stamp(void *user, size_t n, unsigned c, uint32_t word)
 {
 	struct blk *h = hdr_of(user);
+	uint64_t size_gen = (uint64_t)n | (uint64_t)c << BLK_CLASS_SHIFT |
+		atomic_load_explicit(&proc_mut.generation,
+				     memory_order_relaxed) << BLK_GEN_SHIFT;
 
-	h->size_gen = (uint64_t)n | (uint64_t)c << BLK_CLASS_SHIFT |
-		      atomic_load_explicit(&proc_mut.generation,
-					   memory_order_relaxed) << BLK_GEN_SHIFT;
+	__atomic_store_n(&h->size_gen, size_gen, __ATOMIC_RELAXED);
 	atomic_store_explicit(&h->word, word, memory_order_relaxed);
-	h->magic = blk_magic(user, h->size_gen, word);
+	__atomic_store_n(&h->magic, blk_magic(user, size_gen, word),
+			 __ATOMIC_RELAXED);
 	return h;
 }
 
@@ -926,7 +933,9 @@ blk_fast_live(void *p, uint32_t *word)
 
 	*word = atomic_load_explicit(&h->word, memory_order_acquire);
 	return *word == aconf.free_word &&
-	       h->magic == blk_magic(p, h->size_gen, *word);
+	       __atomic_load_n(&h->magic, __ATOMIC_RELAXED) ==
+	       blk_magic(p, __atomic_load_n(&h->size_gen, __ATOMIC_RELAXED),
+			 *word);
 #endif
 }
 
