@@ -340,12 +340,10 @@ cache_pop(struct tstate *t, unsigned c, void *user, uint32_t cached)
 {
 	struct blk *h = hdr_of(user);
 	void *next = link_of(user);
-	uint64_t size_gen = h->size_gen;
 
 	if (unlikely(atomic_load_explicit(&h->word, memory_order_relaxed) !=
-		     cached ||
-		     (unsigned)(size_gen >> BLK_CLASS_SHIFT & 0xff) != c ||
-		     h->magic != blk_magic(user, size_gen, cached) ||
+		     cached || blk_class(h) != c ||
+		     h->magic != blk_magic(user, h->size_gen, cached) ||
 		     !link_ok(next)))
 		return false;
 	t->cache[c] = next;

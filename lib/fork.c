@@ -278,10 +278,9 @@ child_reinit(enum fork_phase phase, bool in_allocator)
 		atomic_store(&proc_mut.pending, true);
 		return 0;
 	}
-	/* Whatever an ancestor left pending was its own. */
-	if (unlikely(atomic_load_explicit(&proc_mut.pending,
-					  memory_order_relaxed)))
-		atomic_store(&proc_mut.pending, false);
+	/* Whatever an ancestor left pending was its own (proc_mut's page
+	 * is written here anyway). */
+	atomic_store_explicit(&proc_mut.pending, false, memory_order_relaxed);
 	child_finish(n, phase == FORK_CHILD_RAW);
 	return 0;
 }

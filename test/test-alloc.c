@@ -90,17 +90,25 @@ static const struct ossl_proc_allocator counting = {
 };
 
 static void
-init_with(const struct ossl_proc_allocator *a, size_t quarantine,
-	  enum ossl_proc_bad_free policy, unsigned flags)
+init_cache(const struct ossl_proc_allocator *a, size_t quarantine,
+	   size_t cache, enum ossl_proc_bad_free policy, unsigned flags)
 {
 	struct ossl_proc_config c = tl_config();
 
 	c.allocator = a;
 	c.quarantine_bytes = quarantine;
+	c.cache_bytes = cache;
 	c.on_bad_free = policy;
 	c.flags = flags;
 	ck_assert_int_eq(ossl_proc_init(&c), 0);
 	ck_assert_int_eq(stats().allocator, OSSL_PROC_ALLOC_TRACKED);
+}
+
+static void
+init_with(const struct ossl_proc_allocator *a, size_t quarantine,
+	  enum ossl_proc_bad_free policy, unsigned flags)
+{
+	init_cache(a, quarantine, 0, policy, flags);
 }
 
 /* ---- real OpenSSL work ---- */
@@ -262,14 +270,7 @@ static void
 init_uncached(size_t quarantine, enum ossl_proc_bad_free policy,
 	      unsigned flags)
 {
-	struct ossl_proc_config c = tl_config();
-
-	c.allocator = &counting;
-	c.quarantine_bytes = quarantine;
-	c.cache_bytes = 1;
-	c.on_bad_free = policy;
-	c.flags = flags;
-	ck_assert_int_eq(ossl_proc_init(&c), 0);
+	init_cache(&counting, quarantine, 1, policy, flags);
 }
 
 /* The window in bytes: a block stays quarantined while it and the blocks
@@ -445,14 +446,10 @@ END_TEST
 static void
 cache_budget_case(size_t budget, uint64_t least, int backend_frees)
 {
-	struct ossl_proc_config c = tl_config();
 	char *p[64];
 	int frees0;
 
-	c.allocator = &counting;
-	c.quarantine_bytes = 64;
-	c.cache_bytes = budget;
-	ck_assert_int_eq(ossl_proc_init(&c), 0);
+	init_cache(&counting, 64, budget, OSSL_PROC_BAD_FREE_LOG, 0);
 	for (int i = 0; i < 64; i++)
 		ck_assert_ptr_nonnull(p[i] = OPENSSL_malloc(100));
 	frees0 = atomic_load(&bk.frees);
