@@ -71,7 +71,7 @@ proc_unlock(pthread_mutex_t *m)
 		pthread_mutex_unlock(m);
 }
 
-static bool warned_threads, warned_shared;
+static atomic_bool warned_threads, warned_shared;
 
 /* One byte the allocator reads: 1 in a process that knows its pid, 0 in
  * a child of a fork we did not see.  Without MADV_WIPEONFORK it stays at
@@ -139,18 +139,14 @@ warn_hazards(void)
 {
 	unsigned others = alloc_other_threads();
 
-	if (others && !warned_threads) {
-		warned_threads = true;
+	if (others && log_once(&warned_threads))
 		log_warn("fork with %u other thread(s) that used OpenSSL: if "
 			 "one holds an OpenSSL lock at that moment the child "
 			 "hangs; fork from a single-threaded parent", others);
-	}
-	if (alloc_shared_worker() && !warned_shared) {
-		warned_shared = true;
+	if (alloc_shared_worker() && log_once(&warned_shared))
 		log_warn("a worker of the shared backend forks again: its live "
 			 "shared blocks are now visible to its child, which "
 			 "must not free them; fork workers from the parent");
-	}
 }
 
 OSSL_PROC_EXPORT void

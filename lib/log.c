@@ -106,3 +106,25 @@ log_msg(enum ossl_proc_log_level level, const char *fmt, ...)
 	log_vmsg(level, fmt, ap);
 	va_end(ap);
 }
+
+/* Keys already logged, open addressing with a short probe sequence: a
+ * key that finds no free slot among its 8 is logged every time. */
+static _Atomic uintptr_t logged_keys[256];
+
+bool
+log_once_key(uintptr_t key)
+{
+	size_t i;
+
+	key |= 1; /* 0 marks a free slot */
+	i = (key * 0x9e3779b97f4a7c15ull) >> 56;
+	for (size_t probe = 0; probe < 8; probe++, i = (i + 1) & 255) {
+		uintptr_t cur = 0;
+
+		if (atomic_compare_exchange_strong(&logged_keys[i], &cur, key))
+			return true;
+		if (cur == key)
+			return false;
+	}
+	return true;
+}

@@ -9,9 +9,9 @@
 #include <stdbool.h>
 
 #include "osslproc.h"
+#include "log.h"
 
 #define OSSL_PROC_EXPORT __attribute__((visibility("default")))
-#define OSSL_PROC_PRINTF(f, a) __attribute__((format(printf, f, a)))
 #define likely(x) __builtin_expect(!!(x), 1)
 #define unlikely(x) __builtin_expect(!!(x), 0)
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
@@ -19,26 +19,6 @@
 /* The contract's first struct ossl_proc_stats ended at .generation. */
 #define STATS_V0_SIZE (offsetof(struct ossl_proc_stats, generation) + \
 		       sizeof(uint64_t))
-
-/* ---- log.c ---- */
-
-/* Set the sink; fn NULL means stderr.  Safe to call at any time. */
-void log_configure(ossl_proc_log_fn fn, void *arg,
-		   enum ossl_proc_log_level level);
-/* True when a message at this level would be delivered. */
-bool log_enabled(enum ossl_proc_log_level level);
-/* Formats into a stack buffer; never allocates, safe inside the allocator. */
-void log_msg(enum ossl_proc_log_level level, const char *fmt, ...)
-	OSSL_PROC_PRINTF(2, 3);
-void log_vmsg(enum ossl_proc_log_level level, const char *fmt, va_list ap);
-
-#define log_error(...) log_msg(OSSL_PROC_LOG_ERROR, __VA_ARGS__)
-#define log_warn(...) log_msg(OSSL_PROC_LOG_WARNING, __VA_ARGS__)
-#define log_info(...) log_msg(OSSL_PROC_LOG_INFO, __VA_ARGS__)
-#define log_debug(...) log_msg(OSSL_PROC_LOG_DEBUG, __VA_ARGS__)
-/* Caller misuse: logged as a client bug. */
-#define log_bug_client(...) \
-	log_msg(OSSL_PROC_LOG_ERROR, "client bug: " __VA_ARGS__)
 
 /* ---- init.c ---- */
 

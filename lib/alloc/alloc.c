@@ -501,25 +501,12 @@ static const char *const bad_names[] = {
 	[BAD_INHERITED] = "free of a shared block owned by another process",
 };
 
-/* Remember up to 256 sites so each is logged once. */
-static _Atomic uintptr_t logged_sites[256];
-
+/* A bad free of @kind at file:line is logged the first time only. */
 static bool
 site_first_time(const char *file, int line, enum bad_kind kind)
 {
-	uintptr_t key = ((uintptr_t)file ^ ((uintptr_t)line << 3) ^
-			 (uintptr_t)kind) | 1;
-	size_t i = (key * 0x9e3779b97f4a7c15ull) >> 56;
-
-	for (size_t probe = 0; probe < 8; probe++, i = (i + 1) & 255) {
-		uintptr_t cur = 0;
-
-		if (atomic_compare_exchange_strong(&logged_sites[i], &cur, key))
-			return true;
-		if (cur == key)
-			return false;
-	}
-	return true;
+	return log_once_key((uintptr_t)file ^ ((uintptr_t)line << 3) ^
+			    (uintptr_t)kind);
 }
 
 /* What the header @h (NULL: none valid) tells of the block: "; allocated

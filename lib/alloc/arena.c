@@ -132,7 +132,7 @@ struct ossl_proc_arena {
 	 * arena, not once per process. */
 	uint64_t full_rearm_below; /* used_bytes under which "full" is
 				      logged again */
-	uint32_t full_logged, too_large_logged, corrupt_logged, bad_logged;
+	atomic_bool full_logged, too_large_logged, corrupt_logged, bad_logged;
 };
 
 /*
@@ -339,7 +339,7 @@ log_lock_outcome(struct ossl_proc_arena *a, int rc, bool died,
 			 "consistent and usable, at most one block per such "
 			 "death is leaked and the counters may miss that "
 			 "operation", (void *)a, (unsigned long long)deaths);
-	if (rc && !atomic_exchange(&notrecoverable_logged, true))
+	if (rc && log_once(&notrecoverable_logged))
 		log_error("shared arena %p: cannot take its lock (%s): "
 			  "allocations fail and frees are skipped (memory "
 			  "leaks) from now on", (void *)a, strerror(rc));
@@ -419,20 +419,15 @@ arena_malloc(size_t size, void *arg)
 	} else {
 		a->st.failed++;
 		if (c >= NCLASSES || GRAIN + rounded > a->st.capacity) {
-			ev.too_large = !a->too_large_logged;
-			a->too_large_logged = 1;
-		} else if (!a->full_logged) {
+			ev.too_large = log_once(&a->too_large_logged);
+		} else if (log_once(&a->full_logged)) {
 			ev.full = true;
-			a->full_logged = 1;
 			a->full_rearm_below = a->st.used_bytes -
 					      a->st.used_bytes / 4;
 		}
 	}
-	if (ev.corrupt) {
-		if (a->corrupt_logged)
-			ev.corrupt = 0;
-		a->corrupt_logged = 1;
-	}
+	if (ev.corrupt && !log_once(&a->corrupt_logged))
+		ev.corrupt = 0;
 	ev.used = a->st.used_bytes;
 	ev.capacity = a->st.capacity;
 	ev.failed = a->st.failed;
@@ -455,7 +450,7 @@ release_block(struct ossl_proc_arena *a, uint64_t off, struct arena_hdr *h)
 	a->live_blocks--;
 	a->st.used_bytes -= class_size(h->klass);
 	if (a->st.used_bytes < a->full_rearm_below)
-		a->full_logged = 0;
+		atomic_store(&a->full_logged, false);
 }
 
 static void
@@ -488,8 +483,7 @@ arena_free(void *ptr, void *arg)
 		release_block(a, p - base - GRAIN, h);
 	} else {
 		a->st.bad_frees++;
-		log_bad = !a->bad_logged;
-		a->bad_logged = 1;
+		log_bad = log_once(&a->bad_logged);
 	}
 	pthread_mutex_unlock(&a->lock);
 	log_lock_outcome(a, 0, died, deaths);
