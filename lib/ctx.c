@@ -73,7 +73,7 @@ ossl_proc_ctx_get(struct ossl_proc_ctx *pc)
 		log_bug_client("ossl_proc_ctx_get: pc is NULL");
 		return NULL;
 	}
-	fork_check();
+	proc_check_fork();
 	self = proc_self();
 	ctx = atomic_load(&pc->ctx);
 	if (ctx && atomic_load(&pc->pid) == self)

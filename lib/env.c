@@ -19,6 +19,7 @@
 #include <openssl/x509.h>
 
 #include "osslproc-int.h"
+#include "env.h"
 
 static const char *const snapshot_names[ENV_COUNT] = {
 	[ENV_SSL_CERT_FILE] = "SSL_CERT_FILE",
@@ -114,7 +115,7 @@ pick(const struct candidate *c, size_t n, bool want_dir, char **out)
 }
 
 static int
-resolve_ca(const struct proc_config *cfg)
+resolve_ca(const struct init_config *cfg)
 {
 	struct candidate files[3 + ARRAY_SIZE(known_files)] = {
 		{ cfg->ca_file, "the configuration" },
@@ -145,7 +146,7 @@ resolve_ca(const struct proc_config *cfg)
 }
 
 int
-env_init(const struct proc_config *cfg)
+env_init(const struct init_config *cfg)
 {
 	/*
 	 * OpenSSL's certificate time checks call gmtime_r(), and glibc reads

@@ -3,21 +3,15 @@
  * child inherits the forking thread's thread-locals (error queue, DRBGs),
  * and forking while another thread holds an OpenSSL lock can leave the
  * child hanging.  The handlers here stop the forking thread's OpenSSL
- * state before the fork, hold osslproc's own locks across it, and in the
- * child start a new generation: new pid, the allocator state of threads
- * that do not exist in the child cleaned up, the host's hooks run.
- *
- * Forks that bypass pthread_atfork (syscall(SYS_fork), clone, _Fork) are
- * noticed through a page mapped MADV_WIPEONFORK: the kernel hands the
- * child a zeroed copy, and the allocator checks one byte of it.
+ * state before the fork and hold osslproc's own locks across it; in the
+ * child, proc.c starts a new generation and runs the child handlers: the
+ * allocator's, and this file's, which runs the host's hooks.
  */
-#include <string.h>
-#include <sys/mman.h>
-#include <unistd.h>
-
 #include <openssl/err.h>
 
 #include "osslproc-int.h"
+#include "alloc/alloc.h"
+#include "fork.h"
 
 #define MAX_HOOKS 32
 
@@ -26,113 +20,11 @@ struct hook {
 	void *arg;
 };
 
-struct proc_mut proc_mut = {
-	.hooks_lock = PTHREAD_MUTEX_INITIALIZER,
-	.reg_lock = PTHREAD_MUTEX_INITIALIZER,
-	.site_lock = PTHREAD_MUTEX_INITIALIZER,
-};
 static struct hook hooks[MAX_HOOKS];
 static int nhooks;
 
 static atomic_bool atfork_registered;
-/* A thread's identity without a call or a write: the address of its own
- * copy of this byte (the same in a child, for the thread that forked). */
-static __thread char thread_anchor __attribute__((tls_model("initial-exec")));
-
-/* This thread holds osslproc's locks for a fork (proc_mut.prep_owner):
- * a host that also calls the handlers by hand nests them instead of
- * locking twice. */
-CHILD_PATH static bool
-prepared_here(void)
-{
-	return atomic_load_explicit(&proc_mut.prep_owner,
-				    memory_order_relaxed) ==
-	       (uintptr_t)&thread_anchor;
-}
-
-CHILD_PATH static void
-prepare_forget(void)
-{
-	proc_mut.prep_depth = 0;
-	atomic_store_explicit(&proc_mut.prep_owner, 0, memory_order_relaxed);
-}
-
-void
-proc_lock(pthread_mutex_t *m)
-{
-	if (!prepared_here())
-		pthread_mutex_lock(m);
-}
-
-void
-proc_unlock(pthread_mutex_t *m)
-{
-	if (!prepared_here())
-		pthread_mutex_unlock(m);
-}
-
 static atomic_bool warned_threads, warned_shared;
-
-/* One byte the allocator reads: 1 in a process that knows its pid, 0 in
- * a child of a fork we did not see.  Without MADV_WIPEONFORK it stays at
- * the static 1 and library calls compare pids instead. */
-static unsigned char flag_static = 1;
-volatile unsigned char *fork_flag = &flag_static;
-static bool wipeonfork;
-
-static void
-map_fork_flag(void)
-{
-	long page = sysconf(_SC_PAGESIZE);
-	unsigned char *p;
-
-	if (wipeonfork)
-		return;
-	p = mmap(NULL, (size_t)page, PROT_READ | PROT_WRITE,
-		 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (p == MAP_FAILED)
-		return;
-#ifdef MADV_WIPEONFORK
-	if (madvise(p, (size_t)page, MADV_WIPEONFORK) == 0) {
-		*p = 1;
-		fork_flag = p;
-		wipeonfork = true;
-		return;
-	}
-#endif
-	munmap(p, (size_t)page);
-	log_info("the kernel lacks MADV_WIPEONFORK: forks that bypass "
-		 "pthread_atfork are noticed at the next osslproc call, not "
-		 "at the next allocation");
-}
-
-/* osslproc's locks, in the order prepare takes them. */
-static pthread_mutex_t *const fork_locks[] = {
-	&proc_mut.hooks_lock, &proc_mut.reg_lock, &proc_mut.site_lock,
-};
-
-static void
-lock_all(void)
-{
-	for (size_t i = 0; i < ARRAY_SIZE(fork_locks); i++)
-		pthread_mutex_lock(fork_locks[i]);
-}
-
-/* After the fork: release what prepare took, or, when no prepare ran,
- * re-create the locks (their owner may not exist in this child). */
-CHILD_PATH static void
-unlock_all(enum fork_phase phase)
-{
-	for (size_t i = ARRAY_SIZE(fork_locks); i-- > 0;) {
-		if (phase == FORK_CHILD_RAW)
-			pthread_mutex_init(fork_locks[i], NULL);
-		else
-			pthread_mutex_unlock(fork_locks[i]);
-	}
-	/* A thread that held them for a fork does not exist here. */
-	if (phase == FORK_CHILD_RAW)
-		prepare_forget();
-}
 
 static void
 warn_hazards(void)
@@ -152,234 +44,68 @@ warn_hazards(void)
 OSSL_PROC_EXPORT void
 ossl_proc_fork_prepare(void)
 {
-	if (!proc_initialised())
+	if (!proc_initialised() || proc_prepare_nested())
 		return;
-	if (prepared_here()) {
-		proc_mut.prep_depth++;
-		return;
-	}
 	warn_hazards();
 	/* Nothing of this thread's OpenSSL state is inherited. */
 	OPENSSL_thread_stop();
-	lock_all();
-	proc_mut.prep_depth = 1;
-	atomic_store_explicit(&proc_mut.prep_owner, (uintptr_t)&thread_anchor,
-			      memory_order_relaxed);
-}
-
-/* True when the outermost prepare call is being matched. */
-CHILD_PATH static bool
-prepare_unwound(void)
-{
-	if (!prepared_here() || --proc_mut.prep_depth > 0)
-		return false;
-	prepare_forget();
-	return true;
+	proc_prepare();
 }
 
 OSSL_PROC_EXPORT void
 ossl_proc_fork_parent(void)
 {
-	if (prepare_unwound())
-		unlock_all(FORK_PARENT);
+	proc_parent();
 }
 
-/* The first @n hooks, in registration order.  Entries below nhooks never
- * change once registered, so they are called without the lock: a hook may
- * register another. */
-CHILD_PATH static void
-run_hooks(int n)
+/* In the child, under the locks: how many hooks to run.  Entries below
+ * nhooks never change once registered, so they are called without the
+ * lock: a hook may register another. */
+CHILD_PATH static uintptr_t
+child_locked(void)
 {
-	for (int i = 0; i < n; i++)
+	return (uintptr_t)nhooks;
+}
+
+/* A prepared fork stopped the thread's OpenSSL state already; after an
+ * unprepared one, the inherited error queue is cleared.  Then the first
+ * @n hooks, in registration order. */
+CHILD_PATH static void
+child_callout(uintptr_t n, bool raw_here)
+{
+	if (raw_here)
+		ERR_clear_error();
+	for (uintptr_t i = 0; i < n; i++)
 		hooks[i].fn(hooks[i].arg);
 }
 
-/* The part of a child's re-initialisation that calls out. */
-CHILD_PATH static void
-child_finish(int n, bool clear_errors)
-{
-	/* A prepared fork stopped the thread's OpenSSL state already; after
-	 * an unprepared one, the inherited error queue is cleared. */
-	if (clear_errors)
-		ERR_clear_error();
-	run_hooks(n);
-	if (log_enabled(OSSL_PROC_LOG_DEBUG))
-		log_debug("child re-initialised: generation %lu",
-			  ossl_proc_generation());
-}
-
-/*
- * What a re-initialisation noticed inside an OpenSSL allocation left for
- * later: clearing the error queue and the host's hooks call OpenSSL and
- * the host, which must not run inside OpenSSL's allocator (OpenSSL may be
- * in the middle of its error code or hold one of its locks there).  The
- * next osslproc call that checks for forks runs them (proc_mut.pending).
- */
-static void
-run_pending(void)
-{
-	if (!atomic_exchange(&proc_mut.pending, false))
-		return;
-	/* The inherited queue is the forking thread's: clear it only from
-	 * that thread (another's queue is its own). */
-	child_finish(proc_mut.pending_hooks,
-		     proc_mut.pending_clear == (uintptr_t)&thread_anchor);
-}
-
-/*
- * Whether this process was re-initialised already, and its pid from now
- * on.  After a prepared fork this is a new child for sure, and its pid is
- * left to be read when first needed (proc_self): right after fork the
- * first system call is by far the dearest thing a child does.  A process
- * whose pid is still unread counts as set up, which misses only a fork
- * that bypasses pthread_atfork before that process's first allocation.
- */
-CHILD_PATH static bool
-child_known(enum fork_phase phase)
-{
-	pid_t known = atomic_load(&proc_mut.pid), self;
-
-	if (phase != FORK_CHILD_RAW) {
-		atomic_store(&proc_mut.pid, 0);
-		return false;
-	}
-	self = getpid();
-	atomic_store(&proc_mut.pid, self);
-	return known == self || known == 0;
-}
-
-/* The child's work; @phase says whether our prepare handler held the
- * locks, @in_allocator that OpenSSL's allocator is the caller (what calls
- * out is then left pending).  Idempotent per process. */
-CHILD_PATH static int
-child_reinit(enum fork_phase phase, bool in_allocator)
-{
-	int n;
-
-	if (child_known(phase)) {
-		if (!in_allocator)
-			run_pending();
-		return 0;
-	}
-	/* Before the locks are released: no other thread exists here, so
-	 * neither the allocator's registry nor the hook count needs a lock
-	 * (and each lock call would cost a page fault of glibc's code). */
-	alloc_child();
-	n = nhooks;
-	unlock_all(phase);
-	if (in_allocator) {
-		proc_mut.pending_hooks = n;
-		proc_mut.pending_clear = phase == FORK_CHILD_RAW ?
-			(uintptr_t)&thread_anchor : 0;
-		atomic_store(&proc_mut.pending, true);
-		return 0;
-	}
-	/* Whatever an ancestor left pending was its own (proc_mut's page
-	 * is written here anyway). */
-	atomic_store_explicit(&proc_mut.pending, false, memory_order_relaxed);
-	child_finish(n, phase == FORK_CHILD_RAW);
-	return 0;
-}
-
-CHILD_PATH static void
-atfork_child(void)
-{
-	if (prepare_unwound())
-		child_reinit(FORK_CHILD_PREPARED, false);
-	else
-		/* A host's atfork child handler, registered before ours, ran
-		 * first and allocated: the allocator re-initialised the child
-		 * and left the rest to here. */
-		run_pending();
-}
+static const struct proc_child_handler child_handler = {
+	.locked = child_locked,
+	.callout = child_callout,
+};
 
 CHILD_PATH OSSL_PROC_EXPORT int
 ossl_proc_child_reinit(void)
 {
-	bool was_prepared = prepared_here();
-
 	if (!proc_initialised()) {
 		log_bug_client("ossl_proc_child_reinit: call ossl_proc_init() "
 			       "first");
 		return -EINVAL;
 	}
-	prepare_forget();
-	return child_reinit(was_prepared ? FORK_CHILD_PREPARED
-					 : FORK_CHILD_RAW, false);
-}
-
-/* Called when a fork went unnoticed: from the allocator (flag page;
- * @in_allocator) or a library call (pid changed). */
-void
-fork_unnoticed(bool in_allocator)
-{
-	pid_t known = atomic_load(&proc_mut.pid), self = getpid();
-
-	if (known == self || known == 0) {
-		/* Re-initialised already; re-arm the flag page here rather
-		 * than in the child handler: writing it costs a page fault,
-		 * and the first allocation of a child faults anyway. */
-		atomic_store(&proc_mut.pid, self);
-		*fork_flag = 1;
-		return;
-	}
-	/* A host that prepared by hand (OSSL_PROC_F_NO_ATFORK) and has not
-	 * called ossl_proc_child_reinit() yet: not a surprise. */
-	if (prepared_here()) {
-		prepare_forget();
-		child_reinit(FORK_CHILD_PREPARED, in_allocator);
-		return;
-	}
-	log_warn("process %ld was forked without pthread_atfork handlers "
-		 "running (raw clone or syscall(SYS_fork)); osslproc "
-		 "re-initialised %s: call ossl_proc_child_reinit() in the "
-		 "child right after such a fork", (long)getpid(),
-		 in_allocator ? "its allocator now, and clears the error queue "
-		 "and runs the ossl_proc_on_child() hooks at the next osslproc "
-		 "call" : "it now");
-	child_reinit(FORK_CHILD_RAW, in_allocator);
-}
-
-void
-fork_check(void)
-{
-	if (!*fork_flag)
-		fork_unnoticed(false);
-	else if (!wipeonfork && proc_initialised() &&
-		 atomic_load(&proc_mut.pid) != getpid())
-		fork_unnoticed(false);
-	/* Also after a re-initialisation the allocator did: its flag may
-	 * not be re-armed yet. */
-	if (unlikely(atomic_load_explicit(&proc_mut.pending,
-					  memory_order_relaxed)))
-		run_pending();
-}
-
-pid_t
-proc_self(void)
-{
-	pid_t pid = atomic_load_explicit(&proc_mut.pid, memory_order_relaxed);
-
-	if (unlikely(!pid)) {
-		/* Unread since a prepared fork (child_known). */
-		pid = getpid();
-		atomic_store_explicit(&proc_mut.pid, pid,
-				      memory_order_relaxed);
-	}
-	return pid;
+	return proc_child_reinit();
 }
 
 int
 fork_init(unsigned int flags)
 {
-	map_fork_flag();
+	proc_on_child(&child_handler);
 	if (flags & OSSL_PROC_F_NO_ATFORK)
 		return 0;
 	if (atomic_exchange(&atfork_registered, true))
 		return 0;
 	/* glibc drops these handlers when this object is unloaded. */
 	if (pthread_atfork(ossl_proc_fork_prepare, ossl_proc_fork_parent,
-			   atfork_child) != 0) {
+			   proc_atfork_child) != 0) {
 		atomic_store(&atfork_registered, false);
 		log_error("pthread_atfork failed: out of memory");
 		return -ENOMEM;
@@ -398,7 +124,7 @@ fork_teardown(void)
 OSSL_PROC_EXPORT unsigned long
 ossl_proc_generation(void)
 {
-	return (unsigned long)alloc_generation_get();
+	return (unsigned long)proc_generation();
 }
 
 OSSL_PROC_EXPORT int

@@ -1,10 +1,8 @@
 /*
  * The load and unload points of the library itself: ossl_proc_init() and
- * ossl_proc_teardown(), the reference count, the configuration of the
- * first init, and pinning the object that holds this code.
+ * ossl_proc_teardown(), the reference count and the configuration of the
+ * first init.
  */
-#include <dlfcn.h>
-#include <link.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -12,18 +10,15 @@
 #include <openssl/ssl.h>
 
 #include "osslproc-int.h"
+#include "alloc/alloc.h"
+#include "env.h"
+#include "fork.h"
+#include "pin.h"
 
 static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
-static atomic_uint refcount;
-static struct proc_config active;
+static struct init_config active;
 /* The first init's raw settings, to tell conflicting later calls. */
 static struct ossl_proc_config first;
-
-CHILD_PATH bool
-proc_initialised(void)
-{
-	return atomic_load_explicit(&refcount, memory_order_acquire) > 0;
-}
 
 /* Smallest struct a caller can pass: size and flags. */
 #define CONFIG_MIN_SIZE (offsetof(struct ossl_proc_config, flags) + \
@@ -212,7 +207,7 @@ first_init(const struct ossl_proc_config *c)
 	int rc;
 
 	log_configure(c->log, c->log_arg, c->log_level);
-	atomic_store(&proc_mut.pid, getpid());
+	proc_init();
 	rc = config_check(c);
 	if (!rc)
 		rc = active_set(c);
@@ -231,7 +226,7 @@ first_init(const struct ossl_proc_config *c)
 		return rc;
 	}
 	first = *c;
-	atomic_store_explicit(&refcount, 1, memory_order_release);
+	proc_refs_set(1);
 	log_debug("initialised (allocator mode %d)", alloc_mode());
 	return 0;
 }
@@ -246,7 +241,7 @@ add_reference(const struct ossl_proc_config *c, bool has_cfg)
 		return rc;
 	if (has_cfg)
 		config_warn_conflicts(c);
-	atomic_fetch_add_explicit(&refcount, 1, memory_order_release);
+	proc_refs_set(proc_refs() + 1);
 	return 1;
 }
 
@@ -271,16 +266,16 @@ last_teardown(void)
 	bool reachable = alloc_teardown();
 	int rc = OSSL_PROC_UNLOAD_SAFE;
 
-	if (reachable && proc_pin_self("OpenSSL's memory functions point "
+	if (reachable && pin_self("OpenSSL's memory functions point "
 				       "into it until the process exits"))
 		rc = OSSL_PROC_UNLOAD_PINNED;
-	else if (proc_pin_own_libcrypto())
+	else if (pin_own_libcrypto())
 		rc = OSSL_PROC_UNLOAD_PINNED;
 	fork_teardown();
 	env_teardown();
 	active_clear();
 	memset(&first, 0, sizeof(first));
-	atomic_store_explicit(&refcount, 0, memory_order_release);
+	proc_refs_set(0);
 	/* The host's callback may live in code about to be unloaded. */
 	log_configure(NULL, NULL, 0);
 	return rc;
@@ -296,69 +291,11 @@ ossl_proc_teardown(void)
 		log_bug_client("ossl_proc_teardown: called without a matching "
 			       "ossl_proc_init");
 		rc = -EINVAL;
-	} else if (atomic_load(&refcount) == 1) {
+	} else if (proc_refs() == 1) {
 		rc = last_teardown();
 	} else {
-		atomic_fetch_sub(&refcount, 1);
+		proc_refs_set(proc_refs() - 1);
 	}
 	pthread_mutex_unlock(&init_lock);
 	return rc;
-}
-
-/*
- * A libcrypto linked into the same object as this copy of osslproc (a
- * plugin carrying static OpenSSL) is unmapped by dlclose, unlike the
- * shared one (-z nodelete).  OpenSSL 3.6 never deletes the thread-local
- * key of crypto/threads_common.c (init_master_key), so every thread that
- * used that libcrypto and exits later calls its destructor,
- * clean_master_key, in unmapped code: such an object stays mapped.
- */
-bool
-proc_pin_own_libcrypto(void)
-{
-	/* Where libcrypto lives never changes: look it up once (dladdr
-	 * walks the loaded objects), pin every time (the log says so). */
-	static _Atomic int own = -1;
-	int known = atomic_load_explicit(&own, memory_order_relaxed);
-	Dl_info mine, crypto;
-
-	if (known < 0) {
-		known = dladdr((void *)proc_pin_self, &mine) &&
-			dladdr((void *)OpenSSL_version, &crypto) &&
-			crypto.dli_fbase == mine.dli_fbase;
-		atomic_store_explicit(&own, known, memory_order_relaxed);
-	}
-	return known &&
-	       proc_pin_self("it contains its own libcrypto: each thread that "
-			     "used it runs its thread-exit handler when it "
-			     "exits (OpenSSL 3.6 never deletes that key)");
-}
-
-/*
- * Make the object holding this code RTLD_NODELETE so that a dlclose()
- * cannot unmap code OpenSSL still calls.  Code in the main program needs
- * no pin.  Returns true when the object is pinned.
- */
-bool
-proc_pin_self(const char *why)
-{
-	struct link_map *lm = NULL;
-	Dl_info info;
-	void *h;
-
-	if (!dladdr1((void *)proc_pin_self, &info, (void **)&lm,
-		     RTLD_DL_LINKMAP) || !lm)
-		return false;
-	if (!lm->l_name || !lm->l_name[0])
-		return false; /* the main program */
-	h = dlopen(lm->l_name, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
-	if (!h) {
-		log_error("cannot pin %s (%s); unloading it will crash the "
-			  "process", lm->l_name, dlerror());
-		return false;
-	}
-	/* NODELETE is now set; drop the reference dlopen added. */
-	dlclose(h);
-	log_info("%s stays mapped until exit: %s", lm->l_name, why);
-	return true;
 }

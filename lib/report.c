@@ -1,10 +1,12 @@
 /*
- * Observability: ossl_proc_get_stats() and ossl_proc_report().
+ * Observability: ossl_proc_report(); the counters it prints are the
+ * allocator's (ossl_proc_get_stats(), alloc/install.c).
  */
 #include <string.h>
 #include <unistd.h>
 
 #include "osslproc-int.h"
+#include "alloc/alloc.h"
 
 static const char *const mode_names[] = {
 	[OSSL_PROC_ALLOC_NONE] = "none (not initialised)",
@@ -15,26 +17,6 @@ static const char *const mode_names[] = {
 	[OSSL_PROC_ALLOC_ATTACHED] = "attached to another osslproc copy",
 	[OSSL_PROC_ALLOC_REPLACED] = "replaced by someone else's functions",
 };
-
-OSSL_PROC_EXPORT int
-ossl_proc_get_stats(struct ossl_proc_stats *out)
-{
-	struct ossl_proc_stats st;
-	size_t n;
-
-	if (!out || out->size < STATS_V0_SIZE) {
-		log_bug_client("ossl_proc_get_stats: set out->size to "
-			       "sizeof(struct ossl_proc_stats)");
-		return -EINVAL;
-	}
-	fork_check();
-	memset(&st, 0, sizeof(st));
-	alloc_get_stats(&st);
-	n = out->size < sizeof(st) ? out->size : sizeof(st);
-	memcpy((char *)out + sizeof(size_t), (char *)&st + sizeof(size_t),
-	       n - sizeof(size_t));
-	return 0;
-}
 
 static void
 print_counters(FILE *out, const struct ossl_proc_stats *st)

@@ -5,6 +5,7 @@
 #include <sys/types.h>
 
 #include "osslproc-int.h"
+#include "alloc.h"
 
 /* Built with AddressSanitizer: headers that may not be ours are read
  * only through alloc.c's blk_peek(), which is exempt. */
@@ -192,6 +193,9 @@ placement(void)
 	return aconf.prior_m ? BK_PRIOR : BK_LIBC;
 }
 
+/* arena.c: marks arenas in use as the tracked allocator's backend. */
+void arena_set_in_use(const struct ossl_proc_allocator *al, bool in_use);
+
 /* alloc.c */
 void *om_malloc(size_t n, const char *file, int line);
 void *om_realloc(void *p, size_t n, const char *file, int line);
@@ -210,7 +214,7 @@ void quarantine_child(struct tstate *t, bool release);
 extern _Atomic uint64_t bad_double, bad_invalid, bad_foreign, bad_inherited;
 void sites_report(FILE *out);
 
-/* alloc-thread.c */
+/* thread.c */
 /* Initial-exec: one pointer, cheap to reach even from a dlopen'ed copy. */
 extern __thread struct tstate *tls_state
 	__attribute__((tls_model("initial-exec")));
@@ -293,7 +297,13 @@ tstate_count_free(struct tstate *t, size_t n)
 	tstate_count_own(t, &t->frees, -(int64_t)n);
 }
 
-/* alloc-install.c */
+/* thread.c */
+extern const struct proc_child_handler alloc_child_handler;
+
+/* install.c */
+/* In a child: the counters so far become the baseline of its own.
+ * Takes no lock. */
+void alloc_stats_rebase(void);
 /* Probe: an osslproc malloc called with these returns its owner record. */
 #define PROBE_FILE "osslproc:owner-probe"
 #define PROBE_LINE 0x6f70726f

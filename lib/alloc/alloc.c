@@ -455,8 +455,8 @@ blk_new(size_t n, const char *file, int line)
 __attribute__((noinline)) static void *
 malloc_slow(size_t n, const char *file, int line)
 {
-	if (unlikely(!*fork_flag))
-		fork_unnoticed(true);
+	if (unlikely(!*proc_fork_flag))
+		proc_unnoticed_fork(true);
 	if (unlikely(n == 0))
 		return owner_probe_answer(file, line);
 	return blk_new(n, file, line);
@@ -478,7 +478,7 @@ om_malloc(size_t n, const char *file, int line)
 
 	/* n - 1: a size of 0 (the probe) wraps and goes the slow way; the
 	 * bound keeps n + the header from wrapping. */
-	if (unlikely(!*fork_flag || !word || !t ||
+	if (unlikely(!*proc_fork_flag || !word || !t ||
 		     n - 1 >= CLASS_MAX_TOTAL - sizeof(struct blk)))
 		return malloc_slow(n, file, line);
 	c = class_of(n + sizeof(struct blk));
@@ -887,8 +887,8 @@ free_slow(void *p, const char *file, int line)
 {
 	uint32_t word;
 
-	if (unlikely(!*fork_flag))
-		fork_unnoticed(true);
+	if (unlikely(!*proc_fork_flag))
+		proc_unnoticed_fork(true);
 	if (!p || !blk_check(p, &word, file, line))
 		return;
 	if ((word & ST_MASK) != ST_LIVE) {
@@ -933,7 +933,7 @@ om_free(void *p, const char *file, int line)
 	size_t n;
 
 	/* The fork check first: a child's own counts start at its fork. */
-	if (unlikely(!*fork_flag || !t || !blk_fast_live(p, &word))) {
+	if (unlikely(!*proc_fork_flag || !t || !blk_fast_live(p, &word))) {
 		free_slow(p, file, line);
 		return;
 	}
@@ -963,8 +963,8 @@ om_realloc(void *p, size_t n, const char *file, int line)
 
 	if (!p)
 		return om_malloc(n, file, line);
-	if (unlikely(!*fork_flag))
-		fork_unnoticed(true);
+	if (unlikely(!*proc_fork_flag))
+		proc_unnoticed_fork(true);
 	if (n == 0) {
 		om_free(p, file, line);
 		return NULL;

@@ -67,7 +67,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "osslproc-int.h"
+#include "alloc-int.h"
 
 #define ARENA_MAGIC 0x6f73736c61726e61ull /* "osslarna" */
 #define HDR_MAGIC 0x41524e42u             /* "ARNB", xor the class */
@@ -76,7 +76,7 @@
 #define GRAIN 16u
 #define MIN_CAPACITY ((size_t)64 * 1024)
 #define MAX_CLASS_LOG2 46 /* largest class: 2^47 bytes */
-#define NCLASSES (4 + (MAX_CLASS_LOG2 - 6 + 1) * 4)
+#define ARENA_CLASSES (4 + (MAX_CLASS_LOG2 - 6 + 1) * 4)
 #define BORROW_CLASSES 4
 #define MAX_ARENAS 64
 
@@ -95,24 +95,24 @@ struct arena_hdr {
 };
 
 _Static_assert(sizeof(struct arena_hdr) == GRAIN, "header is one grain");
-_Static_assert(NCLASSES < 65536, "class fits the header");
+_Static_assert(ARENA_CLASSES < 65536, "class fits the header");
 
 /* Why a free was refused. */
 enum bad_reason {
-	BAD_OUTSIDE,        /* not inside the used part of the heap */
-	BAD_MISALIGNED,     /* not 16-aligned */
-	BAD_NOT_START,      /* inside a block, not its start */
-	BAD_CORRUPT,        /* block start whose header was overwritten */
-	BAD_ALREADY_FREE,   /* double free */
-	BAD_NREASONS
+	ARENA_BAD_OUTSIDE,        /* not inside the used part of the heap */
+	ARENA_BAD_MISALIGNED,     /* not 16-aligned */
+	ARENA_BAD_NOT_START,      /* inside a block, not its start */
+	ARENA_BAD_CORRUPT,        /* block start whose header was overwritten */
+	ARENA_BAD_ALREADY_FREE,   /* double free */
+	ARENA_BAD_NREASONS
 };
 
-static const char *const bad_reason_text[BAD_NREASONS] = {
-	[BAD_OUTSIDE] = "outside the arena's allocated memory",
-	[BAD_MISALIGNED] = "not 16-byte aligned",
-	[BAD_NOT_START] = "inside a block, not at its start",
-	[BAD_CORRUPT] = "its block header was overwritten (overflow?)",
-	[BAD_ALREADY_FREE] = "already free (double free)",
+static const char *const bad_reason_text[ARENA_BAD_NREASONS] = {
+	[ARENA_BAD_OUTSIDE] = "outside the arena's allocated memory",
+	[ARENA_BAD_MISALIGNED] = "not 16-byte aligned",
+	[ARENA_BAD_NOT_START] = "inside a block, not at its start",
+	[ARENA_BAD_CORRUPT] = "its block header was overwritten (overflow?)",
+	[ARENA_BAD_ALREADY_FREE] = "already free (double free)",
 };
 
 /* Lives at the start of the mapping: every process shares it. */
@@ -124,7 +124,7 @@ struct ossl_proc_arena {
 	uint64_t bitmap_off;     /* uint64_t words, one bit per heap grain */
 	uint64_t heap_off;
 	uint64_t bump_off;       /* first unused heap byte */
-	uint64_t free_head[NCLASSES]; /* offsets of headers, 0: empty */
+	uint64_t free_head[ARENA_CLASSES]; /* offsets of headers, 0: empty */
 	/* Counters, under the lock. */
 	struct ossl_proc_arena_stats st;
 	uint64_t live_blocks, carved_blocks, list_drops, owner_deaths;
@@ -151,9 +151,9 @@ static void arena_free(void *ptr, void *arg);
 /* Size classes                                                        */
 /* ------------------------------------------------------------------ */
 
-/* Class of a request of @n bytes and its size; NCLASSES if too large. */
+/* Class of a request of @n bytes and its size; ARENA_CLASSES if too large. */
 static unsigned
-size_class(size_t n, size_t *rounded)
+arena_size_class(size_t n, size_t *rounded)
 {
 	unsigned b, k;
 
@@ -165,7 +165,7 @@ size_class(size_t n, size_t *rounded)
 	}
 	b = 63 - (unsigned)__builtin_clzll((unsigned long long)(n - 1));
 	if (b > MAX_CLASS_LOG2)
-		return NCLASSES;
+		return ARENA_CLASSES;
 	k = (unsigned)((n - 1) >> (b - 2)) - 4;     /* 0..3 */
 	*rounded = (size_t)(k + 5) << (b - 2);
 	return 4 + (b - 6) * 4 + k;
@@ -173,7 +173,7 @@ size_class(size_t n, size_t *rounded)
 
 /* Payload size of class @c (the inverse of size_class). */
 static size_t
-class_size(unsigned c)
+arena_class_size(unsigned c)
 {
 	unsigned b, k;
 
@@ -219,22 +219,22 @@ block_at(struct ossl_proc_arena *a, uint64_t off, enum bad_reason *why)
 	uint64_t end = a->bump_off < a->map_len ? a->bump_off : a->map_len;
 
 	if (off < a->heap_off || off >= end || end - off < 2 * GRAIN) {
-		*why = BAD_OUTSIDE;
+		*why = ARENA_BAD_OUTSIDE;
 		return NULL;
 	}
 	if ((off - a->heap_off) % GRAIN) {
-		*why = BAD_MISALIGNED;
+		*why = ARENA_BAD_MISALIGNED;
 		return NULL;
 	}
 	if (!is_block_start(a, off)) {
-		*why = BAD_NOT_START;
+		*why = ARENA_BAD_NOT_START;
 		return NULL;
 	}
 	h = hdr_at(a, off);
-	if (h->klass >= NCLASSES || h->magic != (HDR_MAGIC ^ h->klass) ||
+	if (h->klass >= ARENA_CLASSES || h->magic != (HDR_MAGIC ^ h->klass) ||
 	    (h->state != ST_BLK_LIVE && h->state != ST_BLK_FREE) ||
-	    end - off - GRAIN < class_size(h->klass)) {
-		*why = BAD_CORRUPT;
+	    end - off - GRAIN < arena_class_size(h->klass)) {
+		*why = ARENA_BAD_CORRUPT;
 		return NULL;
 	}
 	return h;
@@ -365,7 +365,7 @@ log_malloc_event(struct ossl_proc_arena *a, size_t size,
 			  "is corrupted (a block header was overwritten, "
 			  "probably by a buffer overflow); the list is "
 			  "dropped and its blocks are leaked (logged once)",
-			  (void *)a, class_size(ev->corrupt - 1));
+			  (void *)a, arena_class_size(ev->corrupt - 1));
 	if (ev->too_large)
 		log_error("shared arena %p: a request of %zu bytes can never "
 			  "fit in its %llu bytes; such requests fail (logged "
@@ -391,7 +391,7 @@ arena_malloc(size_t size, void *arg)
 	struct malloc_event ev = { 0 };
 	uint64_t off = 0, deaths, overhead;
 	size_t rounded = 0;
-	unsigned c = size_class(size, &rounded);
+	unsigned c = arena_size_class(size, &rounded);
 	bool died;
 	int rc;
 
@@ -401,16 +401,16 @@ arena_malloc(size_t size, void *arg)
 		return NULL;
 	}
 	deaths = a->owner_deaths;
-	if (c < NCLASSES) {
+	if (c < ARENA_CLASSES) {
 		off = list_pop(a, c, &ev.corrupt);
 		if (!off)
 			off = bump_carve(a, c, rounded);
 		for (unsigned k = c + 1;
-		     !off && k <= c + BORROW_CLASSES && k < NCLASSES; k++)
+		     !off && k <= c + BORROW_CLASSES && k < ARENA_CLASSES; k++)
 			off = list_pop(a, k, &ev.corrupt);
 	}
 	if (off) {
-		rounded = class_size(hdr_at(a, off)->klass);
+		rounded = arena_class_size(hdr_at(a, off)->klass);
 		a->st.allocs++;
 		a->live_blocks++;
 		a->st.used_bytes += rounded;
@@ -418,7 +418,7 @@ arena_malloc(size_t size, void *arg)
 			a->st.peak_bytes = a->st.used_bytes;
 	} else {
 		a->st.failed++;
-		if (c >= NCLASSES || GRAIN + rounded > a->st.capacity) {
+		if (c >= ARENA_CLASSES || GRAIN + rounded > a->st.capacity) {
 			ev.too_large = log_once(&a->too_large_logged);
 		} else if (log_once(&a->full_logged)) {
 			ev.full = true;
@@ -448,7 +448,7 @@ release_block(struct ossl_proc_arena *a, uint64_t off, struct arena_hdr *h)
 	list_push(a, off, h);
 	a->st.frees++;
 	a->live_blocks--;
-	a->st.used_bytes -= class_size(h->klass);
+	a->st.used_bytes -= arena_class_size(h->klass);
 	if (a->st.used_bytes < a->full_rearm_below)
 		atomic_store(&a->full_logged, false);
 }
@@ -457,7 +457,7 @@ static void
 arena_free(void *ptr, void *arg)
 {
 	struct ossl_proc_arena *a = arg;
-	enum bad_reason why = BAD_OUTSIDE;
+	enum bad_reason why = ARENA_BAD_OUTSIDE;
 	struct arena_hdr *h = NULL;
 	uintptr_t p = (uintptr_t)ptr, base = (uintptr_t)a;
 	bool died, log_bad = false;
@@ -475,7 +475,7 @@ arena_free(void *ptr, void *arg)
 	if (p - base >= GRAIN && p - base <= a->map_len) {
 		h = block_at(a, p - base - GRAIN, &why);
 		if (h && h->state != ST_BLK_LIVE) {
-			why = BAD_ALREADY_FREE;
+			why = ARENA_BAD_ALREADY_FREE;
 			h = NULL;
 		}
 	}
@@ -531,12 +531,6 @@ registry_find_allocator(const struct ossl_proc_allocator *al)
 	if (!al || al->malloc != arena_malloc || al->free != arena_free)
 		return -1;
 	return registry_find(al->arg);
-}
-
-bool
-arena_owns_allocator(const struct ossl_proc_allocator *al)
-{
-	return registry_find_allocator(al) >= 0;
 }
 
 void
@@ -772,14 +766,14 @@ reclaim_locked(struct ossl_proc_arena *a, pid_t pid, uint64_t *bytes)
 	for (uint64_t off = a->heap_off; off < a->bump_off;) {
 		struct arena_hdr *h = hdr_at(a, off);
 
-		if (h->magic != (HDR_MAGIC ^ h->klass) || h->klass >= NCLASSES)
+		if (h->magic != (HDR_MAGIC ^ h->klass) || h->klass >= ARENA_CLASSES)
 			break; /* never walk past a header that is not one */
 		if (h->state == ST_BLK_LIVE && h->next == (uint64_t)pid) {
-			*bytes += class_size(h->klass);
+			*bytes += arena_class_size(h->klass);
 			release_block(a, off, h);
 			n++;
 		}
-		off += GRAIN + class_size(h->klass);
+		off += GRAIN + arena_class_size(h->klass);
 	}
 	return n;
 }

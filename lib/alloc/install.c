@@ -3,6 +3,7 @@
  * else has: OpenSSL's default (install refused once it allocated), a
  * host's custom functions (we stack on them), another copy of osslproc
  * (we attach to it), or someone replacing ours later (we report it).
+ * Also the statistics this copy answers with (ossl_proc_get_stats()).
  */
 #include <dlfcn.h>
 #include <string.h>
@@ -109,7 +110,7 @@ name_owner_object(void)
 }
 
 static void
-conf_set(const struct proc_config *cfg, CRYPTO_malloc_fn m,
+conf_set(const struct init_config *cfg, CRYPTO_malloc_fn m,
 	 CRYPTO_realloc_fn r, CRYPTO_free_fn f)
 {
 	aconf.flags = cfg->flags;
@@ -135,7 +136,7 @@ conf_set(const struct proc_config *cfg, CRYPTO_malloc_fn m,
 }
 
 static int
-install(const struct proc_config *cfg, CRYPTO_malloc_fn m,
+install(const struct init_config *cfg, CRYPTO_malloc_fn m,
 	CRYPTO_realloc_fn r, CRYPTO_free_fn f)
 {
 	conf_set(cfg, m, r, f);
@@ -162,7 +163,7 @@ install(const struct proc_config *cfg, CRYPTO_malloc_fn m,
 
 /* Settings are frozen once blocks exist: say so if a new init differs. */
 static void
-warn_frozen(const struct proc_config *cfg)
+warn_frozen(const struct init_config *cfg)
 {
 	bool host_differs = cfg->has_allocator != (aconf.host.malloc != NULL) ||
 		(cfg->has_allocator &&
@@ -179,12 +180,13 @@ warn_frozen(const struct proc_config *cfg)
 }
 
 int
-alloc_init(const struct proc_config *cfg)
+alloc_init(const struct init_config *cfg)
 {
 	CRYPTO_malloc_fn m;
 	CRYPTO_realloc_fn r;
 	CRYPTO_free_fn f;
 
+	proc_on_child(&alloc_child_handler);
 	CRYPTO_get_mem_functions(&m, &r, &f);
 	if (m == om_malloc) {
 		/* This copy installed it in an earlier init/teardown cycle. */
@@ -293,8 +295,8 @@ own_stats(struct ossl_proc_stats *st)
 }
 
 /* Fill every field this version knows; the caller copies the prefix. */
-void
-alloc_get_stats(struct ossl_proc_stats *st)
+static void
+get_stats(struct ossl_proc_stats *st)
 {
 	enum ossl_proc_alloc_mode m = alloc_mode();
 	struct ossl_proc_stats theirs;
@@ -308,6 +310,26 @@ alloc_get_stats(struct ossl_proc_stats *st)
 		own_stats(st);
 	}
 	st->allocator = m;
+}
+
+OSSL_PROC_EXPORT int
+ossl_proc_get_stats(struct ossl_proc_stats *out)
+{
+	struct ossl_proc_stats st;
+	size_t n;
+
+	if (!out || out->size < STATS_V0_SIZE) {
+		log_bug_client("ossl_proc_get_stats: set out->size to "
+			       "sizeof(struct ossl_proc_stats)");
+		return -EINVAL;
+	}
+	proc_check_fork();
+	memset(&st, 0, sizeof(st));
+	get_stats(&st);
+	n = out->size < sizeof(st) ? out->size : sizeof(st);
+	memcpy((char *)out + sizeof(size_t), (char *)&st + sizeof(size_t),
+	       n - sizeof(size_t));
+	return 0;
 }
 
 static void

@@ -220,12 +220,6 @@ alloc_shared_worker(void)
 	return shared_backend() && atomic_load(&proc_mut.generation) > 0;
 }
 
-uint64_t
-alloc_generation_get(void)
-{
-	return atomic_load(&proc_mut.generation);
-}
-
 /* Threads that do not exist in this process (a child): kept reachable,
  * so that leak checkers do not report what they held. */
 static struct tstate forgotten = { .prev = &forgotten, .next = &forgotten };
@@ -251,12 +245,14 @@ forget_thread(struct tstate *t)
 	forgotten.next = t;
 }
 
-CHILD_PATH void
+/* The allocator's child handler (proc.h): the threads that do not exist
+ * here are set aside, and the counters so far become the baseline of the
+ * child's own. */
+CHILD_PATH static uintptr_t
 alloc_child(void)
 {
 	struct tstate *next;
 
-	atomic_fetch_add(&proc_mut.generation, 1);
 	for (struct tstate *t = reg.next; t != &reg; t = next) {
 		next = t->next;
 		park_forget_shared(t);
@@ -270,7 +266,12 @@ alloc_child(void)
 		}
 	}
 	alloc_stats_rebase();
+	return 0;
 }
+
+const struct proc_child_handler alloc_child_handler = {
+	.locked = alloc_child,
+};
 
 /*
  * At exit (after OpenSSL's own atexit cleanup) the exiting thread gives

@@ -13,6 +13,8 @@
 #include <openssl/provider.h>
 
 #include "module-int.h"
+#include "env.h"
+#include "pin.h"
 
 enum undo_kind { U_EX_INDEX, U_STRINGS, U_CALLBACK, U_HOOK };
 
@@ -432,7 +434,7 @@ detach_callbacks(struct ossl_proc_module *m)
 /* Whether the plugin must stay mapped: osslproc's trampolines stay
  * reachable from live objects, so if this copy of osslproc lives in the
  * plugin itself (vendored), that is plugin code; and a libcrypto linked
- * into it must stay too (proc_pin_own_libcrypto), whether or not the
+ * into it must stay too (pin_own_libcrypto), whether or not the
  * module registered a callback. */
 static int
 unload_verdict(struct ossl_proc_module *m)
@@ -441,10 +443,10 @@ unload_verdict(struct ossl_proc_module *m)
 
 	if (m->code && m->trampolines && dladdr(tramp_code(), &mine) &&
 	    dladdr(m->code, &theirs) && mine.dli_fbase == theirs.dli_fbase &&
-	    proc_pin_self("SSL objects created while the module was loaded "
+	    pin_self("SSL objects created while the module was loaded "
 			  "still call osslproc's trampolines in it"))
 		return OSSL_PROC_UNLOAD_PINNED;
-	if (proc_pin_own_libcrypto())
+	if (pin_own_libcrypto())
 		return OSSL_PROC_UNLOAD_PINNED;
 	return OSSL_PROC_UNLOAD_SAFE;
 }

@@ -1,0 +1,38 @@
+/*
+ * The tracked allocator as the rest of the library sees it: installed at
+ * init, asked about threads at a fork, read for statistics and reports.
+ * Its internals are in alloc-int.h.
+ */
+#ifndef OSSLPROC_ALLOC_H
+#define OSSLPROC_ALLOC_H
+
+#include <stdbool.h>
+#include <stdio.h>
+
+#include "osslproc-int.h"
+
+/* Default quarantine windows and cache budget (doc/benchmarks.md has the
+ * measurements behind them).  With a shared backend the window is
+ * larger: a worker that frees another worker's SSL (a host bug the shared
+ * mode must survive) frees the SSL_CTX's private objects it reaches
+ * twice, farther apart than 16 KiB of frees. */
+#define QUARANTINE_DEFAULT ((size_t)16 * 1024)
+#define QUARANTINE_SHARED_DEFAULT ((size_t)64 * 1024)
+/* Enough for a thread that does verified handshakes to make no backend
+ * call once warm. */
+#define CACHE_DEFAULT ((size_t)512 * 1024)
+
+/* Install (or attach, or fall back to untracked) at first init. */
+int alloc_init(const struct init_config *cfg);
+/* Last teardown: the functions stay installed; returns true when OpenSSL
+ * can still call into this copy's code. */
+bool alloc_teardown(void);
+enum ossl_proc_alloc_mode alloc_mode(void);
+/* The threads other than the caller that used the allocator. */
+unsigned alloc_other_threads(void);
+/* This process is a worker of a shared backend (generation > 0). */
+bool alloc_shared_worker(void);
+/* The part of ossl_proc_report() that is the allocator's. */
+void alloc_report(FILE *out);
+
+#endif /* OSSLPROC_ALLOC_H */

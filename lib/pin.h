@@ -1,0 +1,13 @@
+/* Keeping the object that holds osslproc's code mapped (pin.c). */
+#ifndef OSSLPROC_PIN_H
+#define OSSLPROC_PIN_H
+
+#include <stdbool.h>
+
+/* Pin the object holding osslproc's code (RTLD_NODELETE) if it is not the
+ * main program.  Returns true if it was pinned (or already is). */
+bool pin_self(const char *why);
+/* Pin the object holding this code if it carries its own libcrypto. */
+bool pin_own_libcrypto(void);
+
+#endif /* OSSLPROC_PIN_H */
