@@ -4,6 +4,8 @@
 
 #include "osslproc-int.h"
 
+#pragma GCC visibility push(hidden)
+
 /* The environment values OpenSSL would read later, copied at init. */
 enum env_var {
 	ENV_SSL_CERT_FILE,
@@ -22,5 +24,7 @@ void env_teardown(void);
 const char *env_get(enum env_var v);
 /* The provider directory given to OpenSSL, or NULL. */
 const char *env_modules_dir(void);
+
+#pragma GCC visibility pop
 
 #endif /* OSSLPROC_ENV_H */

@@ -13,6 +13,8 @@
 
 #include "osslproc.h"
 
+#pragma GCC visibility push(hidden)
+
 #define OSSL_PROC_PRINTF(f, a) __attribute__((format(printf, f, a)))
 
 /* Set the sink; fn NULL means stderr.  Safe to call at any time. */
@@ -48,5 +50,7 @@ log_once(atomic_bool *once)
 /* The same for events keyed by a value (a call site): true the first
  * time for @key.  256 keys are remembered; past that, always true. */
 bool log_once_key(uintptr_t key);
+
+#pragma GCC visibility pop
 
 #endif /* OSSLPROC_LOG_H */

@@ -16,6 +16,8 @@
 #include "log.h"
 #include "proc.h"
 
+#pragma GCC visibility push(hidden)
+
 #define OSSL_PROC_EXPORT __attribute__((visibility("default")))
 #define likely(x) __builtin_expect(!!(x), 1)
 #define unlikely(x) __builtin_expect(!!(x), 0)
@@ -36,5 +38,7 @@ struct init_config {
 	const char *ca_file; /* owned copies (libc malloc) */
 	const char *ca_dir;
 };
+
+#pragma GCC visibility pop
 
 #endif /* OSSLPROC_INT_H */

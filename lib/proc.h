@@ -17,6 +17,8 @@
 
 #include "osslproc.h"
 
+#pragma GCC visibility push(hidden)
+
 /*
  * Code a child runs in ossl_proc_child_reinit().  A fork copies no page
  * table entries for code, so each page of it the child runs costs a page
@@ -127,5 +129,7 @@ void proc_unnoticed_fork(bool in_allocator);
 /* For library calls: notice a fork by the flag page or the pid, and run
  * what a re-initialisation in the allocator left pending. */
 void proc_check_fork(void);
+
+#pragma GCC visibility pop
 
 #endif /* OSSLPROC_PROC_H */

@@ -6,6 +6,9 @@
 
 #include "osslproc-int.h"
 #include "alloc.h"
+#include "list.h"
+
+#pragma GCC visibility push(hidden)
 
 /* Built with AddressSanitizer: headers that may not be ours are read
  * only through alloc.c's blk_peek(), which is exempt. */
@@ -73,7 +76,7 @@ class_of(size_t total)
 	       (unsigned)(((total - 1) >> (b - 2)) & 3);
 }
 
-/* The bytes a block of class @c occupies (class 0: none); alloc.c. */
+/* The bytes a block of class @c occupies (class 0: none); block.c. */
 extern const uint32_t class_bytes[NCLASSES];
 
 static inline size_t
@@ -105,7 +108,7 @@ enum backend {
 
 /* With OSSL_PROC_F_TRACK_SITES: where the block came from and went. */
 struct blk_site {
-	struct blk_site *prev, *next; /* live list, under site_lock */
+	struct list link;        /* live list, under site_lock */
 	const char *alloc_file, *free_file;
 	int alloc_line, free_line;
 	uint64_t reserved;
@@ -141,7 +144,7 @@ struct tstate {
 	void *parked[PARK_SLOTS];
 	uint8_t parked_bk[PARK_SLOTS];
 	unsigned park_next;
-	struct tstate *prev, *next;
+	struct list link;        /* the registry (thread.c) */
 	bool shared;             /* the fallback for exiting threads */
 };
 
@@ -165,6 +168,7 @@ struct alloc_conf {
 	uint32_t fast_word, free_word;
 };
 
+/* install.c */
 extern struct alloc_conf aconf;
 
 /* The backend is the host's and shared between processes. */
@@ -193,17 +197,43 @@ placement(void)
 	return aconf.prior_m ? BK_PRIOR : BK_LIBC;
 }
 
-/* arena.c: marks arenas in use as the tracked allocator's backend. */
-void arena_set_in_use(const struct ossl_proc_allocator *al, bool in_use);
+/* ---- what each file provides ---- */
 
-/* alloc.c */
+/* alloc.c: the functions OpenSSL calls. */
 void *om_malloc(size_t n, const char *file, int line);
 void *om_realloc(void *p, size_t n, const char *file, int line);
 void om_free(void *p, const char *file, int line);
-/* Hand a quarantined block of class @c on: to @t's cache when it has
- * room, else to the backend (@t NULL: always the backend). */
-void blk_release(struct tstate *t, void *user, unsigned c);
+
+/* block.c */
+/* Fresh memory from backend @bk for a block with @word's layout, of
+ * @total bytes and class *@c (0 when it had to be realigned), or NULL. */
+char *backend_block(struct tstate *t, enum backend bk, size_t total,
+		    uint32_t *word, unsigned *c, const char *file, int line);
+/* Mark a block released and hand it to its backend. */
+void blk_to_backend(void *user);
+/* The live list of OSSL_PROC_F_TRACK_SITES, under proc_mut.site_lock. */
+void site_link(struct blk *h, const char *file, int line);
+void site_unlink(struct blk *h, const char *file, int line);
+void sites_report(FILE *out);
+/* In a child: forget parked chunks of a shared backend (the parent's). */
 void park_forget_shared(struct tstate *t);
+/* Give every parked chunk of @t back. */
+void park_flush(struct tstate *t);
+
+/* bad-free.c */
+enum bad_kind { BAD_DOUBLE, BAD_INVALID, BAD_FOREIGN, BAD_INHERITED };
+extern _Atomic uint64_t bad_double, bad_invalid, bad_foreign, bad_inherited;
+/* Count a bad free of @kind and apply on_bad_free; @h is the block's
+ * header when it is a valid one, else NULL. */
+void bad_free(enum bad_kind kind, void *p, struct blk *h, uint32_t word,
+	      const char *file, int line);
+/* Classify @p; true with its word when it is a valid block, else it
+ * went to the previous allocator or the bad-free path. */
+bool blk_check(void *p, uint32_t *word, const char *file, int line);
+/* False (and counted) when @p is another process's shared block. */
+bool owned_here(void *p, uint32_t word, const char *file, int line);
+
+/* cache.c */
 /* Empty lists for a new @t. */
 void cache_init(struct tstate *t);
 /* Return every cached and parked block of @t to the backend. */
@@ -211,8 +241,9 @@ void cache_flush(struct tstate *t);
 /* In a child: forget @t's quarantined shared blocks that belong to another
  * process; with @release, release the rest too (@t's thread is gone). */
 void quarantine_child(struct tstate *t, bool release);
-extern _Atomic uint64_t bad_double, bad_invalid, bad_foreign, bad_inherited;
-void sites_report(FILE *out);
+
+/* arena.c: marks arenas in use as the tracked allocator's backend. */
+void arena_set_in_use(const struct ossl_proc_allocator *al, bool in_use);
 
 /* thread.c */
 /* Initial-exec: one pointer, cheap to reach even from a dlopen'ed copy. */
@@ -308,5 +339,287 @@ void alloc_stats_rebase(void);
 #define PROBE_FILE "osslproc:owner-probe"
 #define PROBE_LINE 0x6f70726f
 void *owner_probe_answer(const char *file, int line);
+
+/* ---- the inline block primitives of the fast path ---- */
+
+#define PAGE_MASK ((uintptr_t)4095)
+#define ALIGN_MASK ((uintptr_t)15)
+
+static inline struct blk *
+hdr_of(void *user)
+{
+	return (struct blk *)user - 1;
+}
+
+static inline struct blk_site *
+site_of(struct blk *h)
+{
+	return (struct blk_site *)h - 1;
+}
+
+static inline uint32_t
+blk_magic(const void *user, uint64_t size_gen, uint32_t word)
+{
+	/* One multiply over the secret-keyed inputs, its halves folded:
+	 * what a header must resist is memory that is not one (random,
+	 * stale, a payload read as a header), which then matches with
+	 * probability 2^-32; a second mixing round adds nothing against
+	 * that and cost about 0.2 ns per malloc+free pair. */
+	uint64_t x = ((uintptr_t)user ^ aconf.secret) +
+		     (size_gen ^ (uint64_t)(word & ~ST_MASK) << 29) *
+		     0x9e3779b97f4a7c15ull;
+
+	return (uint32_t)(x >> 32) ^ (uint32_t)x;
+}
+
+static inline size_t
+blk_size(const struct blk *h)
+{
+	return (size_t)(h->size_gen & ((1ull << BLK_SIZE_BITS) - 1));
+}
+
+static inline unsigned
+blk_class(const struct blk *h)
+{
+	return (unsigned)(h->size_gen >> BLK_CLASS_SHIFT) & 0xff;
+}
+
+static inline size_t
+prefix_len(uint32_t word)
+{
+	return sizeof(struct blk) +
+	       (word & W_SITES ? sizeof(struct blk_site) : 0) +
+	       (word & W_PADDED ? 16 : 0);
+}
+
+/* The bytes a freed block holds back: its class, or for a block of no
+ * class its payload and prefix. */
+static inline uint64_t
+blk_held(struct blk *h)
+{
+	unsigned c = blk_class(h);
+
+	if (likely(c))
+		return class_size(c);
+	return blk_size(h) + prefix_len(atomic_load_explicit(&h->word,
+						memory_order_relaxed));
+}
+
+/* Read a header that may not be ours, without faulting (block.c). */
+__attribute__((noipa, no_sanitize_address)) bool blk_peek(void *user,
+							   uint32_t *word);
+
+/*
+ * A cached block's first payload word links it to the next block of its
+ * class; a list ends at CACHE_END, which is also the head of an empty
+ * list, so a pop stores the link it read without looking at it (a test
+ * there would be a branch as unpredictable as the lists' lengths).  The
+ * links are plain pointers, so leak checkers still see cached blocks as
+ * reachable.  A write after free (a use after free in the host or in
+ * OpenSSL) is noticed rather than followed: a link that is misaligned, at
+ * a page start, or outside the range where Linux maps anything (below
+ * 64 KiB, vm.mmap_min_addr's default, or above 2^56), is refused before
+ * it is read, and so is a block whose header is not a valid cached
+ * block's of that class (a live or quarantined block has another state).
+ * A link into memory that is not mapped still faults, as that use after
+ * free would without osslproc; a link to another cached block of the
+ * same class is not noticed.
+ */
+extern struct cache_end {
+	_Alignas(32) unsigned char bytes[32];
+} cache_end_obj;
+/* 16 bytes into a 32-aligned object: aligned, never at a page start; the
+ * "header" before it is zero, no block's. */
+#define CACHE_END ((void *)&cache_end_obj.bytes[16])
+
+static inline void *
+link_of(void *user)
+{
+	return *(void **)user;
+}
+
+#define LINK_MIN ((uintptr_t)64 * 1024)
+#if UINTPTR_MAX > 0xffffffffu
+#define LINK_MAX ((uintptr_t)1 << 56)
+#else
+#define LINK_MAX UINTPTR_MAX
+#endif
+
+/* aarch64 ignores a pointer's top byte, which MTE and tagging
+ * allocators use: a tagged link is a valid one. */
+#if defined(__aarch64__)
+#define LINK_TAG_MASK (((uintptr_t)1 << 56) - 1)
+#else
+#define LINK_TAG_MASK UINTPTR_MAX
+#endif
+
+static inline bool
+link_ok(void *next)
+{
+	uintptr_t v = (uintptr_t)next;
+
+	return !(v & ALIGN_MASK) && (v & PAGE_MASK) &&
+	       (v & LINK_TAG_MASK) - LINK_MIN < LINK_MAX - LINK_MIN;
+}
+
+/* A list head that holds nothing (NULL: a state never set up). */
+static inline bool
+cache_empty(void *head)
+{
+	return head == CACHE_END || !head;
+}
+
+/* A list turned out to be corrupted: abandon it, say why (cache.c). */
+__attribute__((cold)) void *cache_corrupt(struct tstate *t, unsigned c);
+
+/* Pop the head @user of list @c, a block whose header must be a valid
+ * one of class @c with the word @cached (a cached block's of this
+ * process's layout). */
+static inline bool
+cache_pop(struct tstate *t, unsigned c, void *user, uint32_t cached)
+{
+	struct blk *h = hdr_of(user);
+	void *next = link_of(user);
+
+	if (unlikely(atomic_load_explicit(&h->word, memory_order_relaxed) !=
+		     cached || blk_class(h) != c ||
+		     h->magic != blk_magic(user, h->size_gen, cached) ||
+		     !link_ok(next)))
+		return false;
+	t->cache[c] = next;
+	own_add(&t->cached_bytes, -(uint64_t)class_size(c));
+	return true;
+}
+
+/* A cached block of class @c for a block with @word's layout, or NULL.
+ * Shared blocks are never cached: they belong to the process that
+ * allocated them. */
+static inline void *
+cache_take(struct tstate *t, unsigned c, uint32_t word)
+{
+	void *user = t->cache[c];
+
+	if (cache_empty(user))
+		return NULL;
+	if (unlikely(!cache_pop(t, c, user, (word & ~ST_MASK) | ST_CACHED)))
+		return cache_corrupt(t, c);
+	return user;
+}
+
+/*
+ * Write a live header for @n bytes of class @c at @user.  Relaxed atomic
+ * stores (plain moves on x86 and arm64): a stale free in another thread
+ * may read the header meanwhile; it then fails validation, without a
+ * data race.
+ */
+static inline struct blk *
+blk_stamp(void *user, size_t n, unsigned c, uint32_t word)
+{
+	struct blk *h = hdr_of(user);
+	uint64_t size_gen = (uint64_t)n | (uint64_t)c << BLK_CLASS_SHIFT |
+		atomic_load_explicit(&proc_mut.generation,
+				     memory_order_relaxed) << BLK_GEN_SHIFT;
+
+	__atomic_store_n(&h->size_gen, size_gen, __ATOMIC_RELAXED);
+	atomic_store_explicit(&h->word, word, memory_order_relaxed);
+	__atomic_store_n(&h->magic, blk_magic(user, size_gen, word),
+			 __ATOMIC_RELAXED);
+	return h;
+}
+
+/* A block of a shared backend that another process allocated. */
+static inline bool
+blk_foreign(uint32_t word)
+{
+	return ((word & BK_MASK) >> BK_SHIFT) == BK_SHARED &&
+	       (pid_t)(word >> OWNER_SHIFT) != proc_self();
+}
+
+/*
+ * Keep a block that left the quarantine for the next request of its
+ * class @c, in the freed state: a stale free of it is still a double
+ * free.  List 0 holds blocks on their way to the backend: those of no
+ * class and those the budget has no room for.  No call here: the caller
+ * accounts for what it kept, and cache_drain() gives back list 0 once.
+ */
+static inline void
+cache_link(struct tstate *t, void *user, unsigned c)
+{
+	struct blk *h = hdr_of(user);
+
+	/* Only ST_LIVE is ever swapped away, so no other thread can change
+	 * this word now: a plain store suffices. */
+	atomic_store_explicit(&h->word, atomic_load_explicit(&h->word,
+			      memory_order_relaxed) & ~ST_MASK,
+			      memory_order_relaxed);
+	*(void **)user = t->cache[c];
+	t->cache[c] = user;
+}
+
+/* Hand a quarantined block of class @c on: to @t's cache while its
+ * budget has room, else (or with no class, no @t, the shared fallback)
+ * to the backend (cache.c). */
+void blk_release(struct tstate *t, void *user, unsigned c);
+/* The quarantine is past its high mark: move its oldest blocks on. */
+void quarantine_evict(struct tstate *t);
+
+/* struct qent.held_class: the bytes held, the cache class above them. */
+#define QCLASS_SHIFT 56
+#define QHELD_MASK ((1ull << QCLASS_SHIFT) - 1)
+
+/* Quarantine a block @t's thread freed, @held bytes of class @c. */
+static inline void
+quarantine_push(struct tstate *t, void *user, uint64_t held, unsigned c)
+{
+	struct qent *ring = t->qring;
+	size_t tail = atomic_load_explicit(&t->qtail, memory_order_relaxed);
+	uint64_t bytes = atomic_load_explicit(&t->q_bytes,
+					      memory_order_relaxed) + held;
+	uint64_t limit = aconf.quarantine_bytes;
+
+	/* The shared fallback has no ring; a block larger than the whole
+	 * window cannot be held back. */
+	if (unlikely(!ring || held > limit)) {
+		blk_release(t, user, c);
+		return;
+	}
+	ring[tail & t->qmask] = (struct qent){
+		.user = user,
+		.held_class = held | (uint64_t)c << QCLASS_SHIFT,
+	};
+	atomic_store_explicit(&t->qtail, tail + 1, memory_order_relaxed);
+	atomic_store_explicit(&t->q_bytes, bytes, memory_order_relaxed);
+	if (unlikely(bytes > aconf.quarantine_high ||
+		     tail + 1 - atomic_load_explicit(&t->qhead,
+						     memory_order_relaxed) >
+		     t->qmask))
+		quarantine_evict(t);
+}
+
+/*
+ * @p is a live block om_free() may retire at once: aligned, not at a
+ * page start, its header valid and equal to aconf.free_word.  The read
+ * is inline here (no call, so no saved registers); sanitizer builds read
+ * through blk_peek(), which they are told about.
+ */
+static inline bool
+blk_fast_live(void *p, uint32_t *word)
+{
+	if (((uintptr_t)p & ALIGN_MASK) || !((uintptr_t)p & PAGE_MASK))
+		return false;
+#ifdef OSSLPROC_SANITIZED
+	return blk_peek(p, word) && *word == aconf.free_word;
+#else
+	struct blk *h = hdr_of(p);
+
+	*word = atomic_load_explicit(&h->word, memory_order_acquire);
+	return *word == aconf.free_word &&
+	       __atomic_load_n(&h->magic, __ATOMIC_RELAXED) ==
+	       blk_magic(p, __atomic_load_n(&h->size_gen, __ATOMIC_RELAXED),
+			 *word);
+#endif
+}
+
+#pragma GCC visibility pop
 
 #endif /* OSSLPROC_ALLOC_INT_H */

@@ -11,6 +11,8 @@
 
 #include "osslproc-int.h"
 
+#pragma GCC visibility push(hidden)
+
 /* Default quarantine windows and cache budget (doc/benchmarks.md has the
  * measurements behind them).  With a shared backend the window is
  * larger: a worker that frees another worker's SSL (a host bug the shared
@@ -34,5 +36,7 @@ unsigned alloc_other_threads(void);
 bool alloc_shared_worker(void);
 /* The part of ossl_proc_report() that is the allocator's. */
 void alloc_report(FILE *out);
+
+#pragma GCC visibility pop
 
 #endif /* OSSLPROC_ALLOC_H */

@@ -32,6 +32,8 @@ struct owner_record {
 	void (*report)(FILE *out);
 };
 
+struct alloc_conf aconf;
+
 static void owner_report(FILE *out);
 
 static char owner_object[512] = "the main program";

@@ -9,7 +9,8 @@
 
 #include "alloc-int.h"
 
-static struct tstate reg = { .prev = &reg, .next = &reg };
+static struct list reg = LIST_INIT(reg);
+#define tstate_of(l) list_entry(l, struct tstate, link)
 /* Counters of exited threads and of the exiting-thread fallback. */
 static struct tstate retired = { .shared = true };
 static _Atomic int64_t live_global;
@@ -84,8 +85,7 @@ tstate_exit(void *arg)
 	tstate_flush(t);
 	proc_lock(&proc_mut.reg_lock);
 	fold(&retired, t);
-	t->prev->next = t->next;
-	t->next->prev = t->prev;
+	list_del(&t->link);
 	proc_unlock(&proc_mut.reg_lock);
 	free(t->qring);
 	free(t);
@@ -126,10 +126,7 @@ tstate_new(void)
 	t->qmask = ring_slots() - 1;
 	t->qring = calloc(t->qmask + 1, sizeof(*t->qring));
 	proc_lock(&proc_mut.reg_lock);
-	t->next = reg.next;
-	t->prev = &reg;
-	reg.next->prev = t;
-	reg.next = t;
+	list_add(&reg, &t->link);
 	proc_unlock(&proc_mut.reg_lock);
 	pthread_setspecific(tkey, t);
 	tls_state = t;
@@ -174,8 +171,10 @@ add_counts(struct ossl_proc_stats *st, const struct tstate *t)
 CHILD_PATH void
 tstate_sum_unlocked(struct ossl_proc_stats *st)
 {
-	for (struct tstate *t = reg.next; t != &reg; t = t->next)
-		add_counts(st, t);
+	struct list *l;
+
+	list_for_each(l, &reg)
+		add_counts(st, tstate_of(l));
 	add_counts(st, &retired);
 	st->live_blocks = st->allocs - st->frees;
 	/* Counters read mid-update by other threads can be a block apart;
@@ -206,10 +205,11 @@ unsigned
 alloc_other_threads(void)
 {
 	unsigned n = 0;
+	struct list *l;
 
 	proc_lock(&proc_mut.reg_lock);
-	for (struct tstate *t = reg.next; t != &reg; t = t->next)
-		n += t != tls_state;
+	list_for_each(l, &reg)
+		n += tstate_of(l) != tls_state;
 	proc_unlock(&proc_mut.reg_lock);
 	return n;
 }
@@ -222,7 +222,7 @@ alloc_shared_worker(void)
 
 /* Threads that do not exist in this process (a child): kept reachable,
  * so that leak checkers do not report what they held. */
-static struct tstate forgotten = { .prev = &forgotten, .next = &forgotten };
+static struct list forgotten = LIST_INIT(forgotten);
 
 /*
  * A thread that does not exist in the child: its counts stay; its
@@ -237,12 +237,8 @@ forget_thread(struct tstate *t)
 {
 	tstate_flush(t);
 	fold(&retired, t);
-	t->prev->next = t->next;
-	t->next->prev = t->prev;
-	t->next = forgotten.next;
-	t->prev = &forgotten;
-	forgotten.next->prev = t;
-	forgotten.next = t;
+	list_del(&t->link);
+	list_add(&forgotten, &t->link);
 }
 
 /* The allocator's child handler (proc.h): the threads that do not exist
@@ -251,10 +247,11 @@ forget_thread(struct tstate *t)
 CHILD_PATH static uintptr_t
 alloc_child(void)
 {
-	struct tstate *next;
+	struct list *l, *next;
 
-	for (struct tstate *t = reg.next; t != &reg; t = next) {
-		next = t->next;
+	list_for_each_safe(l, next, &reg) {
+		struct tstate *t = tstate_of(l);
+
 		park_forget_shared(t);
 		if (t != tls_state) {
 			forget_thread(t);

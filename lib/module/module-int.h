@@ -4,6 +4,8 @@
 
 #include "osslproc-int.h"
 
+#pragma GCC visibility push(hidden)
+
 /* The SSL_CTX callbacks a module scope can set. */
 enum cb_kind {
 	CB_INFO,
@@ -61,5 +63,7 @@ void module_lock(void);
 void module_unlock(void);
 /* The context of @n is being freed before its module closed. */
 void module_forget_node(struct cb_node *n);
+
+#pragma GCC visibility pop
 
 #endif
