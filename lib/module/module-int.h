@@ -37,32 +37,37 @@ typedef int (*client_cert_fn)(SSL *ssl, X509 **x509, EVP_PKEY **pkey);
 
 /* One callback a module set on a context, until the module closes. */
 struct cb_node {
-	struct ossl_proc_module *module;
 	any_fn fn;
 	void *arg;           /* for the kinds that take one */
+	SSL_CTX *ctx;        /* NULL once the context was freed */
+	enum cb_kind kind;
 	struct cb_node *below;
 };
 
-/* trampoline.c */
+/* trampoline.c: the scopes call down into it, never the other way. */
+
+/* A node for @fn with @arg, not yet bound; NULL when out of memory. */
+struct cb_node *tramp_node_new(any_fn fn, void *arg);
+/* Free a node that is not bound (never bound, or unbound). */
+void tramp_node_free(struct cb_node *n);
 /* Push @n on @ctx's stack for @kind and put the trampoline on @ctx;
  * @mode is the verify mode for CB_VERIFY.  0 or -ENOMEM. */
 int tramp_bind(SSL_CTX *ctx, enum cb_kind kind, struct cb_node *n, int mode);
-/* Unlink (and free) entries between begin and end: no dispatch runs
- * meanwhile, and none reaches an unlinked entry afterwards. */
+/* The binding lock (recursive): while it is held no context with a
+ * binding is freed, and a node's ctx stays what it is. */
+void tramp_lock(void);
+void tramp_unlock(void);
+/* Unlink nodes between begin and end, under the binding lock: no
+ * dispatch runs meanwhile, and none reaches an unlinked node afterwards.
+ * A node whose context was freed is left alone. */
 void tramp_unbind_begin(void);
-void tramp_unbind(SSL_CTX *ctx, enum cb_kind kind, struct cb_node *n);
+void tramp_unbind(struct cb_node *n);
 void tramp_unbind_end(void);
-/* With no module left on @ctx for @kind: put back what was there, if the
- * trampoline is still on the context (else WARNING). */
-void tramp_restore(const char *module, SSL_CTX *ctx, enum cb_kind kind);
+/* With no module left on @n's context for its kind: put back what was
+ * there, if the trampoline is still on the context (else WARNING). */
+void tramp_restore(const char *module, struct cb_node *n);
 /* An address inside the trampolines' code, for dladdr(). */
 const void *tramp_code(void);
-
-/* module.c */
-void module_lock(void);
-void module_unlock(void);
-/* The context of @n is being freed before its module closed. */
-void module_forget_node(struct cb_node *n);
 
 #pragma GCC visibility pop
 

@@ -12,6 +12,7 @@
 #include <openssl/err.h>
 #include <openssl/provider.h>
 
+#include "list.h"
 #include "module-int.h"
 #include "env.h"
 #include "pin.h"
@@ -23,8 +24,7 @@ struct undo {
 	union {
 		struct { int class_index, idx; } ex;
 		struct { int lib; ERR_STRING_DATA *str; } strings;
-		/* ctx NULL: the context was freed before the module closed */
-		struct { SSL_CTX *ctx; enum cb_kind kind; struct cb_node *node; } cb;
+		struct cb_node *cb; /* its context: node->ctx */
 		struct { void (*fn)(void *arg); void *arg; } hook;
 	} u;
 };
@@ -39,35 +39,11 @@ struct ossl_proc_module {
 };
 
 /* All module operations are rare (load and unload time): one lock,
- * recursive because an on_close hook may free a context, whose binding
- * destructor takes it too. */
+ * recursive because an on_close hook may call them.  Taken before the
+ * trampolines' binding lock, never after it. */
 static pthread_mutex_t modules_lock = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
 static struct ossl_proc_module **open_modules;
 static size_t n_open, cap_open;
-void
-module_lock(void)
-{
-	pthread_mutex_lock(&modules_lock);
-}
-
-void
-module_unlock(void)
-{
-	pthread_mutex_unlock(&modules_lock);
-}
-
-/* Under modules_lock (the context's destructor): the context is going
- * away before this entry's module closed; its undo must not touch it. */
-void
-module_forget_node(struct cb_node *n)
-{
-	struct ossl_proc_module *m = n->module;
-
-	for (size_t i = 0; i < m->n; i++)
-		if (m->undo[i].kind == U_CALLBACK && m->undo[i].u.cb.node == n)
-			m->undo[i].u.cb.ctx = NULL;
-	free(n);
-}
 
 /* ---- the registry of open modules ---- */
 
@@ -99,17 +75,11 @@ check_open(const struct ossl_proc_module *m, const char *fn)
 static int
 undo_push(struct ossl_proc_module *m, struct undo u)
 {
-	if (m->n == m->cap) {
-		size_t cap = m->cap ? m->cap * 2 : 8;
-		struct undo *nu = realloc(m->undo, cap * sizeof(*nu));
-
-		if (!nu) {
-			log_error("module %s: out of memory recording a "
-				  "registration", m->name);
-			return -ENOMEM;
-		}
-		m->undo = nu;
-		m->cap = cap;
+	if (array_reserve((void **)&m->undo, &m->cap, m->n,
+			  sizeof(*m->undo))) {
+		log_error("module %s: out of memory recording a registration",
+			  m->name);
+		return -ENOMEM;
 	}
 	m->undo[m->n++] = u;
 	return 0;
@@ -135,21 +105,14 @@ ossl_proc_module_open(const char *name)
 	}
 	snprintf(m->name, sizeof(m->name), "%s", name ? name : "(unnamed)");
 	pthread_mutex_lock(&modules_lock);
-	if (n_open == cap_open) {
-		size_t cap = cap_open ? cap_open * 2 : 8;
-		struct ossl_proc_module **nm = realloc(open_modules,
-						       cap * sizeof(*nm));
-
-		if (!nm) {
-			pthread_mutex_unlock(&modules_lock);
-			free(m);
-			log_error("ossl_proc_module_open: out of memory for the "
-				  "table of open scopes");
-			errno = ENOMEM;
-			return NULL;
-		}
-		open_modules = nm;
-		cap_open = cap;
+	if (array_reserve((void **)&open_modules, &cap_open, n_open,
+			  sizeof(*open_modules))) {
+		pthread_mutex_unlock(&modules_lock);
+		free(m);
+		log_error("ossl_proc_module_open: out of memory for the table "
+			  "of open scopes");
+		errno = ENOMEM;
+		return NULL;
 	}
 	open_modules[n_open++] = m;
 	pthread_mutex_unlock(&modules_lock);
@@ -201,21 +164,19 @@ set_callback(struct ossl_proc_module *m, SSL_CTX *ctx, enum cb_kind kind,
 		rc = -EINVAL;
 	}
 	if (!rc) {
-		n = malloc(sizeof(*n));
+		n = tramp_node_new(fn, arg);
 		rc = n ? 0 : -ENOMEM;
 	}
-	if (!rc) {
-		*n = (struct cb_node){ .module = m, .fn = fn, .arg = arg };
+	if (!rc)
 		rc = undo_push(m, (struct undo){ .kind = U_CALLBACK,
-			.u.cb = { ctx, kind, n } });
-	}
+			.u.cb = n });
 	if (!rc) {
 		rc = tramp_bind(ctx, kind, n, verify_mode);
 		if (rc)
 			m->n--; /* the entry just pushed */
 	}
 	if (rc) {
-		free(n);
+		tramp_node_free(n);
 		if (rc == -ENOMEM)
 			log_error("%s: out of memory", name);
 	} else {
@@ -408,8 +369,7 @@ undo_one(struct ossl_proc_module *m, struct undo *u)
 		ERR_unload_strings(u->u.strings.lib, u->u.strings.str);
 		break;
 	case U_CALLBACK:
-		if (u->u.cb.ctx)
-			tramp_restore(m->name, u->u.cb.ctx, u->u.cb.kind);
+		tramp_restore(m->name, u->u.cb);
 		break;
 	case U_HOOK:
 		u->u.hook.fn(u->u.hook.arg);
@@ -422,12 +382,9 @@ static void
 detach_callbacks(struct ossl_proc_module *m)
 {
 	tramp_unbind_begin();
-	for (size_t i = 0; i < m->n; i++) {
-		struct undo *u = &m->undo[i];
-
-		if (u->kind == U_CALLBACK && u->u.cb.ctx)
-			tramp_unbind(u->u.cb.ctx, u->u.cb.kind, u->u.cb.node);
-	}
+	for (size_t i = 0; i < m->n; i++)
+		if (m->undo[i].kind == U_CALLBACK)
+			tramp_unbind(m->undo[i].u.cb);
 	tramp_unbind_end();
 }
 
@@ -468,6 +425,16 @@ forget(struct ossl_proc_module *m)
 	}
 }
 
+static void
+module_free(struct ossl_proc_module *m)
+{
+	for (size_t i = 0; i < m->n; i++)
+		if (m->undo[i].kind == U_CALLBACK)
+			tramp_node_free(m->undo[i].u.cb);
+	free(m->undo);
+	free(m);
+}
+
 OSSL_PROC_EXPORT int
 ossl_proc_module_close(struct ossl_proc_module *m)
 {
@@ -480,6 +447,9 @@ ossl_proc_module_close(struct ossl_proc_module *m)
 		return rc;
 	}
 	forget(m);
+	/* No context with one of the module's callbacks is freed until the
+	 * undo is complete. */
+	tramp_lock();
 	detach_callbacks(m);
 	for (size_t i = m->n; i-- > 0;)
 		undo_one(m, &m->undo[i]);
@@ -487,11 +457,11 @@ ossl_proc_module_close(struct ossl_proc_module *m)
 		OPENSSL_thread_stop_ex(m->libctx);
 		OSSL_LIB_CTX_free(m->libctx);
 	}
+	tramp_unlock();
 	rc = unload_verdict(m);
 	pthread_mutex_unlock(&modules_lock);
 	log_debug("module %s closed (%zu registrations undone)", m->name,
 		  m->n);
-	free(m->undo);
-	free(m);
+	module_free(m);
 	return rc;
 }

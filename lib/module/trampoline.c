@@ -10,7 +10,9 @@
  * on the context before, or OpenSSL's behaviour without one.  Entries are
  * pushed and unlinked under a write lock that every dispatch holds for
  * reading, so once a module's entries are unlinked none of its callbacks
- * is running or can start.
+ * is running or can start.  The nodes belong to this file: a context
+ * freed before the module closed only marks its nodes, which the
+ * module's close then frees.
  */
 #include <stdlib.h>
 
@@ -24,8 +26,25 @@ struct binding {
 };
 
 static pthread_rwlock_t dispatch_lock = PTHREAD_RWLOCK_INITIALIZER;
+/* Recursive: a module's close holds it while its on_close hooks run, and
+ * a hook may free a context. */
+static pthread_mutex_t bind_lock = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
 static int bind_index = -1;
 
+void
+tramp_lock(void)
+{
+	pthread_mutex_lock(&bind_lock);
+}
+
+void
+tramp_unlock(void)
+{
+	pthread_mutex_unlock(&bind_lock);
+}
+
+/* The context is going away before the modules of its nodes closed:
+ * their close must not touch it. */
 static void
 binding_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx,
 	     long argl, void *argp)
@@ -35,16 +54,11 @@ binding_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx,
 	(void)parent, (void)ad, (void)idx, (void)argl, (void)argp;
 	if (!b)
 		return;
-	module_lock();
-	for (int k = 0; k < CB_COUNT; k++) {
-		struct cb_node *n = b->top[k], *below;
-
-		for (; n; n = below) {
-			below = n->below;
-			module_forget_node(n);
-		}
-	}
-	module_unlock();
+	tramp_lock();
+	for (int k = 0; k < CB_COUNT; k++)
+		for (struct cb_node *n = b->top[k]; n; n = n->below)
+			n->ctx = NULL;
+	tramp_unlock();
 	free(b);
 }
 
@@ -309,14 +323,38 @@ binding_for(SSL_CTX *ctx)
 	return b;
 }
 
+struct cb_node *
+tramp_node_new(any_fn fn, void *arg)
+{
+	struct cb_node *n = calloc(1, sizeof(*n));
+
+	if (n) {
+		n->fn = fn;
+		n->arg = arg;
+	}
+	return n;
+}
+
+void
+tramp_node_free(struct cb_node *n)
+{
+	free(n);
+}
+
 int
 tramp_bind(SSL_CTX *ctx, enum cb_kind kind, struct cb_node *n, int mode)
 {
 	const struct kind_ops *o = &ops[kind];
-	struct binding *b = binding_for(ctx);
+	struct binding *b;
 
-	if (!b)
+	tramp_lock();
+	b = binding_for(ctx);
+	if (!b) {
+		tramp_unlock();
 		return -ENOMEM;
+	}
+	n->ctx = ctx;
+	n->kind = kind;
 	pthread_rwlock_wrlock(&dispatch_lock);
 	n->below = b->top[kind];
 	b->top[kind] = n;
@@ -329,6 +367,7 @@ tramp_bind(SSL_CTX *ctx, enum cb_kind kind, struct cb_node *n, int mode)
 			b->base_verify_mode = SSL_CTX_get_verify_mode(ctx);
 	}
 	o->set(ctx, o->tramp, mode);
+	tramp_unlock();
 	return 0;
 }
 
@@ -339,15 +378,14 @@ tramp_unbind_begin(void)
 }
 
 void
-tramp_unbind(SSL_CTX *ctx, enum cb_kind kind, struct cb_node *n)
+tramp_unbind(struct cb_node *n)
 {
-	struct binding *b = binding_get(ctx);
+	struct binding *b = binding_get(n->ctx);
 
-	for (struct cb_node **p = b ? &b->top[kind] : NULL; p && *p;
+	for (struct cb_node **p = b ? &b->top[n->kind] : NULL; p && *p;
 	     p = &(*p)->below) {
 		if (*p == n) {
 			*p = n->below;
-			free(n);
 			return;
 		}
 	}
@@ -360,8 +398,10 @@ tramp_unbind_end(void)
 }
 
 void
-tramp_restore(const char *module, SSL_CTX *ctx, enum cb_kind kind)
+tramp_restore(const char *module, struct cb_node *n)
 {
+	SSL_CTX *ctx = n->ctx;
+	enum cb_kind kind = n->kind;
 	const struct kind_ops *o = &ops[kind];
 	struct binding *b = binding_get(ctx);
 
