@@ -363,8 +363,7 @@ blk_magic(const void *user, uint64_t size_gen, uint32_t word)
 	/* One multiply over the secret-keyed inputs, its halves folded:
 	 * what a header must resist is memory that is not one (random,
 	 * stale, a payload read as a header), which then matches with
-	 * probability 2^-32; a second mixing round adds nothing against
-	 * that and cost about 0.2 ns per malloc+free pair. */
+	 * probability 2^-32. */
 	uint64_t x = ((uintptr_t)user ^ aconf.secret) +
 		     (size_gen ^ (uint64_t)(word & ~ST_MASK) << 29) *
 		     0x9e3779b97f4a7c15ull;

@@ -159,7 +159,7 @@ quarantine_child(struct tstate *t, bool release)
  * it hold at most quarantine_bytes and number at most seven eighths of
  * the ring (test-alloc: quarantine_window_in_bytes, _in_blocks).  A free
  * then costs a store and a compare, the moves come a few dozen at a
- * time; moving one block per free cost 1.3 ns per pair.
+ * time.
  */
 __attribute__((noinline)) void
 quarantine_evict(struct tstate *t)
