@@ -17,6 +17,10 @@
  * start with a size field that the caller sets to sizeof() the struct it
  * was compiled with.
  *
+ * The declarations below are grouped by point of use: load, fork, the
+ * shared arena, the per-process SSL_CTX, unload (module scopes), the
+ * environment and CA paths, statistics.  Each function's man page (see
+ * osslproc(7)) has the full reference, with examples.
  */
 #ifndef OSSLPROC_H
 #define OSSLPROC_H
@@ -38,6 +42,10 @@ extern "C" {
 #define OSSL_PROC_VERSION_MAJOR 0
 #define OSSL_PROC_VERSION_MINOR 2
 #define OSSL_PROC_VERSION_MICRO 0
+
+/* ------------------------------------------------------------------ */
+/* Load: initialisation, teardown and the configuration               */
+/* ------------------------------------------------------------------ */
 
 /**
  * A memory backend that the tracked allocator places its blocks on.
@@ -152,41 +160,44 @@ enum ossl_proc_unload {
 	OSSL_PROC_UNLOAD_IN_USE = 2,
 };
 
-/* ------------------------------------------------------------------ */
-/* Load                                                                */
-/* ------------------------------------------------------------------ */
-
 /**
  * Initialise osslproc, or take one more reference.
  *
  * The first call copies @p cfg, installs the tracked allocator with
- * CRYPTO_set_mem_functions() (unless OSSL_PROC_F_NO_ALLOCATOR), snapshots
+ * CRYPTO_set_mem_functions() (unless OSSL_PROC_F_NO_ALLOCATOR), copies
  * the environment values OpenSSL reads later and resolves the CA paths
  * (see "Environment and CA paths" below), makes OpenSSL load its
- * configuration now (OPENSSL_init_ssl with OPENSSL_INIT_LOAD_CONFIG), and
+ * configuration now (OPENSSL_init_ssl() with OPENSSL_INIT_LOAD_CONFIG),
+ * gives the default library context an explicit provider directory, and
  * registers the fork handlers with pthread_atfork() (unless
- * OSSL_PROC_F_NO_ATFORK; see ossl_proc_fork_prepare()).  Call it before any other OpenSSL function:
- * once OpenSSL has allocated with its default allocator the tracked one
- * cannot be installed; init then still succeeds, untracked, with a WARNING
- * (ossl_proc_get_stats() reports OSSL_PROC_ALLOC_UNTRACKED).
+ * OSSL_PROC_F_NO_ATFORK; see ossl_proc_fork_prepare()).
  *
- * If another custom allocator is already installed, it becomes the
- * backend, and blocks it allocated before are freed by it.  If that
- * allocator belongs to another copy of osslproc in the process (a
+ * Call it before any other OpenSSL function: once OpenSSL has allocated
+ * with its default allocator the tracked one cannot be installed; init
+ * then still succeeds, untracked, with a WARNING (ossl_proc_get_stats()
+ * reports OSSL_PROC_ALLOC_UNTRACKED).  If custom memory functions are
+ * installed already, the tracked allocator stacks on them: they are the
+ * backend (unless @c cfg->allocator is set) and free what they allocated
+ * before.  If they belong to another copy of osslproc in the process (a
  * statically vendored one), this copy attaches to it instead: one set of
- * statistics and one bad-free policy cover the process.
+ * statistics and one bad-free policy cover the process.  The allocator's
+ * settings are frozen once it is installed, across init/teardown cycles.
  *
- * Later calls take a reference and return 1; settings in their @p cfg that
- * differ from the first call's are logged and ignored (a NULL @p cfg asks
- * for a reference only and is never a conflict).
+ * Later calls take a reference and return 1; their @p cfg is checked
+ * (an invalid one takes no reference), and settings that differ from the
+ * first call's are logged and ignored (a NULL @p cfg asks for a reference
+ * only and is never a conflict).
  *
  * @param cfg Configuration, or NULL for the defaults.  A @c size smaller
- *        than this version's struct is accepted (the fields it covers are
- *        used); a larger one is accepted only if the unknown tail is zero.
- * @return 0 on first initialisation, 1 if a reference was added,
- *         -EINVAL for a bad configuration (wrong size, unknown flags,
- *         unknown enum values), -ENOMEM, -EIO if OpenSSL's initialisation
- *         failed.
+ *        than this version's struct is accepted if it covers @c size and
+ *        @c flags (the fields it covers are used, the others keep their
+ *        defaults); a larger one only if the unknown tail is zero.
+ * @return 0 on the first initialisation, 1 if a reference was added;
+ *         -EINVAL for a bad configuration (a @c size as above, unknown
+ *         flags, @c on_bad_free outside its enum, @c log_level outside 0
+ *         to OSSL_PROC_LOG_DEBUG, an allocator without @c malloc or
+ *         @c free); -ENOMEM; -EIO if OpenSSL's initialisation failed or
+ *         it refused the provider directory.
  *
  * Thread-safety: safe; concurrent calls are serialised.  Call it in the
  * host's single-threaded initialisation phase if at all possible: OpenSSL's
@@ -199,18 +210,24 @@ int ossl_proc_init(const struct ossl_proc_config *cfg);
 /**
  * Drop one reference taken by ossl_proc_init().
  *
- * The last reference undoes what init did: the per-process state is reset
- * and statistics stop at their final values.  The tracked allocator cannot
- * be removed (OpenSSL frees through it until exit, atexit included), so it
- * stays installed; if the code implementing it lives in an object that
- * could be dlclose'd, that object is made RTLD_NODELETE and
- * OSSL_PROC_UNLOAD_PINNED is returned.
+ * The last reference undoes what init did: the CA paths and the copy of
+ * the environment are freed, the ossl_proc_on_child() hooks cleared, the
+ * log callback forgotten (lines go to stderr again, at WARNING).  The
+ * statistics are not reset, and an installed allocator keeps counting.
+ * It does not close module scopes, free ossl_proc_ctx handles or unmap
+ * arenas.  The tracked
+ * allocator cannot be removed (OpenSSL frees through it until exit,
+ * atexit included), so it stays installed; if the code implementing it
+ * lives in an object that could be dlclose'd, that object is made
+ * RTLD_NODELETE and OSSL_PROC_UNLOAD_PINNED is returned.  So is an object
+ * that holds its own static libcrypto beside this copy of osslproc.
  *
  * @return OSSL_PROC_UNLOAD_IN_USE if references remain,
  *         OSSL_PROC_UNLOAD_SAFE or OSSL_PROC_UNLOAD_PINNED after the last
  *         one, -EINVAL if osslproc is not initialised.
  *
- * Thread-safety: safe.  Fork-safety: as ossl_proc_init().
+ * Thread-safety: safe; serialised with ossl_proc_init().
+ * Fork-safety: as ossl_proc_init().
  */
 int ossl_proc_teardown(void);
 
@@ -229,71 +246,89 @@ int ossl_proc_teardown(void);
  * osslproc's locks across the fork.  Logs a WARNING, once, when other
  * threads have used OpenSSL (forking while one of them holds an OpenSSL
  * lock can hang the child), and when a worker of the shared backend forks
- * again.  Calls nest: calling it by hand as well as automatically is
- * harmless.  Does nothing before init.
+ * again.  Calls nest per thread: calling it by hand as well as
+ * automatically is harmless, only the outermost pair does any work.  Does
+ * nothing before init or after the last teardown.
  *
- * The host's own pthread_atfork() handlers registered before
- * ossl_proc_init() run while these locks are held (prepare handlers run
- * newest first, parent and child handlers oldest first); the thread that
- * holds them does not take them again, so those handlers may call OpenSSL
- * and osslproc.  They must not wait for another thread that does.
- *
- * Thread-safety: safe; concurrent forks are serialised.
+ * Thread-safety: safe; concurrent forks are serialised.  The host's own
+ * pthread_atfork() handlers registered before ossl_proc_init() run while
+ * these locks are held (prepare handlers run newest first, parent and
+ * child handlers oldest first); the thread that holds them does not take
+ * them again, so those handlers may call OpenSSL and osslproc.  They must
+ * not wait for another thread that does.
+ * Fork-safety: this is the fork point; fork from a quiescent,
+ * single-threaded parent (osslproc can only warn otherwise).
  */
 void ossl_proc_fork_prepare(void);
 
 /**
- * Fork parent handler: releases what ossl_proc_fork_prepare() held.
- * Call it in the parent after fork() when OSSL_PROC_F_NO_ATFORK is set.
+ * Fork parent handler: releases what the matching ossl_proc_fork_prepare()
+ * held; without one, does nothing.  Call it in the parent after fork()
+ * when OSSL_PROC_F_NO_ATFORK is set.
+ *
+ * Thread-safety: call it in the thread that called
+ * ossl_proc_fork_prepare().
  */
 void ossl_proc_fork_parent(void);
 
 /**
  * Re-initialise the child after fork(): a new generation and pid, the
- * allocator state of threads that do not exist in the child and the
- * shared blocks of other processes forgotten (never released), a fresh
- * error queue, then the ossl_proc_on_child() hooks in registration order.
- * OpenSSL's DRBGs reseed by themselves when the pid changes.
+ * locks released (or re-created when no prepare ran), the allocator state
+ * of threads that do not exist in the child and the shared blocks of
+ * other processes forgotten (never released), the inherited error queue
+ * cleared when no prepare ran, then the ossl_proc_on_child() hooks in
+ * registration order.  OpenSSL's DRBGs reseed by themselves when the pid
+ * changes.
  *
  * Runs automatically from the pthread_atfork() child handler.  A fork that
- * bypasses the handlers (syscall(SYS_fork), clone, _Fork) is noticed at the
- * next OpenSSL allocation (a MADV_WIPEONFORK page; without it, at the next
- * osslproc call) and handled there with a WARNING asking the host to call
- * this function.  Noticed in the allocator, only the allocator is
- * re-initialised there; the error queue and the hooks, which call OpenSSL
- * and the host, wait for this function or the next ossl_proc_ctx_get(),
- * ossl_proc_get_stats() or ossl_proc_report(), in whichever thread makes
- * it (the inherited error queue is cleared only in the thread that
- * forked).
+ * bypasses the handlers (syscall(SYS_fork), clone, _Fork) is noticed at
+ * the child's next call into OpenSSL's allocator (a MADV_WIPEONFORK page;
+ * without it, at the next osslproc call) and handled there with a WARNING
+ * asking the host to call this function.  Noticed in the allocator, only
+ * the allocator is re-initialised there; the error queue and the hooks,
+ * which call OpenSSL and the host, wait for this function or the next
+ * ossl_proc_ctx_get(), ossl_proc_get_stats() or ossl_proc_report(), in
+ * whichever thread makes it (the inherited error queue is cleared only in
+ * the thread that forked).
  *
  * @return 0, also when this process was already re-initialised (it is
  *         idempotent per process); -EINVAL before ossl_proc_init().
  *
  * Thread-safety: call in the child before it starts threads.
- * Fork-safety: this is the function to call after fork().
+ * Fork-safety: this is the function to call after fork(); with a
+ * multi-threaded parent only async-signal-safe hooks are safe.
  */
 int ossl_proc_child_reinit(void);
 
 /**
  * Number of forks between the initialised ancestor and this process:
  * 0 in the process that called ossl_proc_init(), 1 in its children, 2 in
- * theirs.
+ * theirs.  Not reset by ossl_proc_teardown().
  *
- * Thread-safety: safe, async-signal-safe.
+ * @return the generation; 0 before ossl_proc_init().
+ *
+ * Thread-safety: safe, async-signal-safe (one atomic load).
+ * Fork-safety: safe in any process; a child whose fork bypassed the
+ * handlers reads its parent's value until it is re-initialised.
  */
 unsigned long ossl_proc_generation(void);
 
 /**
  * Register a function that every child runs during its re-initialisation,
- * after osslproc's own work, in registration order.  Hooks are cleared by
- * the last ossl_proc_teardown().
+ * after osslproc's own work, in registration order: inside the
+ * pthread_atfork() child handler, or in the host's call to
+ * ossl_proc_child_reinit() with OSSL_PROC_F_NO_ATFORK.  Hooks are cleared
+ * by the last ossl_proc_teardown(); there is no way to remove one.
  *
- * @param fn  Function to call; must not be NULL.
+ * @param fn  Function to call; must not be NULL.  It may call OpenSSL and
+ *            osslproc (osslproc's locks are released by then).
  * @param arg Passed to @p fn.
  * @return 0, -EINVAL for a NULL @p fn or before init, -ENOSPC after 32
  *         hooks.
  *
- * Thread-safety: safe.
+ * Thread-safety: safe.  The hooks run in the child's only thread.
+ * Fork-safety: a hook runs in a freshly forked child: with a
+ * multi-threaded parent, only async-signal-safe work is safe there.
  */
 int ossl_proc_on_child(void (*fn)(void *arg), void *arg);
 
@@ -305,17 +340,21 @@ struct ossl_proc_arena;
 
 /**
  * Create an arena of @p capacity bytes in an anonymous MAP_SHARED mapping,
- * so that memory allocated from it by one process is visible to every
- * process forked afterwards.  Allocation is serialised by a robust,
- * process-shared mutex inside the mapping; when the arena is full,
- * allocation returns NULL and logs an ERROR.  Create it before
+ * so that memory allocated from it by one process is visible, at the same
+ * address, to every process forked afterwards.  Allocation is serialised
+ * by a robust, process-shared mutex inside the mapping; when the arena is
+ * full, allocation returns NULL and logs an ERROR (once, and again after a
+ * quarter of the memory in use was freed).  Create it before
  * ossl_proc_init() and before forking.
  *
- * @param capacity Usable bytes, at least 64 KiB, rounded up to pages.
- * @return the arena, or NULL with errno set (EINVAL for a bad capacity,
- *         ENOMEM when the mapping fails).
+ * @param capacity Usable bytes, from 64 KiB to 2^46, rounded up to pages.
+ * @return the arena, or NULL with errno set: EINVAL for a bad capacity or
+ *         when the robust mutex cannot be created, ENOMEM when the mapping
+ *         fails or 64 arenas exist already.
  *
  * Thread-safety: safe.
+ * Fork-safety: the arena is shared by every process forked after it was
+ * created.
  */
 struct ossl_proc_arena *ossl_proc_arena_new(size_t capacity);
 
@@ -324,7 +363,9 @@ struct ossl_proc_arena *ossl_proc_arena_new(size_t capacity);
  * set).
  *
  * @param a The arena.
- * @return a pointer valid for the arena's lifetime, or NULL if @p a is NULL.
+ * @return a pointer valid for the arena's lifetime, or NULL if @p a is
+ *         NULL or not an arena that this copy of osslproc created in this
+ *         process (or its parent) and has not freed.
  *
  * Thread-safety: safe.
  */
@@ -345,11 +386,14 @@ struct ossl_proc_arena_stats {
 };
 
 /**
- * Read the arena's counters.
+ * Read the arena's counters, shared by every process using the arena.
  *
  * @param a   The arena.
- * @param out Filled in; out->size must be set.
- * @return 0, or -EINVAL for a NULL argument or a bad size.
+ * @param out Filled in; out->size must be set, at least to this version's
+ *            sizeof(struct ossl_proc_arena_stats) (bytes past it are left
+ *            untouched).
+ * @return 0, or -EINVAL for a NULL argument, a smaller size or @p a not an
+ *         arena of this process.
  *
  * Thread-safety: safe (takes the arena lock).
  */
@@ -363,20 +407,25 @@ int ossl_proc_arena_get_stats(struct ossl_proc_arena *a,
  *
  * @param a   The arena.
  * @param pid A process that has exited and been reaped.
- * @return the number of blocks freed; -EINVAL for a bad argument;
- *         -EBUSY while @p pid still exists (its blocks may be in use).
+ * @return the number of blocks freed (0 when there were none); -EINVAL
+ *         for a bad argument (@p a not an arena of this process, @p pid
+ *         not positive); -EBUSY while @p pid still exists, also as an
+ *         unreaped zombie or as another user's process (its blocks may be
+ *         in use); -ENOTRECOVERABLE when the arena's lock cannot be taken
+ *         any more.
  *
  * Thread-safety: safe (takes the arena lock; walks the whole arena).
  */
 int ossl_proc_arena_reclaim(struct ossl_proc_arena *a, pid_t pid);
 
 /**
- * Unmap the arena.  Refused (with an ERROR) while it is the backend of the
+ * Unmap the arena in this process (processes forked earlier keep their
+ * mapping).  Refused (with an ERROR) while it is the backend of the
  * installed tracked allocator, because OpenSSL can still free into it.
  *
  * @param a The arena, or NULL.
  *
- * Thread-safety: no other thread or process may use the arena.
+ * Thread-safety: no other thread may use the arena through this mapping.
  */
 void ossl_proc_arena_free(struct ossl_proc_arena *a);
 
@@ -392,7 +441,8 @@ struct ossl_proc_ctx;
  * ticket keys) instead of sharing the parent's.  Nothing is built here.
  *
  * @param build Returns a new SSL_CTX, or NULL on failure; called with
- *        the context's lock held, at most once per process at a time.
+ *        the handle's lock held, at most once per process at a time; it
+ *        must not call ossl_proc_ctx_get() on the same handle.
  * @param arg   Passed to @p build.
  * @return the handle, or NULL with errno EINVAL (NULL @p build, or before
  *         ossl_proc_init()) or ENOMEM.
@@ -409,10 +459,14 @@ struct ossl_proc_ctx *ossl_proc_ctx_new(SSL_CTX *(*build)(void *arg),
  * call tries again.
  *
  * @param pc The handle.
- * @return a borrowed SSL_CTX (valid until ossl_proc_ctx_free() or the
- *         next fork in this process's children), or NULL.
+ * @return a borrowed SSL_CTX, valid until ossl_proc_ctx_free() (in a
+ *         child, the first call replaces the copy inherited from the
+ *         parent); NULL if the builder failed or @p pc is NULL.
  *
  * Thread-safety: safe; concurrent first calls build once.
+ * Fork-safety: call it in each worker; it also notices a fork that
+ * bypassed the pthread_atfork() handlers and re-initialises the child
+ * first.
  */
 SSL_CTX *ossl_proc_ctx_get(struct ossl_proc_ctx *pc);
 
@@ -422,7 +476,7 @@ SSL_CTX *ossl_proc_ctx_get(struct ossl_proc_ctx *pc);
  *
  * @param pc The handle, or NULL.
  *
- * Thread-safety: no other thread may use @p pc.
+ * Thread-safety: no other thread may use @p pc during or after the call.
  */
 void ossl_proc_ctx_free(struct ossl_proc_ctx *pc);
 
@@ -447,39 +501,64 @@ struct ossl_proc_module;
  *
  * All module functions are thread-safe (one internal lock; they are meant
  * for load and unload time), and refuse a NULL or closed module with
- * -EINVAL and an ERROR, without dereferencing it.
+ * -EINVAL and an ERROR, without dereferencing it.  Every failure is
+ * logged.  Scopes and bindings are inherited by a child like any other
+ * memory; only the process that closes a scope runs its undo steps.
  */
 
 /**
  * Open a scope.
  *
- * @param name Name used in log lines (copied; may be NULL).
+ * @param name Name used in log lines (copied, at most 63 bytes kept; NULL:
+ *             "(unnamed)").
  * @return the scope, or NULL with errno EINVAL (before ossl_proc_init())
  *         or ENOMEM.
+ *
+ * Thread-safety: safe.
  */
 struct ossl_proc_module *ossl_proc_module_open(const char *name);
 
 /**
  * Undo everything registered through @p m, newest first, and free @p m:
- * callbacks are put back where they are still osslproc's (where the host
- * replaced one since, its callback stays and a WARNING names it), ex_data
- * indices are freed (CRYPTO_free_ex_index: live objects get no-op
- * callbacks), error strings unloaded, the private library context freed,
- * on_close hooks run.
+ * the scope's callbacks are unlinked first (waiting for those in flight),
+ * then put back where they are still osslproc's (where the host replaced
+ * one since, its callback stays and a WARNING names it), ex_data indices
+ * are freed (CRYPTO_free_ex_index: live objects get no-op callbacks),
+ * error strings unloaded and on_close hooks run; the private library
+ * context is freed last.
  *
+ * @param m The scope.
  * @return OSSL_PROC_UNLOAD_SAFE when nothing can reach the plugin's code;
- *         OSSL_PROC_UNLOAD_PINNED when osslproc itself lives in the plugin
- *         (a vendored static copy) and its trampolines stay reachable from
- *         live objects: the plugin was made RTLD_NODELETE and stays mapped
- *         (INFO line); -EINVAL for a NULL or already closed module.
+ *         OSSL_PROC_UNLOAD_PINNED when the plugin must stay mapped and was
+ *         made RTLD_NODELETE (INFO line): osslproc itself lives in the
+ *         plugin (a vendored static copy) and the scope set callbacks,
+ *         whose trampolines live objects still reach, or the plugin holds
+ *         its own static libcrypto; -EINVAL for a NULL or already closed
+ *         module.
+ *
+ * Thread-safety: safe; never from inside one of the scope's callbacks.
  */
 int ossl_proc_module_close(struct ossl_proc_module *m);
 
 /**
- * CRYPTO_get_ex_new_index(), freed with CRYPTO_free_ex_index() at close.
- * OpenSSL never reuses an index: each open/close cycle uses up one.
+ * CRYPTO_get_ex_new_index() with the same arguments, freed with
+ * CRYPTO_free_ex_index() at close.  OpenSSL never reuses an index: each
+ * open/close cycle uses up one.  After close the plugin's @p free_func is
+ * not called any more.
  *
- * @return the index (>= 0), -EINVAL, -ENOMEM or -EIO.
+ * @param m           The scope.
+ * @param class_index A CRYPTO_EX_INDEX_* class.
+ * @param argl        Passed to the three functions.
+ * @param argp        Passed to the three functions.
+ * @param new_func    Called when an object of the class is created, or
+ *                    NULL.
+ * @param dup_func    Called when one is duplicated, or NULL.
+ * @param free_func   Called when one is freed, or NULL.
+ * @return the index (>= 0); -EINVAL for a NULL or closed module; -ENOMEM
+ *         (the index is freed again); -EIO if CRYPTO_get_ex_new_index()
+ *         failed.
+ *
+ * Thread-safety: safe.
  */
 int ossl_proc_module_ex_new_index(struct ossl_proc_module *m,
 				  int class_index, long argl, void *argp,
@@ -488,9 +567,16 @@ int ossl_proc_module_ex_new_index(struct ossl_proc_module *m,
 				  CRYPTO_EX_free *free_func);
 
 /**
- * SSL_CTX_set_info_callback() through the scope.
+ * SSL_CTX_set_info_callback() through the scope; at close the previous
+ * callback comes back.
  *
- * @return 0, -EINVAL (NULL @p ctx or @p cb, closed module) or -ENOMEM.
+ * @param m   The scope.
+ * @param ctx The context.
+ * @param cb  The plugin's callback; must not be NULL.
+ * @return 0, -EINVAL (NULL @p ctx or @p cb, NULL or closed module) or
+ *         -ENOMEM.
+ *
+ * Thread-safety: safe, also while connections of @p ctx run handshakes.
  */
 int ossl_proc_module_set_info_callback(struct ossl_proc_module *m,
 				       SSL_CTX *ctx,
@@ -501,7 +587,15 @@ int ossl_proc_module_set_info_callback(struct ossl_proc_module *m,
  * SSL_CTX_set_verify() through the scope; at close the previous callback
  * and mode come back.
  *
- * @return 0, -EINVAL or -ENOMEM.
+ * @param m    The scope.
+ * @param ctx  The context.
+ * @param mode The verify mode, set on @p ctx.
+ * @param cb   The plugin's callback; must not be NULL (to change only the
+ *             mode, call SSL_CTX_set_verify()).
+ * @return 0, -EINVAL (NULL @p ctx or @p cb, NULL or closed module) or
+ *         -ENOMEM.
+ *
+ * Thread-safety: safe, also while connections of @p ctx run handshakes.
  */
 int ossl_proc_module_set_verify(struct ossl_proc_module *m, SSL_CTX *ctx,
 				int mode, SSL_verify_cb cb);
@@ -512,7 +606,13 @@ int ossl_proc_module_set_verify(struct ossl_proc_module *m, SSL_CTX *ctx,
  * context after close and calls nothing (the msg callback argument is the
  * context's, unchanged).
  *
- * @return 0, -EINVAL or -ENOMEM.
+ * @param m   The scope.
+ * @param ctx The context.
+ * @param cb  The plugin's callback; must not be NULL.
+ * @return 0, -EINVAL (NULL @p ctx or @p cb, NULL or closed module) or
+ *         -ENOMEM.
+ *
+ * Thread-safety: safe, also while connections of @p ctx run handshakes.
  */
 int ossl_proc_module_set_msg_callback(struct ossl_proc_module *m,
 				      SSL_CTX *ctx,
@@ -521,21 +621,38 @@ int ossl_proc_module_set_msg_callback(struct ossl_proc_module *m,
 						 const void *buf, size_t len,
 						 SSL *ssl, void *arg));
 
-/*
- * The other SSL_CTX callbacks plugins set, through the scope.  Each
- * returns 0, -EINVAL (NULL @p ctx or @p cb, closed module) or -ENOMEM.
+/**
+ * SSL_CTX_set_keylog_callback() through the scope; at close the previous
+ * callback comes back.
  *
- * Keylog, new-session, remove-session and client-certificate callbacks are
- * put back at close like the info callback.  OpenSSL cannot read back the
- * ALPN select, servername and PSK callbacks: their trampoline stays on the
- * context after close and answers as if no callback were set (no ALPN,
- * the server name accepted, no PSK), and a callback the host had set
- * before the module's is not called again.  The @p arg of the ALPN and
- * servername callbacks is kept by the scope and passed to @p cb.
+ * @param m   The scope.
+ * @param ctx The context.
+ * @param cb  The plugin's callback; must not be NULL.
+ * @return 0, -EINVAL (NULL @p ctx or @p cb, NULL or closed module) or
+ *         -ENOMEM.
+ *
+ * Thread-safety: safe, also while connections of @p ctx run handshakes.
  */
 int ossl_proc_module_set_keylog_callback(struct ossl_proc_module *m,
 					 SSL_CTX *ctx,
 					 SSL_CTX_keylog_cb_func cb);
+
+/**
+ * SSL_CTX_set_alpn_select_cb() through the scope.  OpenSSL cannot read
+ * the callback back: after close the trampoline stays on the context and
+ * selects no protocol (SSL_TLSEXT_ERR_NOACK), and a callback the host had
+ * set before is not called again.
+ *
+ * @param m   The scope.
+ * @param ctx The context.
+ * @param cb  The plugin's callback; must not be NULL.
+ * @param arg Kept by the scope and passed to @p cb (the context's own
+ *            argument is not used).
+ * @return 0, -EINVAL (NULL @p ctx or @p cb, NULL or closed module) or
+ *         -ENOMEM.
+ *
+ * Thread-safety: safe, also while connections of @p ctx run handshakes.
+ */
 int ossl_proc_module_set_alpn_select_cb(struct ossl_proc_module *m,
 					SSL_CTX *ctx,
 					int (*cb)(SSL *ssl,
@@ -545,25 +662,111 @@ int ossl_proc_module_set_alpn_select_cb(struct ossl_proc_module *m,
 						  unsigned int inlen,
 						  void *arg),
 					void *arg);
+
+/**
+ * SSL_CTX_set_tlsext_servername_callback() through the scope.  OpenSSL
+ * cannot read the callback back: after close the trampoline stays on the
+ * context and accepts the name (SSL_TLSEXT_ERR_OK), and a callback the
+ * host had set before is not called again.
+ *
+ * @param m   The scope.
+ * @param ctx The context.
+ * @param cb  The plugin's callback; must not be NULL.
+ * @param arg Kept by the scope and passed to @p cb (the context's
+ *            servername argument is set to NULL).
+ * @return 0, -EINVAL (NULL @p ctx or @p cb, NULL or closed module) or
+ *         -ENOMEM.
+ *
+ * Thread-safety: safe, also while connections of @p ctx run handshakes.
+ */
 int ossl_proc_module_set_servername_callback(struct ossl_proc_module *m,
 					     SSL_CTX *ctx,
 					     int (*cb)(SSL *ssl, int *al,
 						       void *arg),
 					     void *arg);
+
+/**
+ * SSL_CTX_sess_set_new_cb() through the scope; at close the previous
+ * callback comes back.
+ *
+ * @param m   The scope.
+ * @param ctx The context.
+ * @param cb  The plugin's callback; must not be NULL.
+ * @return 0, -EINVAL (NULL @p ctx or @p cb, NULL or closed module) or
+ *         -ENOMEM.
+ *
+ * Thread-safety: safe, also while connections of @p ctx run handshakes.
+ */
 int ossl_proc_module_sess_set_new_cb(struct ossl_proc_module *m,
 				     SSL_CTX *ctx,
 				     int (*cb)(SSL *ssl, SSL_SESSION *sess));
+
+/**
+ * SSL_CTX_sess_set_remove_cb() through the scope; at close the previous
+ * callback comes back.
+ *
+ * @param m   The scope.
+ * @param ctx The context.
+ * @param cb  The plugin's callback; must not be NULL.
+ * @return 0, -EINVAL (NULL @p ctx or @p cb, NULL or closed module) or
+ *         -ENOMEM.
+ *
+ * Thread-safety: safe, also while connections of @p ctx run handshakes.
+ */
 int ossl_proc_module_sess_set_remove_cb(struct ossl_proc_module *m,
 					SSL_CTX *ctx,
 					void (*cb)(SSL_CTX *ctx,
 						   SSL_SESSION *sess));
+
+/**
+ * SSL_CTX_set_client_cert_cb() through the scope; at close the previous
+ * callback comes back.
+ *
+ * @param m   The scope.
+ * @param ctx The context.
+ * @param cb  The plugin's callback; must not be NULL.
+ * @return 0, -EINVAL (NULL @p ctx or @p cb, NULL or closed module) or
+ *         -ENOMEM.
+ *
+ * Thread-safety: safe, also while connections of @p ctx run handshakes.
+ */
 int ossl_proc_module_set_client_cert_cb(struct ossl_proc_module *m,
 					SSL_CTX *ctx,
 					int (*cb)(SSL *ssl, X509 **x509,
 						  EVP_PKEY **pkey));
+
+/**
+ * SSL_CTX_set_psk_client_callback() through the scope.  OpenSSL cannot
+ * read the callback back: after close the trampoline stays on the context
+ * and finds no PSK, and a callback the host had set before is not called
+ * again.
+ *
+ * @param m   The scope.
+ * @param ctx The context.
+ * @param cb  The plugin's callback; must not be NULL.
+ * @return 0, -EINVAL (NULL @p ctx or @p cb, NULL or closed module) or
+ *         -ENOMEM.
+ *
+ * Thread-safety: safe, also while connections of @p ctx run handshakes.
+ */
 int ossl_proc_module_set_psk_client_callback(struct ossl_proc_module *m,
 					     SSL_CTX *ctx,
 					     SSL_psk_client_cb_func cb);
+
+/**
+ * SSL_CTX_set_psk_server_callback() through the scope.  OpenSSL cannot
+ * read the callback back: after close the trampoline stays on the context
+ * and finds no PSK, and a callback the host had set before is not called
+ * again.
+ *
+ * @param m   The scope.
+ * @param ctx The context.
+ * @param cb  The plugin's callback; must not be NULL.
+ * @return 0, -EINVAL (NULL @p ctx or @p cb, NULL or closed module) or
+ *         -ENOMEM.
+ *
+ * Thread-safety: safe, also while connections of @p ctx run handshakes.
+ */
 int ossl_proc_module_set_psk_server_callback(struct ossl_proc_module *m,
 					     SSL_CTX *ctx,
 					     SSL_psk_server_cb_func cb);
@@ -573,7 +776,14 @@ int ossl_proc_module_set_psk_server_callback(struct ossl_proc_module *m,
  * table must stay valid until then).  Library numbers from
  * ERR_get_next_error_library() are never reused by OpenSSL.
  *
- * @return 0, -EINVAL, -EIO or -ENOMEM.
+ * @param m   The scope.
+ * @param lib The error library number.
+ * @param str The table; must not be NULL.
+ * @return 0; -EINVAL for a NULL @p str or a NULL or closed module; -EIO
+ *         if ERR_load_strings() failed; -ENOMEM (the strings are
+ *         unloaded again).
+ *
+ * Thread-safety: safe.
  */
 int ossl_proc_module_load_strings(struct ossl_proc_module *m, int lib,
 				  ERR_STRING_DATA *str);
@@ -581,19 +791,33 @@ int ossl_proc_module_load_strings(struct ossl_proc_module *m, int lib,
 /**
  * A private OSSL_LIB_CTX for the module's providers (OSSL_PROVIDER_add_
  * builtin has no remove; load them here instead), created on first call
- * with the provider directory snapshotted at init, and freed at close after
- * OPENSSL_thread_stop_ex() for the closing thread.  Other threads must
- * have stopped using it.
+ * with the provider directory determined at init, and freed at close,
+ * after every other undo step, following OPENSSL_thread_stop_ex() for the
+ * closing thread.  Later calls return the same context.
  *
- * @return the context (owned by the scope), or NULL.
+ * @param m The scope.
+ * @return the context (owned by the scope), or NULL (logged; errno not
+ *         set) for a NULL or closed module or when OSSL_LIB_CTX_new()
+ *         fails.
+ *
+ * Thread-safety: safe.  Other threads must have stopped using the context
+ * before the scope is closed.
  */
 OSSL_LIB_CTX *ossl_proc_module_libctx(struct ossl_proc_module *m);
 
 /**
  * Run @p undo(@p arg) at close, in reverse order of registration with the
- * other undo steps: for anything else the plugin gives OpenSSL.
+ * other undo steps: for anything else the plugin gives OpenSSL.  The hook
+ * runs in the closing thread, after the scope's callbacks were unlinked
+ * and before its library context is freed, with the (recursive) module
+ * lock held.
  *
- * @return 0, -EINVAL or -ENOMEM.
+ * @param m    The scope.
+ * @param undo The function; must not be NULL.
+ * @param arg  Passed to @p undo.
+ * @return 0, -EINVAL (NULL @p undo, NULL or closed module) or -ENOMEM.
+ *
+ * Thread-safety: safe.
  */
 int ossl_proc_module_on_close(struct ossl_proc_module *m,
 			      void (*undo)(void *arg), void *arg);
@@ -623,13 +847,35 @@ int ossl_proc_module_on_close(struct ossl_proc_module *m,
  */
 
 /**
+ * The CA bundle resolved at init.
+ *
+ * @return the path, or NULL when none was found or osslproc is not
+ *         initialised.  Valid until the last ossl_proc_teardown().
+ *
+ * Thread-safety: safe between init and the last teardown.
+ */
+const char *ossl_proc_ca_file(void);
+
+/**
+ * The CA directory resolved at init (from SSL_CERT_DIR, possibly a
+ * colon-separated list).
+ *
+ * @return the path, or NULL when none was found or osslproc is not
+ *         initialised.  Valid until the last ossl_proc_teardown().
+ *
+ * Thread-safety: safe between init and the last teardown.
+ */
+const char *ossl_proc_ca_dir(void);
+
+/**
  * Load the CA locations resolved at init into @p ctx, with explicit paths:
  * unlike SSL_CTX_set_default_verify_paths(), no environment is read.
  *
  * @param ctx The context whose verify store gets the locations.
- * @return 0; -EINVAL for NULL or before ossl_proc_init(); -ENOENT when no
- *         CA bundle or directory was found at init; -EIO when OpenSSL
- *         could not load them (the log names the paths and the error).
+ * @return 0; -EINVAL for NULL or when osslproc is not initialised;
+ *         -ENOENT when no CA bundle or directory was found at init; -EIO
+ *         when OpenSSL could not load them (the log names the paths and
+ *         the error).
  *
  * Thread-safety: safe between init and the last teardown.
  */
@@ -640,51 +886,14 @@ int ossl_proc_load_verify_paths(SSL_CTX *ctx);
  *
  * @param store The store to load into.
  * @return as ossl_proc_load_verify_paths().
- */
-int ossl_proc_load_verify_store(X509_STORE *store);
-
-/**
- * The CA bundle resolved at init.
- *
- * @return the path, or NULL when none was found or before init.  Valid
- *         until the last ossl_proc_teardown().
  *
  * Thread-safety: safe between init and the last teardown.
  */
-const char *ossl_proc_ca_file(void);
-
-/**
- * The CA directory resolved at init (for SSL_CERT_DIR, possibly a
- * colon-separated list).
- *
- * @return the path, or NULL when none was found or before init.  Valid
- *         until the last ossl_proc_teardown().
- */
-const char *ossl_proc_ca_dir(void);
+int ossl_proc_load_verify_store(X509_STORE *store);
 
 /* ------------------------------------------------------------------ */
-/* Observability                                                       */
+/* Statistics                                                          */
 /* ------------------------------------------------------------------ */
-
-/** State of the tracked allocator, in ossl_proc_stats.allocator. */
-enum ossl_proc_alloc_mode {
-	/** osslproc was never initialised in this process.  (After the
-	 * last ossl_proc_teardown() an installed allocator stays installed,
-	 * OpenSSL cannot take it back, and keeps reporting TRACKED.) */
-	OSSL_PROC_ALLOC_NONE = 0,
-	/** Installed and tracking every OpenSSL allocation. */
-	OSSL_PROC_ALLOC_TRACKED = 1,
-	/** Not installed: OSSL_PROC_F_NO_ALLOCATOR. */
-	OSSL_PROC_ALLOC_DISABLED = 2,
-	/** Not installed: OpenSSL had already allocated at init. */
-	OSSL_PROC_ALLOC_UNTRACKED = 3,
-	/** Another copy of osslproc owns the allocator; the counters are
-	 * that copy's. */
-	OSSL_PROC_ALLOC_ATTACHED = 4,
-	/** Installed, but someone replaced OpenSSL's memory functions since:
-	 * blocks allocated by osslproc may now reach a foreign free. */
-	OSSL_PROC_ALLOC_REPLACED = 5,
-};
 
 /**
  * Counters, process-wide (every thread, every copy of osslproc in the
@@ -723,34 +932,59 @@ struct ossl_proc_stats {
 /**
  * Read the counters.
  *
- * @param out Filled in; out->size must be set by the caller.  A smaller
- *        size (an older caller) gets the prefix it knows.
- * @return 0, -EINVAL for NULL or a size smaller than the contract's first
- *         version of the struct.
+ * Callable at any time, also before init, after the last
+ * ossl_proc_teardown() and after OPENSSL_cleanup(): an installed
+ * allocator stays installed and keeps counting, which is how a host reads
+ * what leaked at exit.
  *
- * Callable at any time, also after the last ossl_proc_teardown() and
- * after OPENSSL_cleanup(): an installed allocator stays installed and
- * keeps counting, which is how a host reads what leaked at exit.
+ * @param out Filled in; out->size must be set by the caller.  A smaller
+ *        size (an older caller) gets the prefix it knows; a larger one
+ *        gets this version's fields and its tail is left untouched.
+ * @return 0, -EINVAL for NULL or a size smaller than the contract's first
+ *         version of the struct (which ends at @c generation).
  *
  * Thread-safety: safe.  It takes the registry lock that a thread's
  * first allocation and its exit take, never a lock of the allocator's
  * common path, so allocating threads do not wait for it.  The values are
  * a consistent-enough snapshot: counters updated concurrently may be read
  * mid-update by at most the operations in flight.
+ * Fork-safety: safe in any process; it notices a fork that bypassed the
+ * pthread_atfork() handlers and re-initialises the child first.
  */
 int ossl_proc_get_stats(struct ossl_proc_stats *out);
 
 /**
- * Print a human-readable state report: mode, allocator owner and backend,
- * counters, leaks (count and bytes, and sites with
- * OSSL_PROC_F_TRACK_SITES).
+ * Print a human-readable state report, then flush @p out: versions and
+ * pid, mode, allocator owner and backend, counters, leaks (count and
+ * bytes, and with OSSL_PROC_F_TRACK_SITES the first 50 allocation sites).
  *
  * @param out Stream to print to.
- * @return 0, -EINVAL for NULL, -EIO if writing failed.
+ * @return 0, -EINVAL for NULL, -EIO if writing or flushing failed.
  *
  * Thread-safety: safe.  Do not call from the log callback.
+ * Fork-safety: as ossl_proc_get_stats().
  */
 int ossl_proc_report(FILE *out);
+
+/** State of the tracked allocator, in ossl_proc_stats.allocator. */
+enum ossl_proc_alloc_mode {
+	/** osslproc was never initialised in this process.  (After the
+	 * last ossl_proc_teardown() an installed allocator stays installed,
+	 * OpenSSL cannot take it back, and keeps reporting TRACKED.) */
+	OSSL_PROC_ALLOC_NONE = 0,
+	/** Installed and tracking every OpenSSL allocation. */
+	OSSL_PROC_ALLOC_TRACKED = 1,
+	/** Not installed: OSSL_PROC_F_NO_ALLOCATOR. */
+	OSSL_PROC_ALLOC_DISABLED = 2,
+	/** Not installed: OpenSSL had already allocated at init. */
+	OSSL_PROC_ALLOC_UNTRACKED = 3,
+	/** Another copy of osslproc owns the allocator; the counters are
+	 * that copy's. */
+	OSSL_PROC_ALLOC_ATTACHED = 4,
+	/** Installed, but someone replaced OpenSSL's memory functions since:
+	 * blocks allocated by osslproc may now reach a foreign free. */
+	OSSL_PROC_ALLOC_REPLACED = 5,
+};
 
 #ifdef __cplusplus
 }
