@@ -82,8 +82,9 @@ while read -r p; do
 		fail=1
 	fi
 	while read -r n; do
-		if [ ! -f "${p%/*}/$n.${p##*.}" ]; then
-			echo "$p: names $n, which has no page ${p%/*}/$n.${p##*.}"
+		alias="${p%/*}/$n.${p##*.}"
+		if [ ! -f "$alias" ]; then
+			echo "$p: names $n, which has no page $alias"
 			fail=1
 		fi
 	done <"$tmp/names"
