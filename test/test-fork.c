@@ -785,18 +785,6 @@ START_TEST(shared_worker_keeps_no_private_blocks)
 }
 END_TEST
 
-START_TEST(reclaim_refuses_live_process)
-{
-	init_shared();
-	tl_expect(OSSL_PROC_LOG_ERROR, "still exists");
-	ck_assert_int_eq(ossl_proc_arena_reclaim(arena, getpid()), -EBUSY);
-	tl_expect(OSSL_PROC_LOG_ERROR, "client bug");
-	ck_assert_int_eq(ossl_proc_arena_reclaim(arena, 0), -EINVAL);
-	ck_assert_int_eq(ossl_proc_arena_reclaim(NULL, 1), -EINVAL);
-	ossl_proc_teardown();
-}
-END_TEST
-
 int
 main(void)
 {
@@ -824,7 +812,6 @@ main(void)
 	tcase_add_test(tc, shared_workers);
 	tcase_add_test(tc, shared_free_by_other_process);
 	tcase_add_test(tc, shared_ssl_freed_by_other_process);
-	tcase_add_test(tc, reclaim_refuses_live_process);
 	tcase_add_test(tc, shared_tiny_blocks_not_overrun);
 	tcase_add_test(tc, shared_worker_keeps_no_private_blocks);
 	suite_add_tcase(s, tc);

@@ -1,0 +1,251 @@
+/* The built-in process-shared arena: its API on its own, real fork()ed
+ * processes sharing it, reclaiming what dead processes left. */
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common/testlog.h"
+#include "common/tls-util.h"
+
+static struct ossl_proc_stats
+stats(void)
+{
+	struct ossl_proc_stats st = { .size = sizeof(st) };
+
+	ck_assert_int_eq(ossl_proc_get_stats(&st), 0);
+	return st;
+}
+
+static struct ossl_proc_arena_stats
+arena_stats(struct ossl_proc_arena *a)
+{
+	struct ossl_proc_arena_stats st = { .size = sizeof(st) };
+
+	ck_assert_int_eq(ossl_proc_arena_get_stats(a, &st), 0);
+	return st;
+}
+
+static void
+init_with(const struct ossl_proc_allocator *a, size_t quarantine,
+	  enum ossl_proc_bad_free policy, unsigned flags)
+{
+	struct ossl_proc_config c = tl_config();
+
+	c.allocator = a;
+	c.quarantine_bytes = quarantine;
+	c.on_bad_free = policy;
+	c.flags = flags;
+	ck_assert_int_eq(ossl_proc_init(&c), 0);
+	ck_assert_int_eq(stats().allocator, OSSL_PROC_ALLOC_TRACKED);
+}
+
+static void
+tls_round(int handshakes)
+{
+	struct tls_pki *pki = tls_pki_new();
+	SSL_CTX *s, *c;
+
+	ck_assert_ptr_nonnull(pki);
+	s = tls_server_ctx(pki);
+	c = tls_client_ctx(pki);
+	ck_assert_ptr_nonnull(s);
+	ck_assert_ptr_nonnull(c);
+	ck_assert_int_eq(tls_handshakes(c, s, handshakes), handshakes);
+	SSL_CTX_free(c);
+	SSL_CTX_free(s);
+	tls_pki_free(pki);
+}
+
+/* The arena as the tracked allocator's shared backend. */
+static struct ossl_proc_arena *arena;
+
+static void
+init_shared(void)
+{
+	struct ossl_proc_config c = tl_config();
+
+	arena = ossl_proc_arena_new(64 << 20);
+	ck_assert_ptr_nonnull(arena);
+	c.allocator = ossl_proc_arena_allocator(arena);
+	ck_assert_int_eq(ossl_proc_init(&c), 0);
+}
+
+/* ---- the API ---- */
+
+START_TEST(arena_bad_arguments)
+{
+	struct ossl_proc_config c = tl_config();
+	struct ossl_proc_arena_stats st = { .size = 8 };
+
+	ck_assert_int_eq(ossl_proc_init(&c), 0);
+	tl_expect(OSSL_PROC_LOG_ERROR, "client bug");
+	ck_assert_ptr_null(ossl_proc_arena_new(1000));
+	ck_assert_int_eq(errno, EINVAL);
+	ck_assert_ptr_null(ossl_proc_arena_new(SIZE_MAX));
+	ck_assert_int_eq(errno, EINVAL);
+	ck_assert_ptr_null(ossl_proc_arena_allocator(NULL));
+	ck_assert_int_eq(ossl_proc_arena_get_stats(NULL, &st), -EINVAL);
+	ossl_proc_arena_free(NULL);
+	ossl_proc_teardown();
+}
+END_TEST
+
+/* Full: NULL and one ERROR, never memory outside the mapping; freeing
+ * makes room again; foreign and repeated frees are refused. */
+START_TEST(arena_full_and_bad_frees)
+{
+	struct ossl_proc_config c = tl_config();
+	struct ossl_proc_arena *a;
+	const struct ossl_proc_allocator *al;
+	void *blocks[4096];
+	int n = 0;
+
+	ck_assert_int_eq(ossl_proc_init(&c), 0);
+	a = ossl_proc_arena_new(64 * 1024);
+	al = ossl_proc_arena_allocator(a);
+	ck_assert(al && al->shared && !al->realloc);
+	tl_expect(OSSL_PROC_LOG_ERROR, "create it larger");
+	while (n < 4096 && (blocks[n] = al->malloc(100, al->arg))) {
+		ck_assert_uint_eq((uintptr_t)blocks[n] % 16, 0);
+		ck_assert((char *)blocks[n] > (char *)a &&
+			  (char *)blocks[n] + 100 <= (char *)a + 80 * 1024);
+		memset(blocks[n++], 0x77, 100);
+	}
+	ck_assert_int_gt(n, 400);
+	ck_assert_ptr_null(al->malloc(100, al->arg));
+	ck_assert_uint_eq(arena_stats(a).failed, 2);
+	ck_assert_int_eq(tl_count(OSSL_PROC_LOG_ERROR, "create it larger"), 1);
+	al->free(blocks[0], al->arg);
+	ck_assert_ptr_eq(al->malloc(100, al->arg), blocks[0]);
+	tl_expect(OSSL_PROC_LOG_ERROR, "not a live block");
+	al->free((char *)blocks[1] + 16, al->arg);  /* interior */
+	al->free(&n, al->arg);                      /* not in the arena */
+	al->free(blocks[2], al->arg);
+	al->free(blocks[2], al->arg);               /* twice */
+	ck_assert_uint_eq(arena_stats(a).bad_frees, 3);
+	ck_assert_int_eq(tl_count(OSSL_PROC_LOG_ERROR, "not a live block"), 1);
+	for (int i = 0; i < n; i++)
+		if (i != 2)
+			al->free(blocks[i], al->arg);
+	ck_assert_uint_eq(arena_stats(a).used_bytes, 0);
+	ck_assert_uint_eq(arena_stats(a).allocs, arena_stats(a).frees);
+	ossl_proc_arena_free(a);
+	ossl_proc_teardown();
+}
+END_TEST
+
+/* The arena under the tracked allocator cannot be unmapped. */
+START_TEST(arena_in_use_kept)
+{
+	struct ossl_proc_arena *a = ossl_proc_arena_new(4 << 20);
+	struct ossl_proc_allocator view = *ossl_proc_arena_allocator(a);
+
+	view.shared = 0;
+	init_with(&view, 0, OSSL_PROC_BAD_FREE_LOG, 0);
+	tls_round(2);
+	ck_assert_uint_gt(arena_stats(a).allocs, 1000);
+	tl_expect(OSSL_PROC_LOG_ERROR, "stays mapped");
+	ossl_proc_arena_free(a);
+	/* Still mapped: OpenSSL keeps working in it. */
+	tls_round(1);
+	ck_assert_uint_gt(arena_stats(a).used_bytes, 0);
+	ossl_proc_teardown();
+}
+END_TEST
+
+START_TEST(reclaim_refuses_live_process)
+{
+	init_shared();
+	tl_expect(OSSL_PROC_LOG_ERROR, "still exists");
+	ck_assert_int_eq(ossl_proc_arena_reclaim(arena, getpid()), -EBUSY);
+	tl_expect(OSSL_PROC_LOG_ERROR, "client bug");
+	ck_assert_int_eq(ossl_proc_arena_reclaim(arena, 0), -EINVAL);
+	ck_assert_int_eq(ossl_proc_arena_reclaim(NULL, 1), -EINVAL);
+	ossl_proc_teardown();
+}
+END_TEST
+
+/* ---- processes ---- */
+
+#define CHURN_CHILDREN 4
+#define CHURN_OPS 20000
+
+/* One worker: random sizes, a pattern per block checked before free. */
+static int
+churn(const struct ossl_proc_allocator *al, unsigned seed)
+{
+	unsigned char *held[64] = { 0 };
+	size_t len[64] = { 0 };
+	unsigned char tag = (unsigned char)seed;
+	int bad = 0;
+
+	for (int i = 0; i < CHURN_OPS; i++) {
+		int s = rand_r(&seed) % 64;
+
+		if (held[s]) {
+			for (size_t k = 0; k < len[s]; k++)
+				bad += held[s][k] != (unsigned char)(s + tag);
+			al->free(held[s], al->arg);
+		}
+		len[s] = 1 + (size_t)rand_r(&seed) % (rand_r(&seed) % 8 ? 512
+								     : 8192);
+		held[s] = al->malloc(len[s], al->arg);
+		if (!held[s])
+			return -1;
+		memset(held[s], (unsigned char)(s + tag), len[s]);
+	}
+	for (int s = 0; s < 64; s++)
+		al->free(held[s], al->arg);
+	return bad;
+}
+
+START_TEST(arena_processes_churn)
+{
+	struct ossl_proc_arena *a = ossl_proc_arena_new(16 << 20);
+	const struct ossl_proc_allocator *al = ossl_proc_arena_allocator(a);
+	pid_t pids[CHURN_CHILDREN];
+
+	for (int i = 0; i < CHURN_CHILDREN; i++) {
+		pids[i] = fork();
+		ck_assert_int_ge(pids[i], 0);
+		if (pids[i] == 0)
+			_exit(churn(al, (unsigned)i * 7919 + 1) == 0 ? 0 : 1);
+	}
+	for (int i = 0; i < CHURN_CHILDREN; i++) {
+		int status;
+
+		ck_assert_int_eq(waitpid(pids[i], &status, 0), pids[i]);
+		ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+			      "worker %d saw corrupted or missing memory", i);
+	}
+	ck_assert_uint_eq(arena_stats(a).allocs,
+			  (uint64_t)CHURN_CHILDREN * CHURN_OPS);
+	ck_assert_uint_eq(arena_stats(a).frees, arena_stats(a).allocs);
+	ck_assert_uint_eq(arena_stats(a).used_bytes, 0);
+	ck_assert_uint_eq(arena_stats(a).bad_frees, 0);
+	ossl_proc_arena_free(a);
+}
+END_TEST
+
+int
+main(void)
+{
+	Suite *s = suite_create("arena");
+	TCase *tc = tcase_create("api");
+
+	tcase_set_timeout(tc, 120);
+	tcase_add_test(tc, arena_bad_arguments);
+	tcase_add_test(tc, arena_full_and_bad_frees);
+	tcase_add_test(tc, arena_in_use_kept);
+	tcase_add_test(tc, reclaim_refuses_live_process);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("processes");
+	tcase_set_timeout(tc, 300);
+	tcase_add_test(tc, arena_processes_churn);
+	suite_add_tcase(s, tc);
+	return tl_run(s);
+}
