@@ -403,6 +403,95 @@ START_TEST(scrub_zeroes_freed_blocks)
 }
 END_TEST
 
+static char static_block[256] __attribute__((aligned(16)));
+
+START_TEST(invalid_pointers)
+{
+	_Alignas(16) char stack_block[256];
+	char *p, *libc;
+	uint64_t frees0;
+	int backend_frees0;
+
+	init_with(&counting, 0, OSSL_PROC_BAD_FREE_IGNORE, 0);
+	p = OPENSSL_malloc(256);
+	libc = malloc(64);
+	frees0 = stats().frees;
+	backend_frees0 = atomic_load(&bk.frees);
+	char *bad[] = {
+		p + 16,            /* interior */
+		p + 1,             /* misaligned */
+		static_block + 32, /* static */
+		stack_block + 32,  /* stack */
+		libc,              /* malloc'ed, never ours */
+	};
+	uint64_t page_aligned = 0;
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		/* Where the layout puts one at a page start, it is told apart
+		 * without reading: a foreign free. */
+		page_aligned += ((uintptr_t)bad[i] & 4095) == 0;
+		OPENSSL_free(bad[i]);
+	}
+	ck_assert_uint_eq(stats().invalid_frees, 5 - page_aligned);
+	ck_assert_uint_eq(stats().foreign_frees, page_aligned);
+	ck_assert_uint_eq(stats().frees, frees0);
+	ck_assert_int_eq(atomic_load(&bk.frees), backend_frees0);
+	/* The real block is untouched and frees normally. */
+	OPENSSL_free(p);
+	ck_assert_uint_eq(stats().frees, frees0 + 1);
+	ck_assert_int_eq(tl_count(OSSL_PROC_LOG_WARNING, NULL), 0);
+	free(libc);
+	ossl_proc_teardown();
+}
+END_TEST
+
+/* A page-aligned pointer at the start of a mapping whose previous page
+ * is inaccessible: reading the header would fault. */
+START_TEST(foreign_page_aligned)
+{
+	long page = sysconf(_SC_PAGESIZE);
+	char *map = mmap(NULL, 2 * page, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	ck_assert_ptr_ne(map, MAP_FAILED);
+	ck_assert_int_eq(mprotect(map, page, PROT_NONE), 0);
+	init_with(NULL, 0, OSSL_PROC_BAD_FREE_LOG, 0);
+	tl_expect(OSSL_PROC_LOG_WARNING, "page-aligned foreign pointer");
+	OPENSSL_free(map + page);
+	ck_assert_uint_eq(stats().foreign_frees, 1);
+	ck_assert_ptr_null(OPENSSL_realloc(map + page, 10));
+	ck_assert_uint_eq(stats().foreign_frees, 2);
+	ossl_proc_teardown();
+	munmap(map, 2 * page);
+}
+END_TEST
+
+/* SIGABRT without the ERROR first is not what the policy promises: the
+ * test then exits instead of dying of the signal, and fails. */
+static void
+abort_logged_first(int sig)
+{
+	if (tl_count(OSSL_PROC_LOG_ERROR, "aborting as configured") != 1)
+		_exit(3);
+	signal(sig, SIG_DFL);
+}
+
+START_TEST(abort_policy)
+{
+	char *p;
+
+	init_with(NULL, 0, OSSL_PROC_BAD_FREE_ABORT, 0);
+	signal(SIGABRT, abort_logged_first);
+	p = OPENSSL_malloc(10);
+	OPENSSL_free(p);
+	tl_expect(OSSL_PROC_LOG_ERROR, "aborting as configured");
+	OPENSSL_free(p);
+	ck_abort_msg("not reached");
+}
+END_TEST
+
+/* ---- the per-thread cache ---- */
+
 /* Blocks up to 32 KiB are reused from the thread's cache once they
  * have left the quarantine, in classes (16-byte steps, then four per
  * doubling), and the cache stays within its budget. */
@@ -591,93 +680,6 @@ START_TEST(cache_link_to_quarantined_refused)
 	ck_assert_uint_eq(stats().invalid_frees, 0);
 	ck_assert_int_eq(atomic_load(&bk.twice), 0);
 	ossl_proc_teardown();
-}
-END_TEST
-
-static char static_block[256] __attribute__((aligned(16)));
-
-START_TEST(invalid_pointers)
-{
-	_Alignas(16) char stack_block[256];
-	char *p, *libc;
-	uint64_t frees0;
-	int backend_frees0;
-
-	init_with(&counting, 0, OSSL_PROC_BAD_FREE_IGNORE, 0);
-	p = OPENSSL_malloc(256);
-	libc = malloc(64);
-	frees0 = stats().frees;
-	backend_frees0 = atomic_load(&bk.frees);
-	char *bad[] = {
-		p + 16,            /* interior */
-		p + 1,             /* misaligned */
-		static_block + 32, /* static */
-		stack_block + 32,  /* stack */
-		libc,              /* malloc'ed, never ours */
-	};
-	uint64_t page_aligned = 0;
-
-	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-		/* Where the layout puts one at a page start, it is told apart
-		 * without reading: a foreign free. */
-		page_aligned += ((uintptr_t)bad[i] & 4095) == 0;
-		OPENSSL_free(bad[i]);
-	}
-	ck_assert_uint_eq(stats().invalid_frees, 5 - page_aligned);
-	ck_assert_uint_eq(stats().foreign_frees, page_aligned);
-	ck_assert_uint_eq(stats().frees, frees0);
-	ck_assert_int_eq(atomic_load(&bk.frees), backend_frees0);
-	/* The real block is untouched and frees normally. */
-	OPENSSL_free(p);
-	ck_assert_uint_eq(stats().frees, frees0 + 1);
-	ck_assert_int_eq(tl_count(OSSL_PROC_LOG_WARNING, NULL), 0);
-	free(libc);
-	ossl_proc_teardown();
-}
-END_TEST
-
-/* A page-aligned pointer at the start of a mapping whose previous page
- * is inaccessible: reading the header would fault. */
-START_TEST(foreign_page_aligned)
-{
-	long page = sysconf(_SC_PAGESIZE);
-	char *map = mmap(NULL, 2 * page, PROT_READ | PROT_WRITE,
-			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-
-	ck_assert_ptr_ne(map, MAP_FAILED);
-	ck_assert_int_eq(mprotect(map, page, PROT_NONE), 0);
-	init_with(NULL, 0, OSSL_PROC_BAD_FREE_LOG, 0);
-	tl_expect(OSSL_PROC_LOG_WARNING, "page-aligned foreign pointer");
-	OPENSSL_free(map + page);
-	ck_assert_uint_eq(stats().foreign_frees, 1);
-	ck_assert_ptr_null(OPENSSL_realloc(map + page, 10));
-	ck_assert_uint_eq(stats().foreign_frees, 2);
-	ossl_proc_teardown();
-	munmap(map, 2 * page);
-}
-END_TEST
-
-/* SIGABRT without the ERROR first is not what the policy promises: the
- * test then exits instead of dying of the signal, and fails. */
-static void
-abort_logged_first(int sig)
-{
-	if (tl_count(OSSL_PROC_LOG_ERROR, "aborting as configured") != 1)
-		_exit(3);
-	signal(sig, SIG_DFL);
-}
-
-START_TEST(abort_policy)
-{
-	char *p;
-
-	init_with(NULL, 0, OSSL_PROC_BAD_FREE_ABORT, 0);
-	signal(SIGABRT, abort_logged_first);
-	p = OPENSSL_malloc(10);
-	OPENSSL_free(p);
-	tl_expect(OSSL_PROC_LOG_ERROR, "aborting as configured");
-	OPENSSL_free(p);
-	ck_abort_msg("not reached");
 }
 END_TEST
 
@@ -1190,6 +1192,12 @@ alloc_suite(void)
 	tcase_add_test(tc, quarantine_window_in_bytes);
 	tcase_add_test(tc, quarantine_window_in_blocks);
 	tcase_add_test(tc, header_bound_to_address);
+	tcase_add_test(tc, invalid_pointers);
+	tcase_add_test(tc, foreign_page_aligned);
+	tcase_add_test_raise_signal(tc, abort_policy, SIGABRT);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("cache");
 	tcase_add_test(tc, cache_reuses_by_class);
 	tcase_add_test(tc, cache_bytes_bounds_the_cache);
 	tcase_add_test(tc, cache_bytes_one_keeps_nothing);
@@ -1198,9 +1206,6 @@ alloc_suite(void)
 	tcase_add_test(tc, cache_forged_link_refused);
 	tcase_add_test(tc, cache_small_link_refused);
 	tcase_add_test(tc, cache_link_to_quarantined_refused);
-	tcase_add_test(tc, invalid_pointers);
-	tcase_add_test(tc, foreign_page_aligned);
-	tcase_add_test_raise_signal(tc, abort_policy, SIGABRT);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("blocks");
