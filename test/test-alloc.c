@@ -89,26 +89,18 @@ static const struct ossl_proc_allocator counting = {
 	.malloc = bk_malloc, .free = bk_free,
 };
 
-static void
-init_cache(const struct ossl_proc_allocator *a, size_t quarantine,
-	   size_t cache, enum ossl_proc_bad_free policy, unsigned flags)
-{
-	struct ossl_proc_config c = tl_config();
+/* cache_bytes of 1: a thread keeps no freed block for reuse, so what
+ * leaves the quarantine reaches the backend (which scribbles on the
+ * header). */
+#define CACHE_NONE 1
 
-	c.allocator = a;
-	c.quarantine_bytes = quarantine;
-	c.cache_bytes = cache;
-	c.on_bad_free = policy;
-	c.flags = flags;
-	ck_assert_int_eq(ossl_proc_init(&c), 0);
+/* Initialises with @c (built by TL_CONFIG() at the call site), the
+ * tracked allocator installed. */
+static void
+init_with(struct ossl_proc_config c)
+{
+	tl_init(c);
 	ck_assert_int_eq(stats().allocator, OSSL_PROC_ALLOC_TRACKED);
-}
-
-static void
-init_with(const struct ossl_proc_allocator *a, size_t quarantine,
-	  enum ossl_proc_bad_free policy, unsigned flags)
-{
-	init_cache(a, quarantine, 0, policy, flags);
 }
 
 /* ---- real OpenSSL work ---- */
@@ -134,7 +126,7 @@ START_TEST(handshakes_balance)
 {
 	uint64_t before;
 
-	init_with(NULL, 0, OSSL_PROC_BAD_FREE_LOG, 0);
+	init_with(TL_CONFIG());
 	/* The first round fills OpenSSL's caches (fetched algorithms). */
 	tls_round(2);
 	before = stats().live_bytes;
@@ -150,8 +142,9 @@ END_TEST
 
 START_TEST(handshakes_scrub_sites_host)
 {
-	init_with(&counting, 0, OSSL_PROC_BAD_FREE_LOG,
-		  OSSL_PROC_F_SCRUB | OSSL_PROC_F_TRACK_SITES);
+	init_with(TL_CONFIG(.allocator = &counting,
+			    .flags = OSSL_PROC_F_SCRUB |
+				     OSSL_PROC_F_TRACK_SITES));
 	tls_round(5);
 	ck_assert_int_gt(atomic_load(&bk.mallocs), 1000);
 	ck_assert_int_eq(atomic_load(&bk.twice), 0);
@@ -165,7 +158,7 @@ START_TEST(double_free_in_quarantine)
 {
 	char *p;
 
-	init_with(&counting, 0, OSSL_PROC_BAD_FREE_LOG, 0);
+	init_with(TL_CONFIG(.allocator = &counting));
 	p = OPENSSL_malloc(100);
 	ck_assert_ptr_nonnull(p);
 	OPENSSL_free(p);
@@ -188,7 +181,7 @@ START_TEST(double_free_names_sites)
 {
 	char *p;
 
-	init_with(NULL, 0, OSSL_PROC_BAD_FREE_LOG, OSSL_PROC_F_TRACK_SITES);
+	init_with(TL_CONFIG(.flags = OSSL_PROC_F_TRACK_SITES));
 	p = CRYPTO_malloc(64, "alloc-site.c", 11);
 	CRYPTO_free(p, "first-free.c", 22);
 	tl_expect(OSSL_PROC_LOG_WARNING, "double free");
@@ -211,7 +204,7 @@ START_TEST(double_free_after_quarantine)
 	int frees0;
 
 	ck_assert_ptr_nonnull(churn);
-	init_with(&counting, 1024, OSSL_PROC_BAD_FREE_LOG, 0);
+	init_with(TL_CONFIG(.allocator = &counting, .quarantine_bytes = 1024));
 	for (int i = 0; i < FILL + TAIL; i++)
 		ck_assert_ptr_nonnull(churn[i] = OPENSSL_malloc(100));
 	p = OPENSSL_malloc(100);
@@ -245,7 +238,8 @@ START_TEST(double_free_of_cached_block)
 {
 	char *p, *q, *other;
 
-	init_with(&counting, 64, OSSL_PROC_BAD_FREE_IGNORE, 0);
+	init_with(TL_CONFIG(.allocator = &counting, .quarantine_bytes = 64,
+			    .on_bad_free = OSSL_PROC_BAD_FREE_IGNORE));
 	p = OPENSSL_malloc(40);
 	OPENSSL_free(p);
 	/* 64 bytes of quarantine: one more 40-byte free evicts p. */
@@ -264,15 +258,6 @@ START_TEST(double_free_of_cached_block)
 }
 END_TEST
 
-/* A backend-only allocator: nothing is cached, so what leaves the
- * quarantine reaches the backend (which scribbles on the header). */
-static void
-init_uncached(size_t quarantine, enum ossl_proc_bad_free policy,
-	      unsigned flags)
-{
-	init_cache(&counting, quarantine, 1, policy, flags);
-}
-
 /* The window in bytes: a block stays quarantined while it and the blocks
  * its thread freed after it hold at most quarantine_bytes (headers and
  * class rounding counted), and leaves once they hold 9/8 of it. */
@@ -281,7 +266,8 @@ START_TEST(quarantine_window_in_bytes)
 	char *p, *later[40];
 	int frees0;
 
-	init_uncached(1024, OSSL_PROC_BAD_FREE_LOG, 0);
+	init_with(TL_CONFIG(.allocator = &counting, .quarantine_bytes = 1024,
+			    .cache_bytes = CACHE_NONE));
 	/* 200 + 16 bytes: class 14, 224 bytes held. */
 	p = OPENSSL_malloc(200);
 	for (int i = 0; i < 40; i++)
@@ -347,7 +333,9 @@ START_TEST(quarantine_window_in_blocks)
 {
 	pthread_t t;
 
-	init_uncached(16384, OSSL_PROC_BAD_FREE_IGNORE, 0);
+	init_with(TL_CONFIG(.allocator = &counting, .quarantine_bytes = 16384,
+			    .cache_bytes = CACHE_NONE,
+			    .on_bad_free = OSSL_PROC_BAD_FREE_IGNORE));
 	ck_assert_int_eq(pthread_create(&t, NULL, window_in_blocks, NULL), 0);
 	ck_assert_int_eq(pthread_join(t, NULL), 0);
 	ossl_proc_teardown();
@@ -361,7 +349,7 @@ START_TEST(header_bound_to_address)
 	static _Alignas(16) char copy[256];
 	char *p;
 
-	init_with(&counting, 0, OSSL_PROC_BAD_FREE_LOG, 0);
+	init_with(TL_CONFIG(.allocator = &counting));
 	p = OPENSSL_malloc(64);
 	ck_assert_ptr_nonnull(p);
 	memset(p, 0x3c, 64);
@@ -384,7 +372,8 @@ START_TEST(scrub_zeroes_freed_blocks)
 {
 	static const size_t sizes[] = { 24, 300, 5000, 40000 };
 
-	init_uncached(0, OSSL_PROC_BAD_FREE_LOG, OSSL_PROC_F_SCRUB);
+	init_with(TL_CONFIG(.allocator = &counting, .cache_bytes = CACHE_NONE,
+			    .flags = OSSL_PROC_F_SCRUB));
 	for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
 		unsigned char *p = OPENSSL_malloc(sizes[i]);
 		size_t nonzero = 0;
@@ -412,7 +401,8 @@ START_TEST(invalid_pointers)
 	uint64_t frees0;
 	int backend_frees0;
 
-	init_with(&counting, 0, OSSL_PROC_BAD_FREE_IGNORE, 0);
+	init_with(TL_CONFIG(.allocator = &counting,
+			    .on_bad_free = OSSL_PROC_BAD_FREE_IGNORE));
 	p = OPENSSL_malloc(256);
 	libc = malloc(64);
 	frees0 = stats().frees;
@@ -455,7 +445,7 @@ START_TEST(foreign_page_aligned)
 
 	ck_assert_ptr_ne(map, MAP_FAILED);
 	ck_assert_int_eq(mprotect(map, page, PROT_NONE), 0);
-	init_with(NULL, 0, OSSL_PROC_BAD_FREE_LOG, 0);
+	init_with(TL_CONFIG());
 	tl_expect(OSSL_PROC_LOG_WARNING, "page-aligned foreign pointer");
 	OPENSSL_free(map + page);
 	ck_assert_uint_eq(stats().foreign_frees, 1);
@@ -480,7 +470,7 @@ START_TEST(abort_policy)
 {
 	char *p;
 
-	init_with(NULL, 0, OSSL_PROC_BAD_FREE_ABORT, 0);
+	init_with(TL_CONFIG(.on_bad_free = OSSL_PROC_BAD_FREE_ABORT));
 	signal(SIGABRT, abort_logged_first);
 	p = OPENSSL_malloc(10);
 	OPENSSL_free(p);
@@ -501,7 +491,7 @@ START_TEST(cache_reuses_by_class)
 					32752 };
 	char *p, *q;
 
-	init_with(&counting, 64, OSSL_PROC_BAD_FREE_LOG, 0);
+	init_with(TL_CONFIG(.allocator = &counting, .quarantine_bytes = 64));
 	for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
 		int mallocs;
 
@@ -532,22 +522,29 @@ END_TEST
 
 /* cache_bytes bounds what each thread keeps; 1 keeps nothing, so
  * every block past the quarantine goes back to the backend. */
+struct budget_case {
+	size_t cache_bytes;     /* the configured budget */
+	uint64_t least_cached;  /* cached_bytes after 64 frees, at least */
+	int backend_frees;      /* of those 64 frees, at least */
+};
+
 static void
-cache_budget_case(size_t budget, uint64_t least, int backend_frees)
+cache_budget_case(struct budget_case bc)
 {
 	char *p[64];
 	int frees0;
 
-	init_cache(&counting, 64, budget, OSSL_PROC_BAD_FREE_LOG, 0);
+	init_with(TL_CONFIG(.allocator = &counting, .quarantine_bytes = 64,
+			    .cache_bytes = bc.cache_bytes));
 	for (int i = 0; i < 64; i++)
 		ck_assert_ptr_nonnull(p[i] = OPENSSL_malloc(100));
 	frees0 = atomic_load(&bk.frees);
 	/* 128-byte blocks, larger than the window: straight on. */
 	for (int i = 0; i < 64; i++)
 		OPENSSL_free(p[i]);
-	ck_assert_uint_le(stats().cached_bytes, budget);
-	ck_assert_uint_ge(stats().cached_bytes, least);
-	ck_assert_int_ge(atomic_load(&bk.frees) - frees0, backend_frees);
+	ck_assert_uint_le(stats().cached_bytes, bc.cache_bytes);
+	ck_assert_uint_ge(stats().cached_bytes, bc.least_cached);
+	ck_assert_int_ge(atomic_load(&bk.frees) - frees0, bc.backend_frees);
 	ck_assert_uint_eq(stats().double_frees + stats().invalid_frees, 0);
 	ossl_proc_teardown();
 }
@@ -555,13 +552,21 @@ cache_budget_case(size_t budget, uint64_t least, int backend_frees)
 START_TEST(cache_bytes_bounds_the_cache)
 {
 	/* Full to within one block; at most 32 of the 64 kept. */
-	cache_budget_case(4096, 4096 - 128, 32);
+	cache_budget_case((struct budget_case){
+		.cache_bytes = 4096,
+		.least_cached = 4096 - 128,
+		.backend_frees = 32,
+	});
 }
 END_TEST
 
 START_TEST(cache_bytes_one_keeps_nothing)
 {
-	cache_budget_case(1, 0, 64);
+	cache_budget_case((struct budget_case){
+		.cache_bytes = CACHE_NONE,
+		.least_cached = 0,
+		.backend_frees = 64,
+	});
 }
 END_TEST
 
@@ -576,7 +581,7 @@ scribbled_cache_case(const void *value)
 {
 	char *p, *q, *r[2];
 
-	init_with(&counting, 64, OSSL_PROC_BAD_FREE_LOG, 0);
+	init_with(TL_CONFIG(.allocator = &counting, .quarantine_bytes = 64));
 	q = OPENSSL_malloc(40);
 	p = OPENSSL_malloc(40);
 	OPENSSL_free(q);
@@ -650,7 +655,7 @@ START_TEST(cache_link_to_quarantined_refused)
 {
 	char *p, *q, *b, *r[2];
 
-	init_with(&counting, 64, OSSL_PROC_BAD_FREE_LOG, 0);
+	init_with(TL_CONFIG(.allocator = &counting, .quarantine_bytes = 64));
 	q = OPENSSL_malloc(40);
 	p = OPENSSL_malloc(40);
 	b = OPENSSL_malloc(40);
@@ -707,7 +712,7 @@ START_TEST(report_lists_leaks)
 	struct ossl_proc_stats st0;
 	char *p, want[128];
 
-	init_with(NULL, 0, OSSL_PROC_BAD_FREE_LOG, OSSL_PROC_F_TRACK_SITES);
+	init_with(TL_CONFIG(.flags = OSSL_PROC_F_TRACK_SITES));
 	st0 = stats();
 	p = CRYPTO_malloc(77, "leak-site.c", 42);
 	ck_assert_ptr_nonnull(p);
@@ -748,7 +753,7 @@ START_TEST(realloc_semantics)
 	struct ossl_proc_stats st0;
 	char *p, *q;
 
-	init_with(NULL, 0, OSSL_PROC_BAD_FREE_LOG, 0);
+	init_with(TL_CONFIG());
 	st0 = stats();
 	p = OPENSSL_realloc(NULL, 10);          /* NULL: malloc */
 	ck_assert_ptr_nonnull(p);
@@ -780,7 +785,7 @@ START_TEST(alignment)
 	void *ptrs[2048];
 	uint64_t live0;
 
-	init_with(NULL, 0, OSSL_PROC_BAD_FREE_LOG, 0);
+	init_with(TL_CONFIG());
 	live0 = stats().live_bytes;
 	for (size_t i = 0; i < 2048; i++) {
 		size_t n = i < 1024 ? i + 1 : (size_t)rand() % 70000 + 1;
@@ -895,7 +900,7 @@ START_TEST(refused_chunk_not_offered_again)
 	uint64_t allocs0;
 	int calls0;
 
-	init_with(&lifo, 1, OSSL_PROC_BAD_FREE_LOG, 0);
+	init_with(TL_CONFIG(.allocator = &lifo, .quarantine_bytes = 1));
 	allocs0 = stats().allocs;
 	calls0 = lifo_calls;
 	trap_armed = true;
@@ -944,7 +949,7 @@ START_TEST(two_threads_one_block)
 	pthread_t t[2];
 	uint64_t frees0;
 
-	init_with(NULL, 0, OSSL_PROC_BAD_FREE_IGNORE, 0);
+	init_with(TL_CONFIG(.on_bad_free = OSSL_PROC_BAD_FREE_IGNORE));
 	frees0 = stats().frees;
 	pthread_barrier_init(&race_barrier, NULL, 2);
 	race_ptr = OPENSSL_malloc(32);
@@ -984,7 +989,7 @@ START_TEST(two_processes_one_block)
 	private_view.shared = 0;
 	c.allocator = &private_view;
 	c.quarantine_bytes = 1;
-	c.cache_bytes = 1;
+	c.cache_bytes = CACHE_NONE;
 	c.on_bad_free = OSSL_PROC_BAD_FREE_IGNORE;
 	ck_assert_int_eq(ossl_proc_init(&c), 0);
 	blocks = (void **)(go + 16);
@@ -1054,7 +1059,7 @@ START_TEST(stats_under_threads)
 	uint64_t last_allocs = 0;
 	struct ossl_proc_stats st0;
 
-	init_with(NULL, 4096, OSSL_PROC_BAD_FREE_LOG, 0);
+	init_with(TL_CONFIG(.quarantine_bytes = 4096));
 	st0 = stats();
 	for (uintptr_t i = 0; i < STAT_THREADS; i++)
 		pthread_create(&t[i], NULL, stat_worker, (void *)(i + 1));

@@ -28,17 +28,12 @@ arena_stats(struct ossl_proc_arena *a)
 	return st;
 }
 
+/* Initialises with @c (built by TL_CONFIG() at the call site), the
+ * tracked allocator installed. */
 static void
-init_with(const struct ossl_proc_allocator *a, size_t quarantine,
-	  enum ossl_proc_bad_free policy, unsigned flags)
+init_with(struct ossl_proc_config c)
 {
-	struct ossl_proc_config c = tl_config();
-
-	c.allocator = a;
-	c.quarantine_bytes = quarantine;
-	c.on_bad_free = policy;
-	c.flags = flags;
-	ck_assert_int_eq(ossl_proc_init(&c), 0);
+	tl_init(c);
 	ck_assert_int_eq(stats().allocator, OSSL_PROC_ALLOC_TRACKED);
 }
 
@@ -144,7 +139,7 @@ START_TEST(arena_in_use_kept)
 	struct ossl_proc_allocator view = *ossl_proc_arena_allocator(a);
 
 	view.shared = 0;
-	init_with(&view, 0, OSSL_PROC_BAD_FREE_LOG, 0);
+	init_with(TL_CONFIG(.allocator = &view));
 	tls_round(2);
 	ck_assert_uint_gt(arena_stats(a).allocs, 1000);
 	tl_expect(OSSL_PROC_LOG_ERROR, "stays mapped");

@@ -24,11 +24,13 @@ static FILE *stderr_file;
 struct ossl_proc_config
 tl_config(void)
 {
-	struct ossl_proc_config c = OSSL_PROC_CONFIG_INIT;
+	return TL_CONFIG();
+}
 
-	c.log = tl_log;
-	c.log_level = OSSL_PROC_LOG_INFO;
-	return c;
+void
+tl_init(struct ossl_proc_config c)
+{
+	ck_assert_int_eq(ossl_proc_init(&c), 0);
 }
 
 static int

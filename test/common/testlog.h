@@ -8,6 +8,19 @@
 
 /* A config whose log goes to the capture handler, at INFO. */
 struct ossl_proc_config tl_config(void);
+/* The same as a compound literal, with the fields a test sets named at
+ * the call site: TL_CONFIG(.allocator = &host, .quarantine_bytes = 64).
+ * Fields left out keep their defaults (0); do not name log, log_level or
+ * size again (set them on a copy instead). */
+#define TL_CONFIG(...) \
+	((struct ossl_proc_config){ \
+		.size = sizeof(struct ossl_proc_config), \
+		.log = tl_log, \
+		.log_level = OSSL_PROC_LOG_INFO, \
+		__VA_ARGS__ \
+	})
+/* ossl_proc_init(&c), asserting that it initialised (returned 0). */
+void tl_init(struct ossl_proc_config c);
 /* The capture handler itself, for configs built by hand. */
 void tl_log(enum ossl_proc_log_level level, const char *msg, void *arg);
 /* Announce that the next messages at @level containing @needle are
