@@ -16,15 +16,6 @@ static struct tls_pki *pki;
 static SSL_CTX *server, *client;
 
 static void
-init_flags(unsigned flags)
-{
-	struct ossl_proc_config c = tl_config();
-
-	c.flags = flags;
-	ck_assert_int_eq(ossl_proc_init(&c), 0);
-}
-
-static void
 make_tls(void)
 {
 	pki = tls_pki_new();
@@ -85,7 +76,7 @@ START_TEST(ctx_rebuilt_in_child)
 	SSL_CTX *mine;
 	pid_t pid;
 
-	init_flags(0);
+	tl_init(TL_CONFIG());
 	make_tls();
 	builds_map();
 	pc = ossl_proc_ctx_new(build_client, NULL);
@@ -120,7 +111,7 @@ START_TEST(ctx_builder_failure_retried)
 {
 	struct ossl_proc_ctx *pc;
 
-	init_flags(0);
+	tl_init(TL_CONFIG());
 	make_tls();
 	builds_map();
 	pc = ossl_proc_ctx_new(build_client, NULL);
@@ -152,7 +143,7 @@ START_TEST(ctx_concurrent_first_get)
 {
 	pid_t pid;
 
-	init_flags(0);
+	tl_init(TL_CONFIG());
 	make_tls();
 	builds_map();
 	race_pc = ossl_proc_ctx_new(build_client, NULL);
@@ -178,7 +169,7 @@ END_TEST
 
 START_TEST(ctx_misuse)
 {
-	init_flags(0);
+	tl_init(TL_CONFIG());
 	tl_expect(OSSL_PROC_LOG_ERROR, "client bug");
 	ck_assert_ptr_null(ossl_proc_ctx_new(NULL, NULL));
 	ck_assert_int_eq(errno, EINVAL);

@@ -173,16 +173,6 @@ server_ctx(void)
 	return ctx;
 }
 
-static void
-init_ca(const char *file, const char *cadir)
-{
-	struct ossl_proc_config c = tl_config();
-
-	c.ca_file = file;
-	c.ca_dir = cadir;
-	ck_assert_int_eq(ossl_proc_init(&c), 0);
-}
-
 /*
  * A client that trusts only what ossl_proc_load_verify_paths loads; 0 or
  * -1.  It asserts nothing: Check's assertions read the environment, which
@@ -208,7 +198,7 @@ verified_handshake(SSL_CTX *server)
 START_TEST(config_file_first)
 {
 	setenv("SSL_CERT_FILE", junk_pem, 1);
-	init_ca(ca_pem, dir);
+	tl_init(TL_CONFIG(.ca_file = ca_pem, .ca_dir = dir));
 	ck_assert_str_eq(ossl_proc_ca_file(), ca_pem);
 	ck_assert_str_eq(ossl_proc_ca_dir(), dir);
 	ck_assert_int_eq(tl_count(OSSL_PROC_LOG_INFO, "from the configuration"),
@@ -225,7 +215,7 @@ START_TEST(environment_second)
 	snprintf(list, sizeof(list), "/nonexistent:%s", dir);
 	setenv("SSL_CERT_FILE", junk_pem, 1);
 	setenv("SSL_CERT_DIR", list, 1);
-	init_ca(NULL, NULL);
+	tl_init(TL_CONFIG());
 	/* Copied at init: changing the environment later changes nothing. */
 	setenv("SSL_CERT_FILE", "/elsewhere", 1);
 	ck_assert_str_eq(ossl_proc_ca_file(), junk_pem);
@@ -241,7 +231,7 @@ START_TEST(missing_config_falls_back)
 {
 	setenv("SSL_CERT_FILE", junk_pem, 1);
 	tl_expect(OSSL_PROC_LOG_WARNING, "is not a readable file");
-	init_ca("/nonexistent/ca.pem", NULL);
+	tl_init(TL_CONFIG(.ca_file = "/nonexistent/ca.pem"));
 	ck_assert_str_eq(ossl_proc_ca_file(), junk_pem);
 	ossl_proc_teardown();
 }
@@ -255,7 +245,7 @@ START_TEST(openssl_default_third)
 
 	unsetenv("SSL_CERT_FILE");
 	unsetenv("SSL_CERT_DIR");
-	init_ca(NULL, NULL);
+	tl_init(TL_CONFIG());
 	if (stat(def, &st) == 0 && S_ISREG(st.st_mode)) {
 		ck_assert_str_eq(ossl_proc_ca_file(), def);
 	} else if (ossl_proc_ca_file()) {
@@ -278,7 +268,7 @@ handshake_trusting(const char *ca)
 	SSL_CTX *server;
 	int rc;
 
-	init_ca(ca, NULL);
+	tl_init(TL_CONFIG(.ca_file = ca));
 	server = server_ctx();
 	rc = verified_handshake(server);
 	SSL_CTX_free(server);
@@ -312,7 +302,7 @@ START_TEST(load_errors)
 	ck_assert_int_eq(ossl_proc_load_verify_paths((SSL_CTX *)&not_a_ctx),
 			 -EINVAL);
 	ck_assert_ptr_nonnull(strstr(tl_stderr_end(), "call ossl_proc_init"));
-	init_ca(junk_pem, NULL);
+	tl_init(TL_CONFIG(.ca_file = junk_pem));
 	ctx = SSL_CTX_new(TLS_method());
 	tl_expect(OSSL_PROC_LOG_ERROR, "could not load the CA");
 	ck_assert_int_eq(ossl_proc_load_verify_paths(ctx), -EIO);
@@ -374,7 +364,7 @@ START_TEST(env_read_only_at_init)
 	struct ossl_proc_stats st = { .size = sizeof(st) };
 	FILE *devnull = fopen("/dev/null", "w");
 
-	init_ca(ca_pem, NULL);
+	tl_init(TL_CONFIG(.ca_file = ca_pem));
 	/* Init read the environment, with secure_getenv, and wrote none. */
 	ck_assert_int_ge(atomic_load(&from_osslproc[OP_SECURE_GET]), 4);
 	ck_assert_int_eq(atomic_load(&from_osslproc[OP_GET]), 0);
@@ -452,7 +442,7 @@ START_TEST(setenv_churn_stress)
 	pthread_t churn, hs[2];
 	struct tally done[2] = { { 0, 0 }, { 0, 0 } };
 
-	init_ca(ca_pem, NULL);
+	tl_init(TL_CONFIG(.ca_file = ca_pem));
 	shared_server = server_ctx();
 	atomic_store(&churning, true);
 	pthread_create(&churn, NULL, churner, NULL);

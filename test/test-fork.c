@@ -23,15 +23,6 @@ static struct tls_pki *pki;
 static SSL_CTX *server, *client;
 
 static void
-init_flags(unsigned flags)
-{
-	struct ossl_proc_config c = tl_config();
-
-	c.flags = flags;
-	ck_assert_int_eq(ossl_proc_init(&c), 0);
-}
-
-static void
 make_tls(void)
 {
 	pki = tls_pki_new();
@@ -67,7 +58,7 @@ START_TEST(workers_handshake)
 {
 	pid_t pids[WORKERS];
 
-	init_flags(0);
+	tl_init(TL_CONFIG());
 	make_tls();
 	ck_assert_int_eq(tls_handshakes(client, server, 2), 2);
 	for (int i = 0; i < WORKERS; i++) {
@@ -95,7 +86,7 @@ START_TEST(error_queue_not_inherited)
 {
 	pid_t pid;
 
-	init_flags(0);
+	tl_init(TL_CONFIG());
 	ERR_raise(ERR_LIB_USER, ERR_R_INTERNAL_ERROR);
 	ck_assert_uint_ne(ERR_peek_error(), 0);
 	pid = fork();
@@ -113,7 +104,7 @@ START_TEST(random_differs)
 	int fds[2];
 	pid_t pids[4];
 
-	init_flags(0);
+	tl_init(TL_CONFIG());
 	ck_assert_int_eq(RAND_bytes(mine, sizeof(mine)), 1);
 	ck_assert_int_eq(pipe(fds), 0);
 	for (int i = 0; i < 4; i++) {
@@ -143,7 +134,7 @@ START_TEST(generation_counts_lineage)
 {
 	pid_t pid;
 
-	init_flags(0);
+	tl_init(TL_CONFIG());
 	ck_assert_uint_eq(ossl_proc_generation(), 0);
 	pid = fork();
 	if (pid == 0) {
@@ -235,7 +226,7 @@ START_TEST(hooks_run_in_order_once)
 {
 	pid_t pid;
 
-	init_flags(0);
+	tl_init(TL_CONFIG());
 	trace_map();
 	ck_assert_int_eq(ossl_proc_on_child(hook, (void *)'a'), 0);
 	ck_assert_int_eq(ossl_proc_on_child(hook, (void *)'b'), 0);
@@ -300,7 +291,7 @@ START_TEST(host_atfork_handlers_use_osslproc)
 
 	ck_assert_int_eq(pthread_atfork(host_prepare, host_atfork_work,
 					host_child), 0);
-	init_flags(OSSL_PROC_F_TRACK_SITES);
+	tl_init(TL_CONFIG(.flags = OSSL_PROC_F_TRACK_SITES));
 	trace_map();
 	make_tls();
 	pid = fork();
@@ -325,7 +316,7 @@ START_TEST(double_free_names_generation)
 	void *inherited;
 	pid_t pid;
 
-	init_flags(0);
+	tl_init(TL_CONFIG());
 	inherited = OPENSSL_malloc(64);
 	pid = fork();
 	if (pid == 0) {
@@ -355,7 +346,7 @@ START_TEST(raw_fork_detected)
 {
 	pid_t pid;
 
-	init_flags(0);
+	tl_init(TL_CONFIG());
 	trace_map();
 	ck_assert_int_eq(ossl_proc_on_child(hook, (void *)'h'), 0);
 	tl_expect(OSSL_PROC_LOG_WARNING, "without pthread_atfork");
@@ -389,7 +380,7 @@ START_TEST(raw_fork_child_counts_first_frees)
 	void *p[10];
 	pid_t pid;
 
-	init_flags(0);
+	tl_init(TL_CONFIG());
 	for (int i = 0; i < 10; i++)
 		ck_assert_ptr_nonnull(p[i] = OPENSSL_malloc(32));
 	tl_expect(OSSL_PROC_LOG_WARNING, "without pthread_atfork");
@@ -413,7 +404,7 @@ START_TEST(manual_fork_handlers)
 {
 	pid_t pid;
 
-	init_flags(OSSL_PROC_F_NO_ATFORK);
+	tl_init(TL_CONFIG(.flags = OSSL_PROC_F_NO_ATFORK));
 	make_tls();
 	ossl_proc_fork_prepare();
 	pid = fork();
@@ -449,7 +440,7 @@ START_TEST(threaded_parent_warned)
 	pthread_t t;
 	pid_t pid;
 
-	init_flags(0);
+	tl_init(TL_CONFIG());
 	pthread_barrier_init(&hold, NULL, 2);
 	pthread_create(&t, NULL, busy_thread, NULL);
 	pthread_barrier_wait(&hold);

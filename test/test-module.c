@@ -105,13 +105,20 @@ mapped(const char *path)
  * created (and given plugin ex_data) before the unload, then after the
  * unload the host frees it, handshakes on it and on the context.
  */
+struct unload_case {
+	const char *plugin;     /* path to dlopen */
+	bool scoped;            /* registers through a module scope */
+	int expect_detach;      /* what closing the scope returns; 0 when
+				   there is no scope to close */
+};
+
 static void
-load_use_unload(const char *path, int scoped, int expect_close)
+load_use_unload(struct unload_case uc)
 {
-	struct plugin p = plugin_load(path);
+	struct plugin p = plugin_load(uc.plugin);
 	struct tls_conn live;
 
-	ck_assert_int_eq(p.attach(client, server, scoped), 0);
+	ck_assert_int_eq(p.attach(client, server, uc.scoped), 0);
 	ck_assert_int_eq(tls_handshakes(client, server, 2), 2);
 	flush_all_sessions(server); /* remove-session */
 	ck_assert_int_eq(tls_pair_new(client, server, &live), 0);
@@ -127,7 +134,7 @@ load_use_unload(const char *path, int scoped, int expect_close)
 	}
 	/* Every kind of callback ran in the plugin. */
 	ck_assert_uint_eq(p.seen(), p.all());
-	ck_assert_int_eq(p.detach(), expect_close);
+	ck_assert_int_eq(p.detach(), uc.expect_detach);
 	dlclose(p.handle);
 	/* Each of these calls into the plugin without the scope. */
 	ck_assert_int_eq(tls_pair_handshake(&live), 0);
@@ -139,7 +146,11 @@ load_use_unload(const char *path, int scoped, int expect_close)
 
 START_TEST(scoped_plugin_unloads_safely)
 {
-	load_use_unload(TLSPLUG, 1, OSSL_PROC_UNLOAD_SAFE);
+	load_use_unload((struct unload_case){
+		.plugin = TLSPLUG,
+		.scoped = true,
+		.expect_detach = OSSL_PROC_UNLOAD_SAFE,
+	});
 	ck_assert(!mapped(TLSPLUG));
 	/* The context's callbacks are back to what they were. */
 	ck_assert_ptr_null(SSL_CTX_get_info_callback(client));
@@ -155,7 +166,11 @@ END_TEST
 /* The same plugin registering directly with OpenSSL: the host crashes. */
 START_TEST(unscoped_plugin_crashes_host)
 {
-	load_use_unload(TLSPLUG, 0, 0);
+	load_use_unload((struct unload_case){
+		.plugin = TLSPLUG,
+		.scoped = false,
+		.expect_detach = 0,
+	});
 }
 END_TEST
 
@@ -163,7 +178,11 @@ END_TEST
 START_TEST(reload_cycles)
 {
 	for (int i = 0; i < 20; i++)
-		load_use_unload(TLSPLUG, 1, OSSL_PROC_UNLOAD_SAFE);
+		load_use_unload((struct unload_case){
+			.plugin = TLSPLUG,
+			.scoped = true,
+			.expect_detach = OSSL_PROC_UNLOAD_SAFE,
+		});
 	ck_assert(!mapped(TLSPLUG));
 }
 END_TEST

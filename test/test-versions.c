@@ -184,16 +184,21 @@ END_TEST
  * the last teardown, pins the plugin, so the thread exits safely after
  * dlclose on every version.  Without the tracked allocator nothing else
  * would keep it mapped. */
+struct pin_case {
+	unsigned flags;         /* the plugin's ossl_proc_config.flags */
+	bool close_scope;       /* close its module scope before teardown */
+};
+
 static void
-protected_thread_exit(unsigned flags, bool close_scope)
+protected_thread_exit(struct pin_case pc)
 {
 	struct plugin p = plugin_load();
 	struct worker w;
 
-	ck_assert_int_eq(p.init(flags, tl_log), 0);
+	ck_assert_int_eq(p.init(pc.flags, tl_log), 0);
 	worker_start(&w, &p);
 	ck_assert(w.ok);
-	if (close_scope)
+	if (pc.close_scope)
 		ck_assert_int_eq(p.close(), OSSL_PROC_UNLOAD_PINNED);
 	ck_assert_int_eq(p.teardown(), OSSL_PROC_UNLOAD_PINNED);
 	ck_assert_int_ge(tl_count(OSSL_PROC_LOG_INFO, "its own libcrypto"), 1);
@@ -204,7 +209,10 @@ protected_thread_exit(unsigned flags, bool close_scope)
 
 START_TEST(pinned_without_allocator)
 {
-	protected_thread_exit(OSSL_PROC_F_NO_ALLOCATOR, true);
+	protected_thread_exit((struct pin_case){
+		.flags = OSSL_PROC_F_NO_ALLOCATOR,
+		.close_scope = true,
+	});
 }
 END_TEST
 
@@ -212,14 +220,20 @@ END_TEST
  * the plugin for that reason as well. */
 START_TEST(pinned_with_allocator)
 {
-	protected_thread_exit(0, true);
+	protected_thread_exit((struct pin_case){
+		.flags = 0,
+		.close_scope = true,
+	});
 }
 END_TEST
 
 /* A plugin that never closes a scope: the last teardown alone pins it. */
 START_TEST(pinned_by_teardown_alone)
 {
-	protected_thread_exit(OSSL_PROC_F_NO_ALLOCATOR, false);
+	protected_thread_exit((struct pin_case){
+		.flags = OSSL_PROC_F_NO_ALLOCATOR,
+		.close_scope = false,
+	});
 }
 END_TEST
 
