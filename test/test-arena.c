@@ -1,12 +1,17 @@
 /* The built-in process-shared arena: its API on its own, real fork()ed
- * processes sharing it, reclaiming what dead processes left. */
+ * processes sharing it, reclaiming what dead processes left, and (on a
+ * copy of arena.c with a hook at each commit step, arena-wb.c) processes
+ * that die or stop inside its lock. */
 #include <errno.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "arena-wb.h"
 #include "common/testlog.h"
 #include "common/tls-util.h"
 
@@ -66,6 +71,37 @@ init_shared(void)
 	ck_assert_ptr_nonnull(arena);
 	c.allocator = ossl_proc_arena_allocator(arena);
 	ck_assert_int_eq(ossl_proc_init(&c), 0);
+}
+
+/* A zeroed page shared with the processes forked after. */
+static void *
+shared_page(void)
+{
+	void *p = mmap(NULL, 4096, PROT_READ | PROT_WRITE,
+		       MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+
+	ck_assert_ptr_ne(p, MAP_FAILED);
+	return p;
+}
+
+/* Wait for @pid; its exit status, or 128 + signal. */
+static int
+reap(pid_t pid)
+{
+	int status;
+
+	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+	return WIFEXITED(status) ? WEXITSTATUS(status)
+				 : 128 + WTERMSIG(status);
+}
+
+static struct ossl_proc_arena_stats
+wb_stats(struct ossl_proc_arena *a)
+{
+	struct ossl_proc_arena_stats st = { .size = sizeof(st) };
+
+	ck_assert_int_eq(wb_arena_get_stats(a, &st), 0);
+	return st;
 }
 
 /* ---- the API ---- */
@@ -225,6 +261,88 @@ START_TEST(arena_processes_churn)
 }
 END_TEST
 
+/* ---- processes dying inside the lock (the white-box copy) ---- */
+
+#define LOCK_DIED "died while holding its lock"
+
+/*
+ * A worker SIGKILLed while it holds the arena's lock.  The hook stops it
+ * at the first commit step of an allocation (the block is off its free
+ * list, not yet marked live), so it certainly holds the lock when it is
+ * killed.  The next locker recovers the lock (EOWNERDEAD): the parent
+ * allocates and frees at once, one WARNING says what happened, exactly
+ * the block in flight is lost, and once the worker's blocks are reclaimed
+ * the counters balance.
+ */
+START_TEST(arena_lock_holder_killed)
+{
+	struct ossl_proc_arena *a = wb_arena_new(64 * 1024);
+	const struct ossl_proc_allocator *al;
+	struct wb_seen *seen = shared_page();
+	struct ossl_proc_arena_stats st;
+	struct wb_census cs;
+	void *kept, *in_flight, *p;
+	int status;
+	pid_t pid;
+
+	ck_assert_ptr_nonnull(a);
+	al = wb_arena_allocator(a);
+	/* One block on the 48-byte list, for the worker to take. */
+	kept = al->malloc(40, al->arg);
+	in_flight = al->malloc(40, al->arg);
+	ck_assert(kept && in_flight);
+	al->free(in_flight, al->arg);
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		void *own[2];
+
+		alarm(30); /* if it never stops */
+		own[0] = al->malloc(100, al->arg);
+		own[1] = al->malloc(3000, al->arg);
+		wb_arm(WB_STOP, 1, seen);
+		al->malloc(40, al->arg);
+		_exit(own[0] && own[1] ? 0 : 1);
+	}
+	ck_assert_int_eq(waitpid(pid, &status, WUNTRACED), pid);
+	ck_assert_msg(WIFSTOPPED(status), "the worker never stopped in the "
+		      "arena (status %#x)", status);
+	ck_assert_uint_eq(seen->step, 1);
+	ck_assert_int_eq(wb_lock_busy(a), EBUSY);
+	ck_assert_int_eq(kill(pid, SIGKILL), 0);
+	ck_assert_int_eq(reap(pid), 128 + SIGKILL);
+
+	tl_expect(OSSL_PROC_LOG_WARNING, LOCK_DIED);
+	p = al->malloc(40, al->arg);
+	ck_assert_ptr_nonnull(p);
+	ck_assert_ptr_ne(p, in_flight);
+	al->free(p, al->arg);
+	ck_assert_int_eq(tl_count(OSSL_PROC_LOG_WARNING, LOCK_DIED), 1);
+	tl_expect(0, NULL);
+	/* Recovered once: the lock works on, silently. */
+	al->free(al->malloc(40, al->arg), al->arg);
+	ck_assert_int_eq(wb_lock_busy(a), 0);
+	wb_census(a, &cs);
+	ck_assert_msg(!cs.error, "%s", cs.error);
+	ck_assert_uint_eq(cs.owner_deaths, 1);
+	ck_assert_uint_eq(cs.unlisted, 1);
+	ck_assert_uint_eq(cs.unlisted_bytes, 48);
+
+	ck_assert_uint_eq(wb_owned_by(a, pid), 2);
+	ck_assert_int_eq(wb_arena_reclaim(a, pid), 2);
+	st = wb_stats(a);
+	ck_assert_uint_eq(st.allocs - st.frees, 1);
+	ck_assert_uint_eq(st.used_bytes, 48);
+	al->free(kept, al->arg);
+	st = wb_stats(a);
+	ck_assert_uint_eq(st.allocs, st.frees);
+	ck_assert_uint_eq(st.used_bytes, 0);
+	ck_assert_uint_eq(st.bad_frees, 0);
+	ck_assert_int_eq(tl_count(OSSL_PROC_LOG_WARNING, LOCK_DIED), 1);
+	wb_arena_free(a);
+}
+END_TEST
+
 int
 main(void)
 {
@@ -241,6 +359,11 @@ main(void)
 	tc = tcase_create("processes");
 	tcase_set_timeout(tc, 300);
 	tcase_add_test(tc, arena_processes_churn);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("lock-holder-dies");
+	tcase_set_timeout(tc, 120);
+	tcase_add_test(tc, arena_lock_holder_killed);
 	suite_add_tcase(s, tc);
 	return tl_run(s);
 }
