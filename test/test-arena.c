@@ -3,12 +3,16 @@
  * copy of arena.c with a hook at each commit step, arena-wb.c) processes
  * that die or stop inside its lock. */
 #include <errno.h>
+#include <sched.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "arena-wb.h"
@@ -103,6 +107,9 @@ wb_stats(struct ossl_proc_arena *a)
 	ck_assert_int_eq(wb_arena_get_stats(a, &st), 0);
 	return st;
 }
+
+/* The WARNING of the first locker after a death inside the lock. */
+#define LOCK_DIED "died while holding its lock"
 
 /* ---- the API ---- */
 
@@ -261,9 +268,187 @@ START_TEST(arena_processes_churn)
 }
 END_TEST
 
-/* ---- processes dying inside the lock (the white-box copy) ---- */
+#define KILLS 40
+#define KEPT 32
+#define KILL_LARGEST 8192 /* the largest class a killed worker uses */
 
-#define LOCK_DIED "died while holding its lock"
+struct kill_board {
+	atomic_uint ops;        /* the current worker's operations */
+	atomic_int corrupt;     /* a worker found a block changed */
+};
+
+/* Allocates and frees until killed, with a pattern per block checked
+ * before its free; a finding ends it with the board's flag set. */
+static _Noreturn void
+worker_until_killed(const struct ossl_proc_allocator *al, unsigned seed,
+		    struct kill_board *b)
+{
+	static unsigned char want[KILL_LARGEST];
+	unsigned char *held[64] = { 0 };
+	size_t len[64] = { 0 };
+	unsigned char tag = (unsigned char)seed;
+
+	alarm(300); /* if the parent never kills it */
+	for (;;) {
+		int s = rand_r(&seed) % 64;
+
+		/* Mostly small blocks: most of its time in the arena. */
+		if (held[s]) {
+			memset(want, (unsigned char)(s + tag), len[s]);
+			if (memcmp(held[s], want, len[s])) {
+				atomic_store(&b->corrupt, 1);
+				_exit(1);
+			}
+		}
+		al->free(held[s], al->arg);
+		len[s] = 1 + (size_t)rand_r(&seed) %
+			 (rand_r(&seed) % 8 ? 256 : KILL_LARGEST);
+		held[s] = al->malloc(len[s], al->arg);
+		if (!held[s]) {
+			atomic_store(&b->corrupt, 2);
+			_exit(2);
+		}
+		memset(held[s], (unsigned char)(s + tag), len[s]);
+		atomic_fetch_add(&b->ops, 1);
+	}
+}
+
+static void
+assert_no_finding(struct kill_board *b)
+{
+	int finding = atomic_load(&b->corrupt);
+
+	ck_assert_msg(finding == 0, "a worker %s", finding == 1 ?
+		      "found one of its blocks changed (handed out twice?)" :
+		      "could not allocate");
+}
+
+/* Until the worker has done @target operations, within two minutes. */
+static void
+wait_for_ops(struct kill_board *b, unsigned target)
+{
+	struct timespec t0, now;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	while (atomic_load(&b->ops) < target) {
+		assert_no_finding(b);
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		ck_assert_msg(now.tv_sec - t0.tv_sec < 120, "the worker did "
+			      "%u of %u operations in two minutes",
+			      atomic_load(&b->ops), target);
+		sched_yield();
+	}
+}
+
+/*
+ * 40 workers, one after the other, allocate and free in the arena (the
+ * shared library's) and are SIGKILLed after a random number of
+ * operations, so at a random instruction: outside the arena, or inside
+ * its lock.  The parent's first call after each death tells which (the
+ * WARNING of a recovered lock); then it reclaims the worker.  A death
+ * outside the lock leaves the counters exactly as before the worker; one
+ * inside may cost one operation (documented slack).  The parent's own
+ * blocks are never handed out, and at the end the counters balance.
+ */
+START_TEST(arena_workers_killed_at_random)
+{
+	struct kill_board *b = shared_page();
+	struct ossl_proc_arena_stats st0, st;
+	const struct ossl_proc_allocator *al;
+	struct ossl_proc_arena *a;
+	unsigned char *kept[KEPT];
+	unsigned seed = 20240;
+	int64_t drift_blocks = 0, drift_bytes = 0;
+	int in_lock = 0;
+
+	/* The arena's log is captured, and osslproc's fork handler gives
+	 * each worker its own pid for the blocks it allocates (without
+	 * ossl_proc_init() they get the pid the parent cached: a lib/
+	 * bug, reported, which would make every reclaim return 0). */
+	tl_init(TL_CONFIG());
+	a = ossl_proc_arena_new(16 << 20);
+	ck_assert_ptr_nonnull(a);
+	al = ossl_proc_arena_allocator(a);
+	for (int i = 0; i < KEPT; i++) {
+		kept[i] = al->malloc(16 + (size_t)i * 40, al->arg);
+		ck_assert_ptr_nonnull(kept[i]);
+		memset(kept[i], 0xc0 + i, 16 + (size_t)i * 40);
+	}
+	st0 = arena_stats(a);
+	for (int k = 0; k < KILLS; k++) {
+		unsigned target = 1 + (unsigned)rand_r(&seed) % 3000;
+		int64_t blocks, bytes;
+		int died_in_lock;
+		pid_t pid;
+
+		atomic_store(&b->ops, 0);
+		pid = fork();
+		ck_assert_int_ge(pid, 0);
+		if (pid == 0)
+			worker_until_killed(al, seed + (unsigned)k, b);
+		wait_for_ops(b, target);
+		ck_assert_int_eq(kill(pid, SIGKILL), 0);
+		ck_assert_int_eq(reap(pid), 128 + SIGKILL);
+		assert_no_finding(b);
+
+		/* Its first locker says whether it died holding the lock
+		 * (get_stats, not reclaim: reclaim recovers the lock without
+		 * the WARNING, a lib/ bug, reported). */
+		tl_reset();
+		tl_expect(OSSL_PROC_LOG_WARNING, LOCK_DIED);
+		arena_stats(a);
+		died_in_lock = tl_count(OSSL_PROC_LOG_WARNING, LOCK_DIED);
+		tl_expect(0, NULL);
+		ck_assert_int_le(died_in_lock, 1);
+		in_lock += died_in_lock;
+		ck_assert_int_ge(ossl_proc_arena_reclaim(a, pid), 0);
+
+		st = arena_stats(a);
+		blocks = (int64_t)(st.allocs - st.frees) - KEPT;
+		bytes = (int64_t)(st.used_bytes - st0.used_bytes);
+		if (died_in_lock) {
+			ck_assert_int_le(llabs(blocks - drift_blocks), 1);
+			ck_assert_int_le(llabs(bytes - drift_bytes),
+					 KILL_LARGEST);
+		} else {
+			ck_assert_int_eq(blocks, drift_blocks);
+			ck_assert_int_eq(bytes, drift_bytes);
+		}
+		drift_blocks = blocks;
+		drift_bytes = bytes;
+	}
+	fprintf(stderr, "%d of %d kills landed inside the arena's lock\n",
+		in_lock, KILLS);
+	for (int i = 0; i < KEPT; i++) {
+		for (size_t n = 0; n < 16 + (size_t)i * 40; n++)
+			ck_assert_uint_eq(kept[i][n], 0xc0 + i);
+		al->free(kept[i], al->arg);
+	}
+	/* Read as signed: a reclaimed block whose allocation the counters
+	 * missed leaves them short (frees above allocs, used_bytes below
+	 * zero, that is wrapped: a lib/ bug, reported, not fixed here). */
+	st = arena_stats(a);
+	ck_assert_int_le(llabs((int64_t)(st.allocs - st.frees)), in_lock);
+	ck_assert_int_le(llabs((int64_t)st.used_bytes),
+			 (int64_t)in_lock * KILL_LARGEST);
+	ck_assert_uint_eq(st.bad_frees, 0);
+	ck_assert_uint_eq(st.failed, 0);
+	/* And it serves on: 32 blocks in, 32 blocks out, to the byte. */
+	st0 = st;
+	for (int i = 0; i < KEPT; i++)
+		ck_assert_ptr_nonnull(kept[i] = al->malloc(5000, al->arg));
+	for (int i = 0; i < KEPT; i++)
+		al->free(kept[i], al->arg);
+	st = arena_stats(a);
+	ck_assert_uint_eq(st.allocs - st0.allocs, KEPT);
+	ck_assert_uint_eq(st.frees - st0.frees, KEPT);
+	ck_assert_uint_eq(st.used_bytes, st0.used_bytes);
+	ossl_proc_arena_free(a);
+	ossl_proc_teardown();
+}
+END_TEST
+
+/* ---- processes dying inside the lock (the white-box copy) ---- */
 
 /*
  * A worker SIGKILLed while it holds the arena's lock.  The hook stops it
@@ -359,6 +544,7 @@ main(void)
 	tc = tcase_create("processes");
 	tcase_set_timeout(tc, 300);
 	tcase_add_test(tc, arena_processes_churn);
+	tcase_add_test(tc, arena_workers_killed_at_random);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("lock-holder-dies");
