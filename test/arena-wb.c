@@ -146,13 +146,11 @@ census_walk(struct ossl_proc_arena *a, unsigned char *mark,
 		}
 		off = end;
 	}
-	if (off != a->bump_off)
-		return "the blocks do not end at the bump pointer";
 	/* A header cut but not committed (a death before the bump moved)
 	 * may mark the bump pointer itself, nothing beyond it. */
 	for (off = a->bump_off + GRAIN; off < a->map_len; off += GRAIN)
 		if (is_block_start(a, off))
-			return "the bitmap marks a block beyond the bump pointer";
+			return "the bitmap marks a block past the bump pointer";
 	return NULL;
 }
 
@@ -235,6 +233,16 @@ wb_owned_by(struct ossl_proc_arena *a, pid_t pid)
 		off += GRAIN + arena_class_size(h->klass);
 	}
 	return n;
+}
+
+pid_t
+wb_owner(struct ossl_proc_arena *a, const void *p)
+{
+	uint64_t off = (uint64_t)((const char *)p - (const char *)a) - GRAIN;
+	enum bad_reason why;
+	struct arena_hdr *h = block_at(a, off, &why);
+
+	return h && h->state == ST_BLK_LIVE ? (pid_t)h->next : 0;
 }
 
 int

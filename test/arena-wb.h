@@ -76,6 +76,8 @@ struct wb_census {
 void wb_census(struct ossl_proc_arena *a, struct wb_census *out);
 /* Live blocks that record @pid as their owner. */
 uint64_t wb_owned_by(struct ossl_proc_arena *a, pid_t pid);
+/* The owner a live block @p records; 0 if it is not a live block. */
+pid_t wb_owner(struct ossl_proc_arena *a, const void *p);
 /* pthread_mutex_trylock() on the arena's lock, released again if taken:
  * EBUSY while another process or thread holds it. */
 int wb_lock_busy(struct ossl_proc_arena *a);

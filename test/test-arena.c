@@ -6,6 +6,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -528,6 +529,309 @@ START_TEST(arena_lock_holder_killed)
 }
 END_TEST
 
+/*
+ * Crash injection at each commit step.  A fresh arena is brought to the
+ * same state each round (crash_prepare); a worker then runs the same
+ * operations on it (crash_workload) with the hook armed to SIGKILL it at
+ * its n-th commit step, for n = 1, 2, ... until a round runs to its end.
+ * After each death the parent checks what arena.c's comment promises:
+ * the structure is sound (census), at most one block is lost, no block
+ * is handed out twice (the parent's blocks keep their patterns, no block
+ * is both live and listed, the drain below gets distinct blocks), the
+ * lock is recovered with one WARNING, the counters are within one
+ * operation of the truth, reclaim frees what the dead processes held,
+ * and everything not lost can be allocated again.  Every STEP() line of
+ * arena.c must be one of the places a worker died.
+ */
+#define CRASH_ARENA (64 * 1024)
+#define CRASH_MINE 256
+#define CRASH_DRAIN 4096
+
+struct crash_world {
+	struct ossl_proc_arena *a;
+	const struct ossl_proc_allocator *al;
+	pid_t helper;                   /* died holding 3 blocks */
+	void *p[4], *q[2];              /* 48- and 64-byte blocks */
+	unsigned char *mine[CRASH_MINE];/* the parent's, with patterns */
+	size_t mine_len[CRASH_MINE];
+	int nmine;
+};
+
+/* The parent's live blocks, each with a pattern of its own. */
+static void *
+crash_keep(struct crash_world *w, size_t n)
+{
+	unsigned char *b = w->al->malloc(n, w->al->arg);
+
+	ck_assert_ptr_nonnull(b);
+	ck_assert_int_lt(w->nmine, CRASH_MINE);
+	memset(b, 1 + w->nmine % 251, n);
+	w->mine[w->nmine] = b;
+	w->mine_len[w->nmine++] = n;
+	return b;
+}
+
+static void
+crash_prepare(struct crash_world *w)
+{
+	struct wb_census cs;
+	uint64_t left;
+	pid_t pid;
+
+	*w = (struct crash_world){ .a = wb_arena_new(CRASH_ARENA) };
+	ck_assert_ptr_nonnull(w->a);
+	w->al = wb_arena_allocator(w->a);
+	/* A process that died outside the lock, holding three blocks. */
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		_exit(w->al->malloc(100, w->al->arg) &&
+		      w->al->malloc(16, w->al->arg) &&
+		      w->al->malloc(3000, w->al->arg) ? 0 : 1);
+	}
+	ck_assert_int_eq(reap(pid), 0);
+	w->helper = pid;
+	/* The 48-byte list: p[3], then p[1]; p[0] the worker will free;
+	 * the 64-byte list: q[1], then q[0]. */
+	for (int i = 0; i < 4; i++)
+		w->p[i] = w->al->malloc(40, w->al->arg);
+	for (int i = 0; i < 2; i++)
+		w->q[i] = w->al->malloc(64, w->al->arg);
+	ck_assert(w->p[0] && w->p[1] && w->p[2] && w->p[3] && w->q[0] &&
+		  w->q[1]);
+	memset(w->p[2], 0x5c, 40);
+	w->mine[w->nmine] = w->p[2];
+	w->mine_len[w->nmine++] = 40;
+	w->al->free(w->p[1], w->al->arg);
+	w->al->free(w->p[3], w->al->arg);
+	w->al->free(w->q[0], w->al->arg);
+	w->al->free(w->q[1], w->al->arg);
+	/* Bump space left for exactly one 48-byte block (16 + 48). */
+	wb_census(w->a, &cs);
+	left = cs.bump_left - 64;
+	while (left >= 4112 + 64) {
+		crash_keep(w, 4096);
+		left -= 4112;
+	}
+	if (left % 32) {
+		crash_keep(w, 32);
+		left -= 48;
+	}
+	for (; left; left -= 32)
+		crash_keep(w, 16);
+	wb_census(w->a, &cs);
+	ck_assert_uint_eq(cs.bump_left, 64);
+}
+
+/* The worker's operations: two pops, the last bump, a borrow from the
+ * next class, frees (one of a block its parent allocated), a reclaim
+ * of the dead helper.  Exits 0 when all did what they should. */
+static _Noreturn void
+crash_workload(struct crash_world *w)
+{
+	const struct ossl_proc_allocator *al = w->al;
+	void *x[5];
+
+	for (int i = 0; i < 4; i++) {
+		if (!(x[i] = al->malloc(40, al->arg)))
+			_exit(3);
+		memset(x[i], 0xee, 40);
+	}
+	al->free(x[0], al->arg);
+	al->free(w->p[0], al->arg);
+	al->free(x[3], al->arg);
+	if (!(x[4] = al->malloc(40, al->arg)))
+		_exit(3);
+	memset(x[4], 0xee, 40);
+	if (wb_arena_reclaim(w->a, w->helper) != 3)
+		_exit(4);
+	al->free(x[1], al->arg);
+	al->free(x[2], al->arg);
+	_exit(x[0] == w->p[3] && x[1] == w->p[1] && x[3] == w->q[1] &&
+	      x[4] == w->p[0] ? 0 : 5);
+}
+
+/* Within one operation of the truth: one block of the largest class the
+ * workload touches (the helper's 3000 bytes), one block in number. */
+static void
+crash_counters(struct crash_world *w, const struct wb_census *cs,
+	       const char *when, unsigned n, int line)
+{
+	struct ossl_proc_arena_stats st = wb_stats(w->a);
+	int64_t bytes = (int64_t)(st.used_bytes - cs->live_bytes);
+	int64_t blocks = (int64_t)(st.allocs - st.frees - cs->live);
+	int64_t slack = (int64_t)wb_class_size(wb_class_of(3000));
+
+	ck_assert_msg(llabs(bytes) <= slack && llabs(blocks) <= 1 &&
+		      cs->live_counter - cs->live + 1 <= 2,
+		      "%s a death at step %u (arena.c:%d): used_bytes %llu "
+		      "for %llu bytes live, allocs - frees %llu for %llu "
+		      "blocks, live counter %llu", when, n, line,
+		      (unsigned long long)st.used_bytes,
+		      (unsigned long long)cs->live_bytes,
+		      (unsigned long long)(st.allocs - st.frees),
+		      (unsigned long long)cs->live,
+		      (unsigned long long)cs->live_counter);
+	ck_assert_uint_eq(st.bad_frees, 0);
+}
+
+/* Blocks lost: free on no list, or live and owned by nobody (a free
+ * that died after linking the block, before marking it free). */
+static uint64_t
+crash_lost(struct crash_world *w, const struct wb_census *cs, pid_t worker)
+{
+	uint64_t owned = wb_owned_by(w->a, getpid()) +
+			 wb_owned_by(w->a, worker) +
+			 wb_owned_by(w->a, w->helper);
+
+	return cs->unlisted + (cs->live - owned);
+}
+
+/* Everything not lost can be allocated again, each block once: the
+ * lists' blocks at their class size, then the bump space. */
+static void
+crash_drain(struct crash_world *w, uint64_t lost, unsigned n, int line)
+{
+	static unsigned char *got[CRASH_DRAIN];
+	uint64_t served = 0;
+	struct wb_census cs;
+	int ngot = 0;
+
+	wb_census(w->a, &cs);
+	for (unsigned c = 0; c < WB_NCLASSES; c++) {
+		for (uint64_t i = 0; i < cs.listed_in[c]; i++) {
+			size_t sz = wb_class_size(c);
+
+			ck_assert_int_lt(ngot, CRASH_DRAIN);
+			got[ngot] = w->al->malloc(sz, w->al->arg);
+			ck_assert_ptr_nonnull(got[ngot]);
+			memset(got[ngot], ngot % 251, sz);
+			served += WB_GRAIN + sz;
+			ngot++;
+		}
+	}
+	tl_expect(OSSL_PROC_LOG_ERROR, "is full");
+	for (;;) {
+		ck_assert_int_lt(ngot, CRASH_DRAIN);
+		if (!(got[ngot] = w->al->malloc(16, w->al->arg)))
+			break;
+		memset(got[ngot], ngot % 251, 16);
+		served += WB_GRAIN + 16;
+		ngot++;
+	}
+	tl_expect(0, NULL);
+	wb_census(w->a, &cs);
+	ck_assert_msg(!cs.error, "%s", cs.error);
+	ck_assert_uint_eq(cs.listed, 0);
+	ck_assert_uint_eq(cs.live, ngot + lost - cs.unlisted);
+	ck_assert_uint_lt(cs.bump_left, WB_GRAIN + 16);
+	ck_assert_msg(cs.heap_bytes - cs.bump_left - served <=
+		      (lost ? WB_GRAIN + wb_class_size(wb_class_of(3000)) : 0),
+		      "after a death at step %u (arena.c:%d) %llu of %llu "
+		      "bytes could be allocated again, %llu blocks lost", n,
+		      line, (unsigned long long)served,
+		      (unsigned long long)(cs.heap_bytes - cs.bump_left),
+		      (unsigned long long)lost);
+	for (int i = 0; i < ngot; i++) {
+		ck_assert_uint_eq(got[i][0], i % 251);
+		w->al->free(got[i], w->al->arg);
+	}
+}
+
+/* The parent's checks after the worker @pid died at step @n (or ran to
+ * its end: @died false). */
+static void
+crash_check(struct crash_world *w, pid_t pid, bool died, unsigned n,
+	    int line)
+{
+	struct wb_census cs;
+	uint64_t lost;
+
+	wb_census(w->a, &cs);
+	ck_assert_msg(!cs.error, "after a death at step %u (arena.c:%d): %s",
+		      n, line, cs.error);
+	lost = crash_lost(w, &cs, pid);
+	ck_assert_msg(lost <= (died ? 1u : 0u), "a death at step %u "
+		      "(arena.c:%d) lost %llu blocks", n, line,
+		      (unsigned long long)lost);
+	for (int i = 0; i < w->nmine; i++)
+		for (size_t k = 0; k < w->mine_len[i]; k++)
+			ck_assert_msg(w->mine[i][k] == (i ? 1 + i % 251 : 0x5c),
+				      "after a death at step %u (arena.c:%d) "
+				      "a block the parent holds was handed "
+				      "out", n, line);
+	/* The lock: recovered by the first locker, with one WARNING. */
+	tl_expect(OSSL_PROC_LOG_WARNING, LOCK_DIED);
+	crash_counters(w, &cs, "before reclaiming, after", n, line);
+	ck_assert_int_eq(tl_count(OSSL_PROC_LOG_WARNING, LOCK_DIED), died);
+	tl_expect(0, NULL);
+	wb_census(w->a, &cs);
+	ck_assert_uint_eq(cs.owner_deaths, died);
+	/* What the dead held comes back. */
+	ck_assert_int_ge(wb_arena_reclaim(w->a, pid), 0);
+	ck_assert_int_ge(wb_arena_reclaim(w->a, w->helper), 0);
+	ck_assert_uint_eq(wb_owned_by(w->a, pid), 0);
+	ck_assert_uint_eq(wb_owned_by(w->a, w->helper), 0);
+	wb_census(w->a, &cs);
+	ck_assert_msg(!cs.error, "%s", cs.error);
+	ck_assert_uint_eq(crash_lost(w, &cs, pid), lost);
+	crash_counters(w, &cs, "after reclaiming,", n, line);
+	for (int i = 0; i < w->nmine; i++)
+		w->al->free(w->mine[i], w->al->arg);
+	/* The block the worker was to free, if it is still the parent's. */
+	if (wb_owner(w->a, w->p[0]) == getpid())
+		w->al->free(w->p[0], w->al->arg);
+	crash_drain(w, lost, n, line);
+}
+
+START_TEST(arena_crash_at_each_commit_step)
+{
+	struct wb_seen *seen = shared_page();
+	int lines[64], nlines = wb_step_lines(lines, 64);
+	bool hit[64] = { false };
+	unsigned n;
+
+	ck_assert_int_gt(nlines, 0);
+	ck_assert_int_lt(nlines, 64);
+	for (n = 1;; n++) {
+		struct crash_world w;
+		int rc;
+		pid_t pid;
+
+		ck_assert_msg(n < 1000, "the workload never ran to its end");
+		tl_reset();
+		crash_prepare(&w);
+		pid = fork();
+		ck_assert_int_ge(pid, 0);
+		if (pid == 0) {
+			alarm(30);
+			wb_arm(WB_KILL, n, seen);
+			crash_workload(&w);
+		}
+		rc = reap(pid);
+		if (rc != 128 + SIGKILL) {
+			/* n is past the last step: the round ran to its end. */
+			ck_assert_msg(rc == 0, "the worker ended with %d", rc);
+			ck_assert_uint_eq(seen->step, 0);
+			ck_assert_uint_eq(seen->passed, n - 1);
+			crash_check(&w, pid, false, n, 0);
+			wb_arena_free(w.a);
+			break;
+		}
+		ck_assert_uint_eq(seen->step, n);
+		for (int i = 0; i < nlines; i++)
+			hit[i] |= lines[i] == seen->line;
+		crash_check(&w, pid, true, n, seen->line);
+		wb_arena_free(w.a);
+	}
+	for (int i = 0; i < nlines; i++)
+		ck_assert_msg(hit[i], "no worker died at the commit step of "
+			      "arena.c:%d: extend crash_workload", lines[i]);
+	fprintf(stderr, "crash injection: %u steps, %d STEP() lines\n",
+		n - 1, nlines);
+}
+END_TEST
+
 int
 main(void)
 {
@@ -547,9 +851,10 @@ main(void)
 	tcase_add_test(tc, arena_workers_killed_at_random);
 	suite_add_tcase(s, tc);
 
-	tc = tcase_create("lock-holder-dies");
+	tc = tcase_create("crash");
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, arena_lock_holder_killed);
+	tcase_add_test(tc, arena_crash_at_each_commit_step);
 	suite_add_tcase(s, tc);
 	return tl_run(s);
 }
