@@ -2,10 +2,15 @@
  * The fork point.  OpenSSL 3 registers no fork handlers of its own: a
  * child inherits the forking thread's thread-locals (error queue, DRBGs),
  * and forking while another thread holds an OpenSSL lock can leave the
- * child hanging.  The handlers here stop the forking thread's OpenSSL
- * state before the fork and hold osslproc's own locks across it; in the
- * child, proc.c starts a new generation and runs the child handlers: the
- * allocator's, and this file's, which runs the host's hooks.
+ * child hanging.  The handlers here hold osslproc's own locks across the
+ * fork; in the child, proc.c starts a new generation and runs the child
+ * handlers: the allocator's, and this file's, which empties the forking
+ * thread's inherited error queue and runs the host's hooks.
+ *
+ * Nothing of the parent's OpenSSL state is touched: its DRBGs reseed by
+ * themselves in the child (every OpenSSL 3.x and 4.0 DRBG compares the
+ * pid it last seeded in, openssl_get_fork_id(), at each generate), and a
+ * DRBG or an error the parent holds across the fork stays its own.
  */
 #include <openssl/err.h>
 
@@ -22,6 +27,10 @@ struct hook {
 
 static struct hook hooks[MAX_HOOKS];
 static int nhooks;
+/* The forking thread's error queue held errors at the last prepare: the
+ * child must empty its copy (most forks have none, and leave the child's
+ * re-initialisation the cheaper for it). */
+static bool errors_at_fork;
 
 static atomic_bool atfork_registered;
 static atomic_bool warned_threads, warned_shared;
@@ -41,14 +50,15 @@ warn_hazards(void)
 			 "must not free them; fork workers from the parent");
 }
 
+/* Also after the last teardown: the allocator stays installed, and the
+ * child must still start a generation of its own. */
 OSSL_PROC_EXPORT void
 ossl_proc_fork_prepare(void)
 {
-	if (!proc_initialised() || proc_prepare_nested())
+	if (proc_prepare_nested())
 		return;
 	warn_hazards();
-	/* Nothing of this thread's OpenSSL state is inherited. */
-	OPENSSL_thread_stop();
+	errors_at_fork = ERR_peek_error() != 0;
 	proc_prepare();
 }
 
@@ -58,24 +68,25 @@ ossl_proc_fork_parent(void)
 	proc_parent();
 }
 
-/* In the child, under the locks: how many hooks to run.  Entries below
- * nhooks never change once registered, so they are called without the
- * lock: a hook may register another. */
+/* In the child, under the locks: how many hooks to run, and whether the
+ * error queue needs emptying (bit 0).  Entries below nhooks never change
+ * once registered, so they are called without the lock: a hook may
+ * register another. */
 CHILD_PATH static uintptr_t
 child_locked(void)
 {
-	return (uintptr_t)nhooks;
+	return (uintptr_t)nhooks << 1 | errors_at_fork;
 }
 
-/* A prepared fork stopped the thread's OpenSSL state already; after an
- * unprepared one, the inherited error queue is cleared.  Then the first
- * @n hooks, in registration order. */
+/* The inherited error queue is the forking thread's: emptied in that
+ * thread only (after a fork nobody prepared, whatever it holds).  Then
+ * the hooks, in registration order. */
 CHILD_PATH static void
-child_callout(uintptr_t n, bool raw_here)
+child_callout(uintptr_t arg, bool forker, bool raw)
 {
-	if (raw_here)
+	if (forker && (raw || (arg & 1)))
 		ERR_clear_error();
-	for (uintptr_t i = 0; i < n; i++)
+	for (uintptr_t i = 0; i < arg >> 1; i++)
 		hooks[i].fn(hooks[i].arg);
 }
 
@@ -87,12 +98,16 @@ static const struct proc_child_handler child_handler = {
 CHILD_PATH OSSL_PROC_EXPORT int
 ossl_proc_child_reinit(void)
 {
+	int rc;
+
 	if (!proc_initialised()) {
 		log_bug_client("ossl_proc_child_reinit: call ossl_proc_init() "
 			       "first");
 		return -EINVAL;
 	}
-	return proc_child_reinit();
+	rc = proc_child_reinit();
+	alloc_check();
+	return rc;
 }
 
 int
@@ -132,6 +147,7 @@ ossl_proc_on_child(void (*fn)(void *arg), void *arg)
 {
 	int rc = 0;
 
+	alloc_check();
 	if (!fn || !proc_initialised()) {
 		log_bug_client("ossl_proc_on_child: %s", fn ? "call "
 			       "ossl_proc_init() first" : "fn is NULL");

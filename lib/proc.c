@@ -172,11 +172,11 @@ run_locked(void)
 
 /* The part of a child's re-initialisation that calls out. */
 CHILD_PATH static void
-run_callouts(bool raw_here)
+run_callouts(bool forker, bool raw)
 {
 	for (int i = 0; i < nhandlers; i++)
 		if (handlers[i]->callout)
-			handlers[i]->callout(proc_mut.child_arg[i], raw_here);
+			handlers[i]->callout(proc_mut.child_arg[i], forker, raw);
 	if (log_enabled(OSSL_PROC_LOG_DEBUG))
 		log_debug("child re-initialised: generation %lu",
 			  (unsigned long)proc_generation());
@@ -194,9 +194,8 @@ run_pending(void)
 {
 	if (!atomic_exchange(&proc_mut.pending, false))
 		return;
-	/* The inherited queue is the forking thread's: clear it only from
-	 * that thread (another's queue is its own). */
-	run_callouts(proc_mut.pending_clear == (uintptr_t)&thread_anchor);
+	run_callouts(proc_mut.pending_forker == (uintptr_t)&thread_anchor,
+		     proc_mut.pending_raw);
 }
 
 /*
@@ -239,15 +238,15 @@ child_reinit(enum fork_phase phase, bool in_allocator)
 	run_locked();
 	unlock_all(phase);
 	if (in_allocator) {
-		proc_mut.pending_clear = phase == FORK_CHILD_RAW ?
-			(uintptr_t)&thread_anchor : 0;
+		proc_mut.pending_forker = (uintptr_t)&thread_anchor;
+		proc_mut.pending_raw = phase == FORK_CHILD_RAW;
 		atomic_store(&proc_mut.pending, true);
 		return 0;
 	}
 	/* Whatever an ancestor left pending was its own (proc_mut's page
 	 * is written here anyway). */
 	atomic_store_explicit(&proc_mut.pending, false, memory_order_relaxed);
-	run_callouts(phase == FORK_CHILD_RAW);
+	run_callouts(true, phase == FORK_CHILD_RAW);
 	return 0;
 }
 

@@ -39,13 +39,13 @@
  *
  * @callout (may be NULL) runs after the locks are released and outside
  * OpenSSL's allocator: when the fork is noticed inside an allocation, at
- * the next library call that checks for forks.  @raw_here: the fork
- * bypassed osslproc's prepare handler and the calling thread is the one
- * that forked.
+ * the next library call that checks for forks, in whichever thread makes
+ * it.  @forker: the calling thread is the one that forked; @raw: the
+ * fork bypassed osslproc's prepare handler.
  */
 struct proc_child_handler {
 	uintptr_t (*locked)(void);
-	void (*callout)(uintptr_t arg, bool raw_here);
+	void (*callout)(uintptr_t arg, bool forker, bool raw);
 };
 
 #define PROC_CHILD_HANDLERS 2
@@ -69,11 +69,11 @@ struct proc_mut {
 	int prep_depth;
 	/* What a re-initialisation inside the allocator left to do: the
 	 * handlers' callouts, with the values their locked steps returned,
-	 * and whether the thread that forked must clear its error queue
-	 * (pending_clear, that thread's anchor; 0: none).  Here because the
-	 * prepared child's path reads them. */
+	 * the thread that forked (its anchor) and whether the fork was raw.
+	 * Here because the prepared child's path reads them. */
 	_Atomic bool pending;
-	uintptr_t pending_clear;
+	bool pending_raw;
+	uintptr_t pending_forker;
 	uintptr_t child_arg[PROC_CHILD_HANDLERS];
 	/* The process-wide event counters at this process's start: each
 	 * process reports its own events (alloc/install.c). */
