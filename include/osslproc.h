@@ -40,7 +40,7 @@ extern "C" {
 #endif
 
 #define OSSL_PROC_VERSION_MAJOR 0
-#define OSSL_PROC_VERSION_MINOR 2
+#define OSSL_PROC_VERSION_MINOR 3
 #define OSSL_PROC_VERSION_MICRO 0
 
 /* ------------------------------------------------------------------ */
@@ -145,7 +145,26 @@ struct ossl_proc_config {
 	 * 1: none (every block goes back).  A worker of a shared
 	 * allocator keeps none. */
 	size_t cache_bytes;
+	/* Added in 0.3. */
+	/** The options ossl_proc_init() initialises OpenSSL with; 0:
+	 * OPENSSL_INIT_LOAD_CONFIG and the error strings (OpenSSL loads its
+	 * configuration now, from the snapshot's OPENSSL_CONF or its default
+	 * file).  Otherwise exactly these OPENSSL_INIT_* options, given to
+	 * OPENSSL_init_crypto(), or to OPENSSL_init_ssl() when they contain
+	 * OPENSSL_INIT_LOAD_SSL_STRINGS or OPENSSL_INIT_NO_LOAD_SSL_STRINGS
+	 * (which then loads the configuration unless
+	 * OPENSSL_INIT_NO_LOAD_CONFIG is among them).  The snapshot's
+	 * OPENSSL_CONF is the file name only when
+	 * OPENSSL_INIT_LOAD_CONFIG is.  OSSL_PROC_OPENSSL_INIT_NONE: no
+	 * OPENSSL_init_* call at all, so the program's first one decides
+	 * everything (OPENSSL_INIT_NO_ATEXIT, OPENSSL_INIT_NO_LOAD_CONFIG,
+	 * ...; OpenSSL applies each such choice once, at the first call that
+	 * makes it). */
+	uint64_t openssl_init_opts;
 };
+
+/** openssl_init_opts: osslproc does not initialise OpenSSL itself. */
+#define OSSL_PROC_OPENSSL_INIT_NONE (UINT64_C(1) << 63)
 
 #define OSSL_PROC_CONFIG_INIT { .size = sizeof(struct ossl_proc_config) }
 

@@ -23,6 +23,10 @@ static struct ossl_proc_config first;
 /* Smallest struct a caller can pass: size and flags. */
 #define CONFIG_MIN_SIZE (offsetof(struct ossl_proc_config, flags) + \
 			 sizeof(unsigned int))
+/* Larger than any version of the struct will be: a size beyond it is
+ * garbage (an uninitialised field), not a newer caller, and the tail it
+ * claims is not read. */
+#define CONFIG_MAX_SIZE ((size_t)4096)
 
 static bool
 tail_is_zero(const struct ossl_proc_config *in)
@@ -44,6 +48,13 @@ config_copy(const struct ossl_proc_config *in, struct ossl_proc_config *out)
 		return 0;
 	if (in->size < CONFIG_MIN_SIZE) {
 		log_bug_client("ossl_proc_init: cfg->size is %zu; set it to "
+			       "sizeof(struct ossl_proc_config) or start from "
+			       "OSSL_PROC_CONFIG_INIT", in->size);
+		return -EINVAL;
+	}
+	if (in->size > CONFIG_MAX_SIZE) {
+		log_bug_client("ossl_proc_init: cfg->size is %zu, larger than "
+			       "any struct ossl_proc_config; set it to "
 			       "sizeof(struct ossl_proc_config) or start from "
 			       "OSSL_PROC_CONFIG_INIT", in->size);
 		return -EINVAL;
@@ -123,6 +134,8 @@ config_warn_conflicts(const struct ossl_proc_config *c)
 		what = "quarantine_bytes";
 	else if (c->cache_bytes != first.cache_bytes)
 		what = "cache_bytes";
+	else if (c->openssl_init_opts != first.openssl_init_opts)
+		what = "openssl_init_opts";
 	else if (c->log != first.log || c->log_arg != first.log_arg ||
 		 c->log_level != first.log_level)
 		what = "log settings";
@@ -176,28 +189,40 @@ active_set(const struct ossl_proc_config *c)
 	return 0;
 }
 
-/* Make OpenSSL load its configuration now, from the snapshot's
+#define SSL_INIT_OPTS (OPENSSL_INIT_LOAD_SSL_STRINGS | \
+		       OPENSSL_INIT_NO_LOAD_SSL_STRINGS)
+
+/* Initialise OpenSSL with the host's options (cfg->openssl_init_opts).
+ * By default it loads its configuration now, from the snapshot's
  * OPENSSL_CONF, rather than lazily in some worker thread. */
 static int
-openssl_load(void)
+openssl_load(uint64_t opts)
 {
-	uint64_t opts = OPENSSL_INIT_LOAD_CONFIG |
-			OPENSSL_INIT_LOAD_SSL_STRINGS |
-			OPENSSL_INIT_LOAD_CRYPTO_STRINGS;
-	OPENSSL_INIT_SETTINGS *settings = OPENSSL_INIT_new();
+	OPENSSL_INIT_SETTINGS *settings = NULL;
 	const char *conf = env_get(ENV_OPENSSL_CONF);
-	int ok;
+	int ok = 1;
 
-	if (!settings)
-		return -ENOMEM;
-	ok = !conf || OPENSSL_INIT_set_config_filename(settings, conf);
-	ok = ok && OPENSSL_init_ssl(opts, settings) == 1;
+	if (opts == OSSL_PROC_OPENSSL_INIT_NONE)
+		return env_pin_openssl();
+	if (!opts)
+		opts = OPENSSL_INIT_LOAD_CONFIG | OPENSSL_INIT_LOAD_SSL_STRINGS |
+		       OPENSSL_INIT_LOAD_CRYPTO_STRINGS;
+	if ((opts & OPENSSL_INIT_LOAD_CONFIG) && conf) {
+		settings = OPENSSL_INIT_new();
+		if (!settings)
+			return -ENOMEM;
+		ok = OPENSSL_INIT_set_config_filename(settings, conf);
+	}
+	if (ok)
+		ok = (opts & SSL_INIT_OPTS ? OPENSSL_init_ssl(opts, settings)
+		      : OPENSSL_init_crypto(opts, settings)) == 1;
 	OPENSSL_INIT_free(settings);
 	if (ok)
 		return env_pin_openssl();
-	log_error("ossl_proc_init: OPENSSL_init_ssl failed (%lu); check "
-		  "OpenSSL's configuration file (OPENSSL_CONF)",
-		  ERR_peek_last_error());
+	log_error("ossl_proc_init: OpenSSL's initialisation with options "
+		  "0x%llx failed (%lu); check the options and OpenSSL's "
+		  "configuration file (OPENSSL_CONF)",
+		  (unsigned long long)opts, ERR_peek_last_error());
 	return -EIO;
 }
 
@@ -216,7 +241,7 @@ first_init(const struct ossl_proc_config *c)
 	if (!rc)
 		rc = env_init(&active);
 	if (!rc)
-		rc = openssl_load();
+		rc = openssl_load(c->openssl_init_opts);
 	if (!rc)
 		rc = fork_init(active.flags);
 	if (rc) {
@@ -251,6 +276,7 @@ ossl_proc_init(const struct ossl_proc_config *cfg)
 	struct ossl_proc_config c;
 	int rc;
 
+	alloc_check();
 	pthread_mutex_lock(&init_lock);
 	rc = config_copy(cfg, &c);
 	if (!rc)
@@ -286,6 +312,7 @@ ossl_proc_teardown(void)
 {
 	int rc = OSSL_PROC_UNLOAD_IN_USE;
 
+	alloc_check();
 	pthread_mutex_lock(&init_lock);
 	if (!proc_initialised()) {
 		log_bug_client("ossl_proc_teardown: called without a matching "
