@@ -161,6 +161,11 @@ struct ossl_proc_config {
 	 * ...; OpenSSL applies each such choice once, at the first call that
 	 * makes it). */
 	uint64_t openssl_init_opts;
+	/** Bytes all threads' caches may hold together: each thread's
+	 * cache (at most cache_bytes) draws from this process-wide budget,
+	 * and gives its share back when the thread exits or calls
+	 * ossl_proc_thread_release(); 0: 8 MiB. */
+	size_t cache_total_bytes;
 };
 
 /** openssl_init_opts: osslproc does not initialise OpenSSL itself. */
@@ -985,6 +990,24 @@ int ossl_proc_get_stats(struct ossl_proc_stats *out);
  */
 int ossl_proc_report(FILE *out);
 
+/**
+ * Give back what the calling thread holds in the tracked allocator: the
+ * blocks in its quarantine and its cache go to the backend, and its share
+ * of the caches' budget (cache_total_bytes) to the process.  For a host
+ * that parks threads of a pool: an idle thread otherwise keeps them until
+ * it exits.  The thread goes on working; its later frees are quarantined
+ * and cached again.  The blocks given back leave the double-free window
+ * early.
+ *
+ * @return 0 (also when the thread holds nothing, or when another copy of
+ *         osslproc owns the allocator, whose thread state this copy does
+ *         not hold).
+ *
+ * Thread-safety: safe; it touches the calling thread's state only.
+ * Signal-safety: not async-signal-safe.
+ */
+int ossl_proc_thread_release(void);
+
 /** State of the tracked allocator, in ossl_proc_stats.allocator. */
 enum ossl_proc_alloc_mode {
 	/** osslproc was never initialised in this process.  (After the
@@ -1000,8 +1023,11 @@ enum ossl_proc_alloc_mode {
 	/** Another copy of osslproc owns the allocator; the counters are
 	 * that copy's. */
 	OSSL_PROC_ALLOC_ATTACHED = 4,
-	/** Installed, but someone replaced OpenSSL's memory functions since:
-	 * blocks allocated by osslproc may now reach a foreign free. */
+	/** Installed, but someone replaced OpenSSL's memory functions since
+	 * (OpenSSL accepts that, osslproc cannot refuse it): blocks
+	 * allocated by osslproc may now reach a foreign free.  The next
+	 * osslproc call logs one ERROR naming the object whose functions
+	 * OpenSSL now calls. */
 	OSSL_PROC_ALLOC_REPLACED = 5,
 };
 

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 
 #include "osslproc-int.h"
+#include "alloc/alloc.h"
 
 struct ossl_proc_ctx {
 	SSL_CTX *(*build)(void *arg);
@@ -74,6 +75,7 @@ ossl_proc_ctx_get(struct ossl_proc_ctx *pc)
 		return NULL;
 	}
 	proc_check_fork();
+	alloc_check();
 	self = proc_self();
 	ctx = atomic_load(&pc->ctx);
 	if (ctx && atomic_load(&pc->pid) == self)

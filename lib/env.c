@@ -20,6 +20,7 @@
 
 #include "osslproc-int.h"
 #include "env.h"
+#include "alloc/alloc.h"
 
 static const char *const snapshot_names[ENV_COUNT] = {
 	[ENV_SSL_CERT_FILE] = "SSL_CERT_FILE",
@@ -228,6 +229,7 @@ ossl_proc_ca_dir(void)
 static int
 check_ready(const char *fn, const void *arg)
 {
+	alloc_check();
 	if (!arg) {
 		log_bug_client("%s: argument is NULL", fn);
 		return -EINVAL;

@@ -134,6 +134,8 @@ config_warn_conflicts(const struct ossl_proc_config *c)
 		what = "quarantine_bytes";
 	else if (c->cache_bytes != first.cache_bytes)
 		what = "cache_bytes";
+	else if (c->cache_total_bytes != first.cache_total_bytes)
+		what = "cache_total_bytes";
 	else if (c->openssl_init_opts != first.openssl_init_opts)
 		what = "openssl_init_opts";
 	else if (c->log != first.log || c->log_arg != first.log_arg ||
@@ -180,6 +182,8 @@ active_set(const struct ossl_proc_config *c)
 		active.quarantine_bytes = c->allocator && c->allocator->shared ?
 			QUARANTINE_SHARED_DEFAULT : QUARANTINE_DEFAULT;
 	active.cache_bytes = c->cache_bytes ? c->cache_bytes : CACHE_DEFAULT;
+	active.cache_total_bytes = c->cache_total_bytes ? c->cache_total_bytes
+							: CACHE_TOTAL_DEFAULT;
 	if (dup_str(c->ca_file, &active.ca_file) ||
 	    dup_str(c->ca_dir, &active.ca_dir)) {
 		active_clear();

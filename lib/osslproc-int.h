@@ -35,6 +35,7 @@ struct init_config {
 	enum ossl_proc_bad_free on_bad_free;
 	size_t quarantine_bytes;
 	size_t cache_bytes;
+	size_t cache_total_bytes;
 	const char *ca_file; /* owned copies (libc malloc) */
 	const char *ca_dir;
 };

@@ -23,6 +23,7 @@ struct proc_mut proc_mut = {
 	.hooks_lock = PTHREAD_MUTEX_INITIALIZER,
 	.reg_lock = PTHREAD_MUTEX_INITIALIZER,
 	.site_lock = PTHREAD_MUTEX_INITIALIZER,
+	.large_lock = PTHREAD_MUTEX_INITIALIZER,
 };
 
 static const struct proc_child_handler *handlers[PROC_CHILD_HANDLERS];
@@ -97,6 +98,7 @@ proc_unlock(pthread_mutex_t *m)
 /* osslproc's locks, in the order prepare takes them. */
 static pthread_mutex_t *const fork_locks[] = {
 	&proc_mut.hooks_lock, &proc_mut.reg_lock, &proc_mut.site_lock,
+	&proc_mut.large_lock,
 };
 
 /* After the fork: release what prepare took, or, when no prepare ran,

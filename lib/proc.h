@@ -61,6 +61,7 @@ struct proc_mut {
 	pthread_mutex_t hooks_lock;       /* fork.c: ossl_proc_on_child */
 	pthread_mutex_t reg_lock;         /* alloc/thread.c: thread registry */
 	pthread_mutex_t site_lock;        /* alloc/block.c: live list, sites */
+	pthread_mutex_t large_lock;       /* alloc/large.c: large blocks */
 	/* The thread that holds the locks above for a fork, and how deeply
 	 * its prepare calls nest.  Here rather than thread-local: the child
 	 * inherits both, and resets them without a page fault of their
@@ -78,6 +79,9 @@ struct proc_mut {
 	/* The process-wide event counters at this process's start: each
 	 * process reports its own events (alloc/install.c). */
 	struct ossl_proc_stats base;
+	/* The caches' budget not yet drawn by a thread (alloc/cache.c);
+	 * a child, whose other threads are gone, starts it afresh. */
+	_Atomic int64_t cache_pool;
 } __attribute__((aligned(512)));      /* smaller than 512: one page */
 _Static_assert(sizeof(struct proc_mut) <= 512, "proc_mut spans two pages");
 

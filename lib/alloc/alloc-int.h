@@ -94,9 +94,13 @@ class_size(unsigned c)
 #define ST_RELEASED 0x3u       /* handed back to the backend */
 #define BK_SHIFT 2
 #define BK_MASK (0x3u << BK_SHIFT)
-#define W_PADDED (1u << 4)      /* 16 bytes of padding before the prefix */
+#define W_PADDED (1u << 4)      /* PAD_BYTES of padding before the prefix */
 #define W_SITES (1u << 5)       /* a struct blk_site precedes the header */
 #define OWNER_SHIFT 8           /* pid of the owning process (shared) */
+/* No block's word: a live one has ST_LIVE, and an owner pid below 2^22
+ * (Linux's PID_MAX_LIMIT) leaves the top bits clear.  0 would not do: it
+ * is the word of a cached block of the libc backend. */
+#define FREE_WORD_NONE UINT32_MAX
 
 /* Backends a block can come from. */
 enum backend {
@@ -122,7 +126,21 @@ struct qent {
 };
 
 /* Per-thread state: counters written only by the owning thread. */
+#define DEFER_SLOTS 16
+
 struct tstate {
+	/* Non-zero while this thread changes this state (tstate_enter): a
+	 * signal handler that interrupts it and calls the allocator on the
+	 * same thread must not touch it (alloc.c: the re-entrant path). */
+	unsigned char busy;
+	/* Frees such a handler made, for the interrupted call to finish
+	 * when it leaves (tstate_leave): blocks already claimed (state
+	 * swapped to quarantined), on a stack linked through their first
+	 * word, and large blocks (whose claim takes a lock) in slots; both
+	 * changed by compare-and-swap only, so nested handlers lose none. */
+	atomic_bool deferred_any;
+	_Atomic(void *) deferred_head;
+	_Atomic(void *) deferred[DEFER_SLOTS];
 	_Atomic uint64_t allocs, frees, reallocs, prior_frees;
 	_Atomic uint64_t live;   /* bytes allocated minus freed, modulo 2^64 */
 	uint64_t flushed;        /* live when last folded into the global */
@@ -135,10 +153,12 @@ struct tstate {
 	 * list 0 only between an eviction and cache_drain(). */
 	void *cache[NCLASSES];
 	_Atomic uint64_t cached_bytes;
-	/* At most this many bytes cached: cache_bytes, or 0 in a worker of
-	 * a shared backend, which allocates from the shared backend only
-	 * (what it frees of its private inheritance goes back). */
-	uint64_t budget;
+	/* At most @budget bytes cached: what this thread drew from the
+	 * process's pool (proc_mut.cache_pool, cache.c: budget_grow), in
+	 * grants, up to @cap: cache_bytes, or 0 in a worker of a shared
+	 * backend, which allocates from the shared backend only (what it
+	 * frees of its private inheritance goes back). */
+	uint64_t budget, cap;
 	/* Backend chunks that would have given a page-aligned user pointer,
 	 * held so the backend cannot offer them again (alloc.c: park). */
 	void *parked[PARK_SLOTS];
@@ -155,16 +175,18 @@ struct alloc_conf {
 	size_t quarantine_bytes;
 	uint64_t quarantine_high; /* 9/8 of it: where eviction starts */
 	size_t cache_bytes;
+	size_t cache_total_bytes;
 	struct ossl_proc_allocator host; /* .malloc NULL: none */
 	CRYPTO_malloc_fn prior_m;        /* NULL: nothing was installed */
 	CRYPTO_realloc_fn prior_r;
 	CRYPTO_free_fn prior_f;
-	uint64_t secret;
+	uint64_t secret, secret2, secret3; /* the magic's keys (blk_magic);
+					      secret3 is odd */
 	/* The header word of a cached block handed out again, when every
 	 * block of the process has one backend and no site record; 0 when
 	 * allocations take the general path (alloc.c: om_malloc).  The
 	 * word of a live block om_free() may retire without further checks
-	 * (no scrubbing either); 0 when none. */
+	 * (no scrubbing either); FREE_WORD_NONE when none. */
 	uint32_t fast_word, free_word;
 };
 
@@ -205,6 +227,10 @@ void *om_realloc(void *p, size_t n, const char *file, int line);
 void om_free(void *p, const char *file, int line);
 
 /* block.c */
+/* Inside a backend function, this thread (a signal handler must not
+ * enter one again). */
+extern __thread unsigned char tls_in_backend
+	__attribute__((tls_model("initial-exec")));
 /* Fresh memory from backend @bk for a block with @word's layout, of
  * @total bytes and class *@c (0 when it had to be realigned), or NULL. */
 char *backend_block(struct tstate *t, enum backend bk, size_t total,
@@ -232,12 +258,29 @@ void bad_free(enum bad_kind kind, void *p, struct blk *h, uint32_t word,
 bool blk_check(void *p, uint32_t *word, const char *file, int line);
 /* False (and counted) when @p is another process's shared block. */
 bool owned_here(void *p, uint32_t word, const char *file, int line);
+/* A pointer without our header: to the previous allocator, or the
+ * bad-free path as @kind. */
+void not_ours(enum bad_kind kind, void *p, const char *file, int line);
+
+/* large.c: blocks of no class from the libc backend, mapped by osslproc,
+ * the user pointer at page offset LARGE_OFF. */
+void *large_new(size_t total, const char *file, int line);
+/* Free, or report, a pointer at page offset LARGE_OFF. */
+void large_free(void *p, const char *file, int line);
+/* 1, with its payload size, when @p is a live large block; 0 when it is
+ * one freed (in the window); -1 when it is none. */
+int large_size(void *p, size_t *n);
+/* The live large blocks, for the leak listing (TRACK_SITES). */
+void large_report(FILE *out, size_t *shown, size_t *total);
 
 /* cache.c */
 /* Empty lists for a new @t. */
 void cache_init(struct tstate *t);
-/* Return every cached and parked block of @t to the backend. */
+/* Return every cached and parked block of @t to the backend, and its
+ * budget to the pool. */
 void cache_flush(struct tstate *t);
+/* Give @t's budget back to the process's pool. */
+void budget_return(struct tstate *t);
 /* In a child: forget @t's quarantined shared blocks that belong to another
  * process; with @release, release the rest too (@t's thread is gone). */
 void quarantine_child(struct tstate *t, bool release);
@@ -251,8 +294,12 @@ extern __thread struct tstate *tls_state
 	__attribute__((tls_model("initial-exec")));
 struct tstate *tstate_new(void);
 
-/* Never NULL: a thread that is exiting gets a shared fallback without a
- * quarantine. */
+/* The shared fallback: counters of exited threads, and the state of a
+ * thread that is exiting or in a signal handler inside the allocator
+ * (no quarantine, no cache, atomic counters). */
+extern struct tstate tstate_retired;
+
+/* Never NULL: a thread that is exiting gets the shared fallback. */
 static inline struct tstate *
 tstate_get(void)
 {
@@ -265,6 +312,43 @@ void tstate_sum_unlocked(struct ossl_proc_stats *st);
 /* Fold @t's live-byte delta into the global (and the peak). */
 void tstate_flush(struct tstate *t);
 void tstate_count_shared(int64_t delta);
+
+/*
+ * The calling thread changes its own state from here to tstate_leave(): a
+ * signal handler that interrupts it and calls the allocator sees busy and
+ * keeps off (alloc.c: the re-entrant path).  Compiler fences only: the
+ * handler runs on this thread.  Leaving does the frees such a handler
+ * deferred.
+ */
+static inline void
+tstate_enter(struct tstate *t)
+{
+	t->busy = 1;
+	atomic_signal_fence(memory_order_seq_cst);
+}
+
+void tstate_run_deferred(struct tstate *t);
+
+/* Leaving, without doing the deferred frees (tstate_run_deferred() does
+ * them in a loop of its own). */
+static inline void
+tstate_leave_quiet(struct tstate *t)
+{
+	atomic_signal_fence(memory_order_seq_cst);
+	t->busy = 0;
+	atomic_signal_fence(memory_order_seq_cst);
+}
+
+static inline void
+tstate_leave(struct tstate *t)
+{
+	atomic_signal_fence(memory_order_seq_cst);
+	t->busy = 0;
+	atomic_signal_fence(memory_order_seq_cst);
+	if (unlikely(atomic_load_explicit(&t->deferred_any,
+					  memory_order_relaxed)))
+		tstate_run_deferred(t);
+}
 
 /* Only the owning thread writes these: a plain add, readable by others. */
 static inline void
@@ -335,14 +419,40 @@ extern const struct proc_child_handler alloc_child_handler;
 /* In a child: the counters so far become the baseline of its own.
  * Takes no lock. */
 void alloc_stats_rebase(void);
-/* Probe: an osslproc malloc called with these returns its owner record. */
-#define PROBE_FILE "osslproc:owner-probe"
-#define PROBE_LINE 0x6f70726f
-void *owner_probe_answer(const char *file, int line);
+/* owner.c: what a copy of osslproc tells another (an ABI between
+ * copies: fields are only appended). */
+struct owner_record {
+	uint64_t magic;
+	uint32_t version;
+	uint32_t size;
+	const struct owner_record *self;
+	const char *object;
+	int (*get_stats)(struct ossl_proc_stats *out);
+	void (*report)(FILE *out);
+	/* Version 2 (0.3): the malloc this copy installs in OpenSSL. */
+	void *(*malloc)(size_t n, const char *file, int line);
+};
+/* The record of the copy whose malloc @m is, or NULL: no osslproc, or
+ * a copy that is not the allocator's owner. */
+const struct owner_record *owner_find(CRYPTO_malloc_fn m);
+/* At install: the record names the object holding this copy. */
+void owner_name_object(void);
+/* This copy's part of a report: its object and the leak list. */
+void owner_report(FILE *out);
 
 /* ---- the inline block primitives of the fast path ---- */
 
 #define PAGE_MASK ((uintptr_t)4095)
+/*
+ * Page offsets no other block's user pointer has: 0, as a page-aligned
+ * pointer could be the start of a foreign mapping, told apart only by
+ * reading the page before it, which may fault; and LARGE_OFF, the offset
+ * of large.c's blocks, which are looked up in a table instead of having
+ * their header read.  A backend chunk that would give one of them is
+ * padded by PAD_BYTES (block.c).
+ */
+#define LARGE_OFF ((uintptr_t)16)
+#define PAD_BYTES 32
 #define ALIGN_MASK ((uintptr_t)15)
 
 static inline struct blk *
@@ -360,13 +470,20 @@ site_of(struct blk *h)
 static inline uint32_t
 blk_magic(const void *user, uint64_t size_gen, uint32_t word)
 {
-	/* One multiply over the secret-keyed inputs, its halves folded:
-	 * what a header must resist is memory that is not one (random,
-	 * stale, a payload read as a header), which then matches with
-	 * probability 2^-32. */
-	uint64_t x = ((uintptr_t)user ^ aconf.secret) +
-		     (size_gen ^ (uint64_t)(word & ~ST_MASK) << 29) *
-		     0x9e3779b97f4a7c15ull;
+	/*
+	 * The keyed address times an odd factor keyed by the size, xor the
+	 * layout times a secret odd factor, the halves folded.  Nothing
+	 * enters linearly with a known coefficient: moving a header to
+	 * another address, or changing its size or layout, changes the
+	 * magic by an amount that depends on the secrets, so a header
+	 * moved, adjusted, forged from a nearby one, or memory that is not
+	 * a header validates with probability 2^-32.  The two multiplies
+	 * are independent, so they run side by side.
+	 */
+	uint64_t a = ((uintptr_t)user ^ aconf.secret) *
+		     ((size_gen ^ aconf.secret2) << 1 | 1);
+	uint64_t b = (uint64_t)(word & ~ST_MASK) * aconf.secret3;
+	uint64_t x = a ^ b;
 
 	return (uint32_t)(x >> 32) ^ (uint32_t)x;
 }
@@ -383,12 +500,19 @@ blk_class(const struct blk *h)
 	return (unsigned)(h->size_gen >> BLK_CLASS_SHIFT) & 0xff;
 }
 
+/* @p (16-aligned) is at a page offset that no small block has. */
+static inline bool
+page_reserved(const void *p)
+{
+	return ((uintptr_t)p & PAGE_MASK) <= LARGE_OFF;
+}
+
 static inline size_t
 prefix_len(uint32_t word)
 {
 	return sizeof(struct blk) +
 	       (word & W_SITES ? sizeof(struct blk_site) : 0) +
-	       (word & W_PADDED ? 16 : 0);
+	       (word & W_PADDED ? PAD_BYTES : 0);
 }
 
 /* The bytes a freed block holds back: its class, or for a block of no
@@ -604,7 +728,7 @@ quarantine_push(struct tstate *t, void *user, uint64_t held, unsigned c)
 static inline bool
 blk_fast_live(void *p, uint32_t *word)
 {
-	if (((uintptr_t)p & ALIGN_MASK) || !((uintptr_t)p & PAGE_MASK))
+	if (((uintptr_t)p & ALIGN_MASK) || page_reserved(p))
 		return false;
 #ifdef OSSLPROC_SANITIZED
 	return blk_peek(p, word) && *word == aconf.free_word;

@@ -23,6 +23,10 @@
 /* Enough for a thread that does verified handshakes to make no backend
  * call once warm. */
 #define CACHE_DEFAULT ((size_t)512 * 1024)
+/* What all threads' caches hold together at most: an idle thread keeps
+ * its cache until it exits, and a pool of a thousand would otherwise pin
+ * cache_bytes each. */
+#define CACHE_TOTAL_DEFAULT ((size_t)8 * 1024 * 1024)
 
 /* Install (or attach, or fall back to untracked) at first init. */
 int alloc_init(const struct init_config *cfg);
@@ -30,6 +34,9 @@ int alloc_init(const struct init_config *cfg);
  * can still call into this copy's code. */
 bool alloc_teardown(void);
 enum ossl_proc_alloc_mode alloc_mode(void);
+/* Called by the library's entry points: logs one ERROR if someone
+ * replaced OpenSSL's memory functions since osslproc installed them. */
+void alloc_check(void);
 /* The threads other than the caller that used the allocator. */
 unsigned alloc_other_threads(void);
 /* This process is a worker of a shared backend (generation > 0). */

@@ -83,7 +83,7 @@ bad_free(enum bad_kind kind, void *p, struct blk *h, uint32_t word,
 
 /* Where a pointer without our header goes: the previous allocator, or
  * the bad-free path. */
-static void
+void
 not_ours(enum bad_kind kind, void *p, const char *file, int line)
 {
 	if (aconf.prior_f) {
@@ -106,6 +106,11 @@ blk_check(void *p, uint32_t *word, const char *file, int line)
 	}
 	if (!((uintptr_t)p & PAGE_MASK)) {
 		not_ours(BAD_FOREIGN, p, file, line);
+		return false;
+	}
+	/* A large block's offset (large.c decides, without reading). */
+	if (((uintptr_t)p & PAGE_MASK) == LARGE_OFF) {
+		not_ours(BAD_INVALID, p, file, line);
 		return false;
 	}
 	if (!blk_peek(p, word)) {

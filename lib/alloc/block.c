@@ -20,24 +20,40 @@ const uint32_t class_bytes[NCLASSES] = {
 
 static struct list site_list = LIST_INIT(site_list);
 
+/* Non-zero while this thread is inside a backend function: a signal
+ * handler that interrupted it there must not enter the backend again
+ * (glibc's malloc is not re-entrant). */
+__thread unsigned char tls_in_backend __attribute__((tls_model("initial-exec")));
+
 static void *
 bk_alloc(enum backend bk, size_t n, const char *file, int line)
 {
+	void *p = NULL;
+
+	tls_in_backend++;
+	atomic_signal_fence(memory_order_seq_cst);
 	switch (bk) {
 	case BK_LIBC:
-		return malloc(n);
+		p = malloc(n);
+		break;
 	case BK_HOST:
 	case BK_SHARED:
-		return aconf.host.malloc(n, aconf.host.arg);
+		p = aconf.host.malloc(n, aconf.host.arg);
+		break;
 	case BK_PRIOR:
-		return aconf.prior_m(n, file, line);
+		p = aconf.prior_m(n, file, line);
+		break;
 	}
-	return NULL;
+	atomic_signal_fence(memory_order_seq_cst);
+	tls_in_backend--;
+	return p;
 }
 
 static void
 bk_free(enum backend bk, void *base, const char *file, int line)
 {
+	tls_in_backend++;
+	atomic_signal_fence(memory_order_seq_cst);
 	switch (bk) {
 	case BK_LIBC:
 		free(base);
@@ -50,6 +66,8 @@ bk_free(enum backend bk, void *base, const char *file, int line)
 		aconf.prior_f(base, file, line);
 		break;
 	}
+	atomic_signal_fence(memory_order_seq_cst);
+	tls_in_backend--;
 }
 
 void
@@ -79,13 +97,12 @@ site_unlink(struct blk *h, const char *file, int line)
 }
 
 /*
- * A block whose user pointer is page-aligned could not be told from the
- * start of a foreign mapping without reading the page before it, which may
- * fault.  Such blocks are never handed out: take a 16-byte larger block
- * and, if needed, pad.  The rejected chunk is parked rather than freed: a
- * LIFO backend (glibc's tcache) would hand the same chunk back for the
- * next request of its size, and every allocation of that size would pay
- * for two more backend calls.
+ * A block whose user pointer would be at a reserved page offset (0 or
+ * LARGE_OFF: alloc-int.h) is never handed out: take a PAD_BYTES larger
+ * block and, if needed, pad.  The rejected chunk is parked rather than
+ * freed: a LIFO backend (glibc's tcache) would hand the same chunk back
+ * for the next request of its size, and every allocation of that size
+ * would pay for two more backend calls.
  */
 static void
 park(struct tstate *t, enum backend bk, void *base)
@@ -109,12 +126,12 @@ static void *
 realign(struct tstate *t, enum backend bk, void *base, size_t total,
 	uint32_t *word, const char *file, int line)
 {
-	void *nb = bk_alloc(bk, total + 16, file, line);
+	void *nb = bk_alloc(bk, total + PAD_BYTES, file, line);
 
 	park(t, bk, base);
 	if (!nb)
 		return NULL;
-	if ((((uintptr_t)nb + prefix_len(*word)) & PAGE_MASK) == 0)
+	if (page_reserved((char *)nb + prefix_len(*word)))
 		*word |= W_PADDED;
 	return nb;
 }
@@ -146,8 +163,7 @@ backend_block(struct tstate *t, enum backend bk, size_t total, uint32_t *word,
 
 	if (unlikely(!base))
 		return NULL;
-	if (unlikely((((uintptr_t)base + prefix_len(*word)) & PAGE_MASK) ==
-		     0)) {
+	if (unlikely(page_reserved(base + prefix_len(*word)))) {
 		base = realign(t, bk, base, total, word, file, line);
 		*c = 0; /* its size is no longer its class's */
 		if (!base)
@@ -216,6 +232,7 @@ sites_report(FILE *out)
 				s->alloc_line);
 	}
 	proc_unlock(&proc_mut.site_lock);
+	large_report(out, &shown, &total);
 	if (total > shown)
 		fprintf(out, "  ... and %zu more\n", total - shown);
 }

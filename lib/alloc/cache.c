@@ -74,6 +74,48 @@ cache_drain(struct tstate *t)
 	}
 }
 
+/*
+ * The caches' budget: each thread draws from the process's pool in
+ * grants, up to its cap, and gives its whole budget back when its cache
+ * is flushed (its exit, ossl_proc_thread_release()).  So all threads
+ * together hold at most cache_total_bytes, and a thread that stays
+ * busy pays for the pool's atomic once per grant, not per block.
+ */
+#define GRANT ((uint64_t)64 * 1024)
+
+/* Grow @t's budget to hold @need bytes, as far as the pool and its cap
+ * allow; returns the budget. */
+__attribute__((noinline)) static uint64_t
+budget_grow(struct tstate *t, uint64_t need)
+{
+	while (t->budget < need && t->budget < t->cap) {
+		uint64_t want = t->cap - t->budget < GRANT ? t->cap - t->budget
+							   : GRANT;
+		int64_t pool = atomic_load_explicit(&proc_mut.cache_pool,
+						    memory_order_relaxed);
+
+		do {
+			if (pool <= 0)
+				return t->budget;
+			if ((uint64_t)pool < want)
+				want = (uint64_t)pool;
+		} while (!atomic_compare_exchange_weak_explicit(
+				&proc_mut.cache_pool, &pool,
+				pool - (int64_t)want, memory_order_relaxed,
+				memory_order_relaxed));
+		t->budget += want;
+	}
+	return t->budget;
+}
+
+void
+budget_return(struct tstate *t)
+{
+	atomic_fetch_add_explicit(&proc_mut.cache_pool, (int64_t)t->budget,
+				  memory_order_relaxed);
+	t->budget = 0;
+}
+
 /* Hand a block on: to @t's cache while its budget has room, else (or
  * with no class, no @t, the shared fallback) to the backend. */
 void
@@ -87,7 +129,7 @@ blk_release(struct tstate *t, void *user, unsigned c)
 	}
 	held = atomic_load_explicit(&t->cached_bytes, memory_order_relaxed) +
 	       class_size(c);
-	if (held > t->budget) {
+	if (held > t->budget && held > budget_grow(t, held)) {
 		blk_to_backend(user);
 		return;
 	}
@@ -113,6 +155,7 @@ cache_flush(struct tstate *t)
 		}
 	}
 	atomic_store_explicit(&t->cached_bytes, 0, memory_order_relaxed);
+	budget_return(t);
 }
 
 static inline void
@@ -180,6 +223,8 @@ quarantine_evict(struct tstate *t)
 		unsigned ec = (unsigned)(e.held_class >> QCLASS_SHIFT);
 
 		bytes -= b;
+		if (ec && cached + b > budget)
+			budget = budget_grow(t, cached + b);
 		if (ec && cached + b <= budget)
 			cached += b;
 		else

@@ -13,78 +13,11 @@
 
 #include "alloc-int.h"
 
-/*
- * The record an installed osslproc allocator gives to a later copy that
- * probes it (see PROBE_FILE).  This layout is an ABI between copies of
- * different versions: fields are only ever appended, and a reader checks
- * @size before using a field.
- */
-#define OWNER_MAGIC 0x6f73736c70726f63ull /* "osslproc" */
-#define OWNER_VERSION 1
-
-struct owner_record {
-	uint64_t magic;
-	uint32_t version;
-	uint32_t size;
-	const struct owner_record *self;
-	const char *object;
-	int (*get_stats)(struct ossl_proc_stats *out);
-	void (*report)(FILE *out);
-};
-
 struct alloc_conf aconf;
-
-static void owner_report(FILE *out);
-
-static char owner_object[512] = "the main program";
-static struct owner_record owner = {
-	.magic = OWNER_MAGIC,
-	.version = OWNER_VERSION,
-	.size = sizeof(struct owner_record),
-	.self = &owner,
-	.object = owner_object,
-	.get_stats = ossl_proc_get_stats,
-	.report = owner_report,
-};
 
 static bool installed;   /* our functions went into OpenSSL, ever */
 static _Atomic int mode; /* enum ossl_proc_alloc_mode */
 static const struct owner_record *attached;
-
-/*
- * The probe: malloc(0, file, PROBE_LINE) where @file points at a question
- * that starts with PROBE_FILE.  An osslproc allocator writes its owner
- * record into the question; any other allocator just allocates 0 bytes,
- * which we free without ever reading them.  Frozen across versions.
- */
-struct owner_question {
-	char tag[32];
-	const struct owner_record *answer;
-};
-
-void *
-owner_probe_answer(const char *file, int line)
-{
-	if (line == PROBE_LINE && file && !strcmp(file, PROBE_FILE))
-		((struct owner_question *)(uintptr_t)file)->answer = &owner;
-	return NULL; /* OpenSSL's own answer to malloc(0) */
-}
-
-static const struct owner_record *
-probe_osslproc(CRYPTO_malloc_fn m, CRYPTO_free_fn f)
-{
-	struct owner_question q = { .tag = PROBE_FILE };
-	const struct owner_record *r;
-	void *p = m(0, q.tag, PROBE_LINE);
-
-	if (p)
-		f(p, OPENSSL_FILE, OPENSSL_LINE); /* a foreign malloc(0) */
-	r = q.answer;
-	if (r && r->magic == OWNER_MAGIC && r->self == r && r->version >= 1 &&
-	    r->size >= sizeof(struct owner_record))
-		return r;
-	return NULL;
-}
 
 static uint64_t
 draw_secret(void)
@@ -101,17 +34,6 @@ draw_secret(void)
 }
 
 static void
-name_owner_object(void)
-{
-	Dl_info info;
-
-	if (dladdr((void *)om_malloc, &info) && info.dli_fname &&
-	    info.dli_fname[0])
-		snprintf(owner_object, sizeof(owner_object), "%s",
-			 info.dli_fname);
-}
-
-static void
 conf_set(const struct init_config *cfg, CRYPTO_malloc_fn m,
 	 CRYPTO_realloc_fn r, CRYPTO_free_fn f)
 {
@@ -122,6 +44,11 @@ conf_set(const struct init_config *cfg, CRYPTO_malloc_fn m,
 		(cfg->quarantine_bytes / 8 < UINT64_MAX - cfg->quarantine_bytes ?
 		 cfg->quarantine_bytes / 8 : UINT64_MAX - cfg->quarantine_bytes);
 	aconf.cache_bytes = cfg->cache_bytes;
+	aconf.cache_total_bytes = cfg->cache_total_bytes;
+	atomic_store(&proc_mut.cache_pool, (int64_t)(cfg->cache_total_bytes <
+						     INT64_MAX ?
+						     cfg->cache_total_bytes :
+						     INT64_MAX));
 	if (cfg->has_allocator)
 		aconf.host = cfg->allocator;
 	if (m != CRYPTO_malloc) {
@@ -130,11 +57,13 @@ conf_set(const struct init_config *cfg, CRYPTO_malloc_fn m,
 		aconf.prior_f = f;
 	}
 	aconf.secret = draw_secret();
+	aconf.secret2 = draw_secret() * 0x9e3779b97f4a7c15ull;
+	aconf.secret3 = draw_secret() * 0xd6e8feb86659fd93ull | 1;
 	/* Without a shared backend placement() never changes. */
 	if (!(aconf.flags & OSSL_PROC_F_TRACK_SITES) && !shared_backend())
 		aconf.fast_word = ST_LIVE | (uint32_t)placement() << BK_SHIFT;
-	if (!(aconf.flags & OSSL_PROC_F_SCRUB))
-		aconf.free_word = aconf.fast_word;
+	aconf.free_word = aconf.fast_word && !(aconf.flags & OSSL_PROC_F_SCRUB) ?
+		aconf.fast_word : FREE_WORD_NONE;
 }
 
 static int
@@ -152,7 +81,7 @@ install(const struct init_config *cfg, CRYPTO_malloc_fn m,
 		return 0;
 	}
 	installed = true;
-	name_owner_object();
+	owner_name_object();
 	if (cfg->has_allocator)
 		arena_set_in_use(&aconf.host, true);
 	if (aconf.prior_m)
@@ -174,6 +103,7 @@ warn_frozen(const struct init_config *cfg)
 	if (host_differs || cfg->on_bad_free != aconf.on_bad_free ||
 	    cfg->quarantine_bytes != aconf.quarantine_bytes ||
 	    cfg->cache_bytes != aconf.cache_bytes ||
+	    cfg->cache_total_bytes != aconf.cache_total_bytes ||
 	    (cfg->flags ^ aconf.flags) & (OSSL_PROC_F_SCRUB |
 					  OSSL_PROC_F_TRACK_SITES))
 		log_warn("the tracked allocator keeps the settings it was "
@@ -201,7 +131,7 @@ alloc_init(const struct init_config *cfg)
 		return 0;
 	}
 	if (m != CRYPTO_malloc) {
-		attached = probe_osslproc(m, f);
+		attached = owner_find(m);
 		if (attached) {
 			atomic_store(&mode, OSSL_PROC_ALLOC_ATTACHED);
 			log_info("OpenSSL's allocator belongs to the osslproc "
@@ -224,32 +154,45 @@ alloc_teardown(void)
 	return installed;
 }
 
-/* Someone may call CRYPTO_set_mem_functions after us; OpenSSL lets them. */
-static void
-check_replaced(void)
+/*
+ * Someone may call CRYPTO_set_mem_functions after us: OpenSSL refuses it
+ * only once its own default allocator ran, so osslproc cannot.  What it
+ * can do is say so, once, at the next library call, naming the object
+ * whose functions OpenSSL now calls.
+ */
+void
+alloc_check(void)
 {
 	CRYPTO_malloc_fn m;
 	CRYPTO_realloc_fn r;
 	CRYPTO_free_fn f;
 	int expected = OSSL_PROC_ALLOC_TRACKED;
+	Dl_info info = { 0 };
+	const char *who = "an object dladdr() does not know";
 
 	if (!installed || atomic_load(&mode) != OSSL_PROC_ALLOC_TRACKED)
 		return;
 	CRYPTO_get_mem_functions(&m, &r, &f);
 	if (m == om_malloc && r == om_realloc && f == om_free)
 		return;
-	if (atomic_compare_exchange_strong(&mode, &expected,
-					   OSSL_PROC_ALLOC_REPLACED))
-		log_error("OpenSSL's memory functions were replaced after "
-			  "osslproc installed its allocator: blocks osslproc "
-			  "allocated will reach the new free function.  Find "
-			  "the CRYPTO_set_mem_functions() call and remove it");
+	if (!atomic_compare_exchange_strong(&mode, &expected,
+					    OSSL_PROC_ALLOC_REPLACED))
+		return;
+	if (dladdr((void *)m, &info) && info.dli_fname && info.dli_fname[0])
+		who = info.dli_fname;
+	log_error("OpenSSL's memory functions were replaced after osslproc "
+		  "installed its allocator, with a malloc at %p (%s, in %s): "
+		  "blocks osslproc allocated will reach the new free function, "
+		  "which is likely to abort.  Remove that "
+		  "CRYPTO_set_mem_functions() call, or make it before "
+		  "ossl_proc_init() (osslproc then stacks on it)", (void *)m,
+		  info.dli_sname ? info.dli_sname : "?", who);
 }
 
 enum ossl_proc_alloc_mode
 alloc_mode(void)
 {
-	check_replaced();
+	alloc_check();
 	return (enum ossl_proc_alloc_mode)atomic_load(&mode);
 }
 
@@ -334,13 +277,6 @@ ossl_proc_get_stats(struct ossl_proc_stats *out)
 	return 0;
 }
 
-static void
-owner_report(FILE *out)
-{
-	fprintf(out, "allocator owner: %s\n", owner.object);
-	sites_report(out);
-}
-
 void
 alloc_report(FILE *out)
 {
@@ -352,9 +288,10 @@ alloc_report(FILE *out)
 		return;
 	owner_report(out);
 	fprintf(out, "backend: %s%s, quarantine %zu bytes and cache %zu "
-		"bytes per thread\n",
+		"bytes per thread, %zu bytes of cache for all threads\n",
 		aconf.host.malloc ? "host allocator" :
 		aconf.prior_m ? "previously installed functions" : "malloc",
 		aconf.host.shared ? " (shared after the first fork)" : "",
-		aconf.quarantine_bytes, aconf.cache_bytes);
+		aconf.quarantine_bytes, aconf.cache_bytes,
+		aconf.cache_total_bytes);
 }

@@ -12,7 +12,7 @@
 static struct list reg = LIST_INIT(reg);
 #define tstate_of(l) list_entry(l, struct tstate, link)
 /* Counters of exited threads and of the exiting-thread fallback. */
-static struct tstate retired = { .shared = true };
+struct tstate tstate_retired = { .shared = true };
 static _Atomic int64_t live_global;
 static _Atomic uint64_t peak_global;
 
@@ -22,6 +22,7 @@ static int tkey_ok;
 
 __thread struct tstate *tls_state __attribute__((tls_model("initial-exec")));
 static __thread bool tls_exiting __attribute__((tls_model("initial-exec")));
+static __thread bool tls_creating __attribute__((tls_model("initial-exec")));
 
 static void
 peak_raise(uint64_t now)
@@ -73,6 +74,20 @@ tstate_drain(struct tstate *t)
 	cache_flush(t);
 }
 
+OSSL_PROC_EXPORT int
+ossl_proc_thread_release(void)
+{
+	struct tstate *t = tls_state;
+
+	if (!t)
+		return 0;
+	tstate_enter(t);
+	tstate_drain(t);
+	tstate_flush(t);
+	tstate_leave(t);
+	return 0;
+}
+
 /* Thread exit: release the quarantine, keep the counts, forget the thread. */
 static void
 tstate_exit(void *arg)
@@ -84,7 +99,7 @@ tstate_exit(void *arg)
 	tstate_drain(t);
 	tstate_flush(t);
 	proc_lock(&proc_mut.reg_lock);
-	fold(&retired, t);
+	fold(&tstate_retired, t);
 	list_del(&t->link);
 	proc_unlock(&proc_mut.reg_lock);
 	free(t->qring);
@@ -115,14 +130,19 @@ tstate_new(void)
 {
 	struct tstate *t;
 
+	/* A signal handler that interrupted this very function (which
+	 * takes locks) gets the fallback too. */
+	if (tls_exiting || tls_creating)
+		return &tstate_retired;
+	tls_creating = true;
 	pthread_once(&tkey_once, key_create);
-	if (tls_exiting || !tkey_ok)
-		return &retired;
-	t = calloc(1, sizeof(*t));
-	if (!t)
-		return &retired;
+	t = tkey_ok ? calloc(1, sizeof(*t)) : NULL;
+	if (!t) {
+		tls_creating = false;
+		return &tstate_retired;
+	}
 	cache_init(t);
-	t->budget = alloc_shared_worker() ? 0 : aconf.cache_bytes;
+	t->cap = alloc_shared_worker() ? 0 : aconf.cache_bytes;
 	t->qmask = ring_slots() - 1;
 	t->qring = calloc(t->qmask + 1, sizeof(*t->qring));
 	proc_lock(&proc_mut.reg_lock);
@@ -130,6 +150,7 @@ tstate_new(void)
 	proc_unlock(&proc_mut.reg_lock);
 	pthread_setspecific(tkey, t);
 	tls_state = t;
+	tls_creating = false;
 	return t;
 }
 
@@ -175,7 +196,7 @@ tstate_sum_unlocked(struct ossl_proc_stats *st)
 
 	list_for_each(l, &reg)
 		add_counts(st, tstate_of(l));
-	add_counts(st, &retired);
+	add_counts(st, &tstate_retired);
 	st->live_blocks = st->allocs - st->frees;
 	/* Counters read mid-update by other threads can be a block apart;
 	 * never report a negative number of live bytes. */
@@ -236,18 +257,19 @@ static void
 forget_thread(struct tstate *t)
 {
 	tstate_flush(t);
-	fold(&retired, t);
+	fold(&tstate_retired, t);
 	list_del(&t->link);
 	list_add(&forgotten, &t->link);
 }
 
 /* The allocator's child handler (proc.h): the threads that do not exist
- * here are set aside, and the counters so far become the baseline of the
- * child's own. */
+ * here are set aside, the caches' pool is what their budgets leave, and
+ * the counters so far become the baseline of the child's own. */
 CHILD_PATH static uintptr_t
 alloc_child(void)
 {
 	struct list *l, *next;
+	uint64_t mine = 0;
 
 	list_for_each_safe(l, next, &reg) {
 		struct tstate *t = tstate_of(l);
@@ -259,9 +281,14 @@ alloc_child(void)
 			/* Only a shared backend leaves blocks that are not
 			 * this process's; private ones are its own copies. */
 			quarantine_child(t, false);
-			t->budget = 0;
+			t->budget = t->cap = 0;
 		}
+		if (t == tls_state)
+			mine = t->budget;
 	}
+	atomic_store_explicit(&proc_mut.cache_pool,
+			      (int64_t)(aconf.cache_total_bytes - mine),
+			      memory_order_relaxed);
 	alloc_stats_rebase();
 	return 0;
 }

@@ -15,6 +15,7 @@
 #include "list.h"
 #include "module-int.h"
 #include "env.h"
+#include "alloc/alloc.h"
 #include "pin.h"
 
 enum undo_kind { U_EX_INDEX, U_STRINGS, U_CALLBACK, U_HOOK };
@@ -90,6 +91,7 @@ ossl_proc_module_open(const char *name)
 {
 	struct ossl_proc_module *m;
 
+	alloc_check();
 	if (!proc_initialised()) {
 		log_bug_client("ossl_proc_module_open: call ossl_proc_init() "
 			       "first");
@@ -440,6 +442,7 @@ ossl_proc_module_close(struct ossl_proc_module *m)
 {
 	int rc;
 
+	alloc_check();
 	pthread_mutex_lock(&modules_lock);
 	rc = check_open(m, __func__);
 	if (rc) {
