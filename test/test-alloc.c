@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -1169,11 +1170,286 @@ START_TEST(replacement_detected)
 	ck_assert_int_eq(CRYPTO_set_mem_functions(host_malloc, host_realloc,
 						  host_free), 1);
 	tl_expect(OSSL_PROC_LOG_ERROR, "were replaced");
+	/* The next osslproc call says so, naming the object whose
+	 * functions OpenSSL now calls: this program. */
+	ck_assert_int_eq(ossl_proc_init(NULL), 1);
+	ck_assert_int_eq(tl_count(OSSL_PROC_LOG_ERROR, "were replaced"), 1);
+	ck_assert_int_eq(tl_count(OSSL_PROC_LOG_ERROR, "test-alloc"), 1);
 	ck_assert_int_eq(stats().allocator, OSSL_PROC_ALLOC_REPLACED);
 	ck_assert_int_eq(tl_count(OSSL_PROC_LOG_ERROR, "were replaced"), 1);
+	ossl_proc_teardown();
 	/* Put ours back, or OpenSSL's exit-time cleanup would hand our
 	 * blocks to free(): the crash the report warns about. */
 	ck_assert_int_eq(CRYPTO_set_mem_functions(m, r, f), 1);
+	ossl_proc_teardown();
+}
+END_TEST
+
+/* ---- Reliability: what an attacker, a signal or a pool does ---- */
+
+/* With OSSL_PROC_F_SCRUB (no fast free word) a double free of a block
+ * past the quarantine, in the cache, is a double free: its word is not
+ * taken for a live one. */
+START_TEST(double_free_of_cached_block_scrub)
+{
+	uint64_t frees, live;
+	char *p, *other, *q;
+
+	init_with(TL_CONFIG(.flags = OSSL_PROC_F_SCRUB, .quarantine_bytes = 64,
+			    .on_bad_free = OSSL_PROC_BAD_FREE_IGNORE));
+	p = OPENSSL_malloc(40);
+	OPENSSL_free(p);
+	other = OPENSSL_malloc(40);
+	OPENSSL_free(other);
+	frees = stats().frees;
+	live = stats().live_blocks;
+	OPENSSL_free(p);
+	ck_assert_uint_eq(stats().double_frees, 1);
+	ck_assert_uint_eq(stats().frees, frees);
+	ck_assert_uint_eq(stats().live_blocks, live);
+	/* Still a sound cached block: handed out again with no complaint
+	 * (the test log fails on an unexpected ERROR). */
+	q = OPENSSL_malloc(40);
+	ck_assert_ptr_nonnull(q);
+	OPENSSL_free(q);
+	ck_assert_uint_eq(stats().live_blocks, live);
+	ossl_proc_teardown();
+}
+END_TEST
+
+/* The same with a shared backend: before the first fork blocks are
+ * private and cached, and no fast free word applies either. */
+START_TEST(double_free_of_cached_block_shared)
+{
+	struct ossl_proc_arena *a = ossl_proc_arena_new(1 << 20);
+	uint64_t frees;
+	char *p, *other;
+
+	ck_assert_ptr_nonnull(a);
+	init_with(TL_CONFIG(.allocator = ossl_proc_arena_allocator(a),
+			    .quarantine_bytes = 64,
+			    .on_bad_free = OSSL_PROC_BAD_FREE_IGNORE));
+	p = OPENSSL_malloc(40);
+	OPENSSL_free(p);
+	other = OPENSSL_malloc(40);
+	OPENSSL_free(other);
+	frees = stats().frees;
+	OPENSSL_free(p);
+	ck_assert_uint_eq(stats().double_frees, 1);
+	ck_assert_uint_eq(stats().frees, frees);
+	ossl_proc_teardown();
+}
+END_TEST
+
+/*
+ * A header forged from a nearby one: an attacker who can read one live
+ * block's header and write inside its payload builds a header 16 bytes
+ * further, for an interior pointer, and tries the three magics a magic
+ * linear in the address gives there (the carry patterns of adding 16).
+ * Each accepted free would make the next allocations overlap the live
+ * block.  The header's layout (size word, state word, magic) is spelled
+ * out as the attacker sees it.  0.2 accepted 169 of 200.
+ */
+START_TEST(forged_nearby_header_refused)
+{
+	static const uint32_t guess[] = { 0x10, 0x30, 0x70 };
+	static char *blocks[200];
+	unsigned accepted = 0;
+
+	init_with(TL_CONFIG(.on_bad_free = OSSL_PROC_BAD_FREE_IGNORE));
+	for (int i = 0; i < 200; i++) {
+		char *b = blocks[i] = OPENSSL_malloc(256), hdr[16];
+
+		ck_assert_ptr_nonnull(b);
+		memcpy(hdr, b - 16, 16);
+		for (unsigned g = 0; g < sizeof(guess) / sizeof(guess[0]); g++) {
+			uint32_t magic;
+			uint64_t frees = stats().frees;
+
+			memcpy(b, hdr, 16);
+			memcpy(&magic, b + 12, 4);
+			magic ^= guess[g];
+			memcpy(b + 12, &magic, 4);
+			OPENSSL_free(b + 16);
+			accepted += stats().frees != frees;
+		}
+	}
+	ck_assert_uint_eq(accepted, 0);
+	ck_assert_uint_ge(stats().invalid_frees + stats().foreign_frees, 600);
+	/* Each b is still live and whole: nothing of it was released. */
+	for (int i = 0; i < 200; i++)
+		OPENSSL_free(blocks[i]);
+	ck_assert_uint_eq(stats().double_frees, 0);
+	ossl_proc_teardown();
+}
+END_TEST
+
+/* A large block (64 MiB: glibc would serve it with mmap) freed twice:
+ * within its window a double free, long after (its memory unmapped) one
+ * too, and never a fault. */
+START_TEST(large_double_free_never_faults)
+{
+	char *p, *r;
+
+	init_with(TL_CONFIG(.on_bad_free = OSSL_PROC_BAD_FREE_IGNORE));
+	p = OPENSSL_malloc(64 << 20);
+	ck_assert_ptr_nonnull(p);
+	memset(p, 1, 1 << 20);
+	OPENSSL_free(p);
+	OPENSSL_free(p);
+	ck_assert_uint_eq(stats().double_frees, 1);
+	ck_assert_ptr_null(OPENSSL_realloc(p, 10));
+	ck_assert_uint_eq(stats().double_frees, 2);
+	/* Twenty more large frees push it out of the window: unmapped. */
+	for (int i = 0; i < 20; i++)
+		OPENSSL_free(OPENSSL_malloc((size_t)(40 + i) << 10));
+	OPENSSL_free(p);
+	ck_assert_uint_eq(stats().double_frees, 3);
+	ck_assert_uint_eq(stats().invalid_frees, 0);
+	/* Live large blocks work as any other: realloc keeps the bytes. */
+	p = OPENSSL_malloc(100 << 10);
+	memset(p, 0x5c, 100 << 10);
+	r = OPENSSL_realloc(p, 300 << 10);
+	ck_assert_ptr_nonnull(r);
+	for (size_t i = 0; i < (100 << 10); i += 4093)
+		ck_assert_int_eq(r[i], 0x5c);
+	OPENSSL_free(r);
+	ck_assert_uint_eq(stats().double_frees, 3);
+	ck_assert_uint_eq(stats().live_blocks + 0, stats().allocs -
+			  stats().frees);
+	ossl_proc_teardown();
+}
+END_TEST
+
+/*
+ * A signal handler that frees and allocates on the thread it
+ * interrupted, at a high rate, while that thread churns through the
+ * allocator: nothing may be corrupted.  Each live block carries its
+ * owner's token, so a block handed out twice shows as an overwritten
+ * token.  0.2 crashed (SIGSEGV, glibc's "double free or corruption") or
+ * handed out hundreds of live blocks twice.
+ */
+#define SIG_BLOCKS 4000
+static void *sig_blocks[SIG_BLOCKS];
+static volatile sig_atomic_t sig_next, sig_bad;
+
+static void
+on_tick(int sig)
+{
+	int i = sig_next;
+	unsigned char *q;
+
+	(void)sig;
+	if (i >= SIG_BLOCKS)
+		return;
+	sig_next = i + 1;
+	OPENSSL_free(sig_blocks[i]);
+	q = OPENSSL_malloc(24 + (size_t)i % 200);
+	if (q) {
+		memset(q, 0xee, 24);
+		if (q[23] != 0xee)
+			sig_bad = 1;
+		OPENSSL_free(q);
+	}
+}
+
+START_TEST(signal_handler_reenters_allocator)
+{
+	struct sigaction sa = { .sa_handler = on_tick, .sa_flags = SA_RESTART };
+	struct itimerval tick = { { 0, 20 }, { 0, 20 } }, off = { { 0, 0 },
+								   { 0, 0 } };
+	uint32_t *held[64] = { 0 };
+	unsigned seed = 3, twice = 0;
+	uint64_t live;
+
+	init_with(TL_CONFIG());
+	for (int i = 0; i < SIG_BLOCKS; i++)
+		ck_assert_ptr_nonnull(sig_blocks[i] =
+				      OPENSSL_malloc(16 + (size_t)i % 300));
+	live = stats().live_blocks;
+	sigemptyset(&sa.sa_mask);
+	ck_assert_int_eq(sigaction(SIGALRM, &sa, NULL), 0);
+	ck_assert_int_eq(setitimer(ITIMER_REAL, &tick, NULL), 0);
+	for (long n = 0; n < 3000000 && sig_next < SIG_BLOCKS; n++) {
+		unsigned slot = (unsigned)rand_r(&seed) % 64;
+
+		if (held[slot]) {
+			twice += held[slot][0] != slot + 1;
+			OPENSSL_free(held[slot]);
+		}
+		held[slot] = OPENSSL_malloc(8 + (size_t)rand_r(&seed) % 600);
+		ck_assert_ptr_nonnull(held[slot]);
+		held[slot][0] = slot + 1;
+	}
+	ck_assert_int_eq(setitimer(ITIMER_REAL, &off, NULL), 0);
+	signal(SIGALRM, SIG_DFL);
+	for (unsigned slot = 0; slot < 64; slot++) {
+		if (!held[slot])
+			continue;
+		twice += held[slot][0] != slot + 1;
+		OPENSSL_free(held[slot]);
+	}
+	for (int i = sig_next; i < SIG_BLOCKS; i++)
+		OPENSSL_free(sig_blocks[i]);
+	/* The handler ran often enough to matter. */
+	ck_assert_int_ge(sig_next, 200);
+	ck_assert_uint_eq(twice, 0);
+	ck_assert_int_eq(sig_bad, 0);
+	ck_assert_uint_eq(stats().double_frees + stats().invalid_frees, 0);
+	ck_assert_uint_eq(stats().live_blocks, live - SIG_BLOCKS);
+	ossl_proc_teardown();
+}
+END_TEST
+
+/* Idle threads do not pin memory: 32 threads that each freed 130 KiB
+ * hold at most cache_total_bytes cached together, and nothing once they
+ * call ossl_proc_thread_release(). */
+#define IDLE_THREADS 32
+static pthread_barrier_t idle_filled, idle_checked, idle_released;
+
+static void *
+idle_worker(void *arg)
+{
+	void *b[600];
+
+	(void)arg;
+	for (int i = 0; i < 600; i++)
+		b[i] = OPENSSL_malloc(200);
+	for (int i = 0; i < 600; i++)
+		OPENSSL_free(b[i]);
+	pthread_barrier_wait(&idle_filled);
+	pthread_barrier_wait(&idle_checked);
+	ossl_proc_thread_release();
+	pthread_barrier_wait(&idle_released);
+	return NULL;
+}
+
+START_TEST(idle_threads_bounded)
+{
+	pthread_t t[IDLE_THREADS];
+	struct ossl_proc_stats st;
+
+	init_with(TL_CONFIG(.cache_total_bytes = 1 << 20));
+	ossl_proc_thread_release();
+	pthread_barrier_init(&idle_filled, NULL, IDLE_THREADS + 1);
+	pthread_barrier_init(&idle_checked, NULL, IDLE_THREADS + 1);
+	pthread_barrier_init(&idle_released, NULL, IDLE_THREADS + 1);
+	for (int i = 0; i < IDLE_THREADS; i++)
+		ck_assert_int_eq(pthread_create(&t[i], NULL, idle_worker, NULL),
+				 0);
+	pthread_barrier_wait(&idle_filled);
+	st = stats();
+	/* They wanted 3.5 MiB together; the pool gave 1 MiB. */
+	ck_assert_uint_le(st.cached_bytes, 1 << 20);
+	ck_assert_uint_ge(st.cached_bytes, 1 << 19);
+	ck_assert_uint_gt(st.quarantined_bytes, 0);
+	pthread_barrier_wait(&idle_checked);
+	pthread_barrier_wait(&idle_released);
+	st = stats();
+	ck_assert_uint_eq(st.cached_bytes, 0);
+	ck_assert_uint_eq(st.quarantined_bytes, 0);
+	for (int i = 0; i < IDLE_THREADS; i++)
+		pthread_join(t[i], NULL);
 	ossl_proc_teardown();
 }
 END_TEST
@@ -1232,6 +1508,16 @@ alloc_suite(void)
 	tc = tcase_create("stacking");
 	tcase_add_test(tc, stacks_on_host_functions);
 	tcase_add_test(tc, replacement_detected);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("hardening");
+	tcase_set_timeout(tc, 120);
+	tcase_add_test(tc, double_free_of_cached_block_scrub);
+	tcase_add_test(tc, double_free_of_cached_block_shared);
+	tcase_add_test(tc, forged_nearby_header_refused);
+	tcase_add_test(tc, large_double_free_never_faults);
+	tcase_add_test(tc, signal_handler_reenters_allocator);
+	tcase_add_test(tc, idle_threads_bounded);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -196,14 +196,13 @@ START_TEST(plugin_owns_shared_mode)
 END_TEST
 
 /*
- * A copy of another version, as a later copy sees it: the probe's
- * question and the owner record are the ABI between copies
- * (lib/alloc-install.c), frozen but for fields appended at the end, so
- * they are spelled out here rather than shared with the library.
+ * A copy of another version, as a later copy sees it: the ELF note
+ * "osslproc" of the object holding the installed malloc, and the owner
+ * record it points to, are the ABI between copies (lib/alloc/owner.c),
+ * frozen but for fields appended at the end, so they are spelled out
+ * here rather than shared with the library.  This executable is that
+ * object: its note points to @other_copy_record.
  */
-#define PROBE_TAG "osslproc:owner-probe"
-#define PROBE_LINE 0x6f70726f
-
 struct other_record {
 	uint64_t magic;
 	uint32_t version;
@@ -212,15 +211,19 @@ struct other_record {
 	const char *object;
 	int (*get_stats)(struct ossl_proc_stats *out);
 	void (*report)(FILE *out);
+	void *(*malloc)(size_t n, const char *file, int line);
 	void *appended_later;
 };
 
-struct probe_question {
-	char tag[32];
-	const struct other_record *answer;
-};
+struct other_record other_copy_record;
 
-static struct other_record other;
+__asm__(".pushsection .note.osslproc, \"a\", %note\n"
+	".balign 4\n"
+	".long 9, 8, 0x6f70\n"
+	".asciz \"osslproc\"\n"
+	".balign 4\n"
+	"1: .quad other_copy_record - 1b\n"
+	".popsection\n");
 
 static int
 other_get_stats(struct ossl_proc_stats *out)
@@ -238,10 +241,7 @@ other_report(FILE *out)
 static void *
 other_malloc(size_t n, const char *file, int line)
 {
-	if (n == 0 && line == PROBE_LINE && file && !strcmp(file, PROBE_TAG)) {
-		((struct probe_question *)(uintptr_t)file)->answer = &other;
-		return NULL;
-	}
+	(void)file, (void)line;
 	return malloc(n);
 }
 
@@ -270,8 +270,8 @@ mode_with_other(struct other_record rec)
 	pid = fork();
 	ck_assert_int_ge(pid, 0);
 	if (pid == 0) {
-		other = rec;
-		other.self = rec.self ? &other : NULL;
+		other_copy_record = rec;
+		other_copy_record.self = rec.self ? &other_copy_record : NULL;
 		if (!CRYPTO_set_mem_functions(other_malloc, other_realloc,
 					      other_free) ||
 		    ossl_proc_init(&c) != 0)
@@ -285,21 +285,27 @@ mode_with_other(struct other_record rec)
 
 /* A newer copy (a higher version, a longer record) owns the allocator:
  * this one attaches and reports the owner's counters and report; a
- * record that does not verify is no osslproc, and this copy stacks on
- * those functions instead. */
+ * record that does not verify is no osslproc, or not the owner, and this
+ * copy stacks on those functions instead. */
 START_TEST(other_versions_recognised)
 {
 	struct other_record newer = {
-		.magic = 0x6f73736c70726f63ull, .version = 2,
-		.size = sizeof(struct other_record), .self = &other,
+		.magic = 0x6f73736c70726f63ull, .version = 3,
+		.size = sizeof(struct other_record), .self = &other_copy_record,
 		.object = "newer-copy.so", .get_stats = other_get_stats,
-		.report = other_report,
+		.report = other_report, .malloc = other_malloc,
 	};
 	struct other_record bad;
 	struct ossl_proc_config c = tl_config();
 	char buf[4096];
 
 	bad = newer, bad.version = 0;
+	ck_assert_int_eq(mode_with_other(bad), OSSL_PROC_ALLOC_TRACKED);
+	/* 0.2's records knew no malloc: never attached to. */
+	bad = newer, bad.version = 1;
+	ck_assert_int_eq(mode_with_other(bad), OSSL_PROC_ALLOC_TRACKED);
+	/* A copy whose malloc is not the one installed is not the owner. */
+	bad = newer, bad.malloc = NULL;
 	ck_assert_int_eq(mode_with_other(bad), OSSL_PROC_ALLOC_TRACKED);
 	bad = newer, bad.size = 24;
 	ck_assert_int_eq(mode_with_other(bad), OSSL_PROC_ALLOC_TRACKED);
@@ -310,7 +316,7 @@ START_TEST(other_versions_recognised)
 	ck_assert_int_eq(mode_with_other(newer), OSSL_PROC_ALLOC_ATTACHED);
 
 	/* Here too, to look at what attaching gives. */
-	other = newer;
+	other_copy_record = newer;
 	ck_assert_int_eq(CRYPTO_set_mem_functions(other_malloc, other_realloc,
 						  other_free), 1);
 	ck_assert_int_eq(ossl_proc_init(&c), 0);
@@ -321,6 +327,25 @@ START_TEST(other_versions_recognised)
 	ck_assert_ptr_nonnull(strstr(report_of(ossl_proc_report, buf,
 					       sizeof(buf)),
 				     "report of the other copy"));
+	ossl_proc_teardown();
+}
+END_TEST
+
+/* OpenSSL's file argument is any caller's string: 0.2 answered a probe
+ * by writing a pointer 32 bytes past one that read
+ * "osslproc:owner-probe".  Nothing is written through it now. */
+START_TEST(file_argument_never_written)
+{
+	char file[64];
+	void *p;
+
+	tl_init(TL_CONFIG());
+	memset(file, 0xa5, sizeof(file));
+	memcpy(file, "osslproc:owner-probe", 21);
+	p = CRYPTO_malloc(0, file, 0x6f70726f);
+	CRYPTO_free(p, OPENSSL_FILE, OPENSSL_LINE);
+	for (size_t i = 21; i < sizeof(file); i++)
+		ck_assert_int_eq((unsigned char)file[i], 0xa5);
 	ossl_proc_teardown();
 }
 END_TEST
@@ -336,6 +361,7 @@ main(void)
 	tcase_add_test(tc, plugin_owns_host_attaches);
 	tcase_add_test(tc, plugin_owns_shared_mode);
 	tcase_add_test(tc, other_versions_recognised);
+	tcase_add_test(tc, file_argument_never_written);
 	suite_add_tcase(s, tc);
 	return tl_run(s);
 }

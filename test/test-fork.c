@@ -81,6 +81,95 @@ START_TEST(workers_handshake)
 }
 END_TEST
 
+/*
+ * The DRBGs a thread holds across a fork stay its own, in both processes
+ * (OpenSSL's drbgtest, test_rand_fork_safety, holds them so): the same
+ * objects generate on both sides, and differently.
+ */
+START_TEST(drbg_pointers_survive_fork)
+{
+	EVP_RAND_CTX *pub, *priv;
+	unsigned char mine[32], theirs[32];
+	int fds[2];
+	pid_t pid;
+
+	tl_init(TL_CONFIG());
+	pub = RAND_get0_public(NULL);
+	priv = RAND_get0_private(NULL);
+	ck_assert(pub && priv);
+	ck_assert_int_eq(EVP_RAND_generate(pub, mine, 16, 0, 0, NULL, 0), 1);
+	ck_assert_int_eq(pipe(fds), 0);
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		unsigned char r[32];
+		int ok = RAND_get0_public(NULL) == pub &&
+			 RAND_get0_private(NULL) == priv &&
+			 EVP_RAND_generate(pub, r, 16, 0, 0, NULL, 0) == 1 &&
+			 EVP_RAND_generate(priv, r + 16, 16, 0, 0, NULL, 0) == 1;
+
+		_exit(ok && write(fds[1], r, 32) == 32 ? 0 : 1);
+	}
+	ck_assert_int_eq(reap(pid), 0);
+	ck_assert_int_eq(read(fds[0], theirs, 32), 32);
+	/* The parent's own objects, still the thread's, still working. */
+	ck_assert_ptr_eq(RAND_get0_public(NULL), pub);
+	ck_assert_ptr_eq(RAND_get0_private(NULL), priv);
+	ck_assert_int_eq(EVP_RAND_generate(pub, mine, 16, 0, 0, NULL, 0), 1);
+	ck_assert_int_eq(EVP_RAND_generate(priv, mine + 16, 16, 0, 0, NULL, 0),
+			 1);
+	ck_assert(memcmp(mine, theirs, 16) != 0);
+	ck_assert(memcmp(mine + 16, theirs + 16, 16) != 0);
+	close(fds[0]);
+	close(fds[1]);
+	ossl_proc_teardown();
+}
+END_TEST
+
+/* An error the parent raised before fork() is still its own after. */
+START_TEST(parent_error_queue_kept)
+{
+	pid_t pid;
+
+	tl_init(TL_CONFIG());
+	ERR_raise(ERR_LIB_USER, ERR_R_INTERNAL_ERROR);
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0)
+		_exit(ERR_peek_error() == 0 ? 0 : 1);
+	ck_assert_int_eq(reap(pid), 0);
+	ck_assert_int_eq(ERR_GET_LIB(ERR_peek_error()), ERR_LIB_USER);
+	ck_assert_int_eq(ERR_GET_REASON(ERR_get_error()), ERR_R_INTERNAL_ERROR);
+	ck_assert_uint_eq(ERR_peek_error(), 0);
+	ossl_proc_teardown();
+}
+END_TEST
+
+/* After the last teardown the allocator stays installed; an ordinary
+ * fork's child must not be taken for one that bypassed the handlers. */
+START_TEST(fork_after_teardown_is_no_raw_fork)
+{
+	pid_t pid;
+
+	tl_init(TL_CONFIG());
+	ck_assert_int_eq(ossl_proc_teardown(), OSSL_PROC_UNLOAD_PINNED);
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		const char *err;
+		void *p;
+
+		tl_stderr_begin();
+		p = OPENSSL_malloc(100);
+		OPENSSL_free(p);
+		err = tl_stderr_end();
+		_exit(p && !strstr(err, "forked without") &&
+		      ossl_proc_generation() == 1 ? 0 : 1);
+	}
+	ck_assert_int_eq(reap(pid), 0);
+}
+END_TEST
+
 /* An error left on the parent's queue is not the child's. */
 START_TEST(error_queue_not_inherited)
 {
@@ -785,6 +874,9 @@ main(void)
 	tcase_set_timeout(tc, 300);
 	tcase_add_test(tc, workers_handshake);
 	tcase_add_test(tc, error_queue_not_inherited);
+	tcase_add_test(tc, parent_error_queue_kept);
+	tcase_add_test(tc, drbg_pointers_survive_fork);
+	tcase_add_test(tc, fork_after_teardown_is_no_raw_fork);
 	tcase_add_test(tc, random_differs);
 	tcase_add_test(tc, child_stats_are_its_own);
 	tcase_add_test(tc, generation_counts_lineage);

@@ -148,6 +148,19 @@ START_TEST(bad_sizes)
 }
 END_TEST
 
+/* A size no struct can have (an uninitialised field) is refused before
+ * the tail it claims is read: reading 2^40 bytes crashed init. */
+START_TEST(absurd_size_refused)
+{
+	struct ossl_proc_config c = OSSL_PROC_CONFIG_INIT;
+
+	c.size = (size_t)1 << 40;
+	assert_rejected(&c, "larger than any struct ossl_proc_config");
+	c.size = 4097;
+	assert_rejected(&c, "cfg->size is 4097");
+}
+END_TEST
+
 START_TEST(bad_values)
 {
 	struct ossl_proc_allocator half = { .malloc = NULL };
@@ -262,6 +275,81 @@ START_TEST(loads_openssl_config)
 	ck_assert_ptr_nonnull(ctx);
 	ck_assert_int_eq(SSL_CTX_get_min_proto_version(ctx), TLS1_3_VERSION);
 	SSL_CTX_free(ctx);
+	ossl_proc_teardown();
+}
+END_TEST
+
+/* A configuration file that makes every SSL_CTX TLS 1.3 only: whether
+ * OpenSSL loaded it shows in a new context. */
+static char conf_path[64];
+
+static void
+conf_min_tls13(void)
+{
+	int fd;
+	FILE *f;
+
+	snprintf(conf_path, sizeof(conf_path), "/tmp/osslproc-conf-XXXXXX");
+	fd = mkstemp(conf_path);
+	f = fdopen(fd, "w");
+	ck_assert_ptr_nonnull(f);
+	fputs("openssl_conf = conf\n[conf]\nssl_conf = ssl\n"
+	      "[ssl]\nsystem_default = sys\n[sys]\nMinProtocol = TLSv1.3\n",
+	      f);
+	fclose(f);
+	setenv("OPENSSL_CONF", conf_path, 1);
+}
+
+static long
+new_ctx_min_proto(void)
+{
+	SSL_CTX *ctx = SSL_CTX_new(TLS_method());
+	long v;
+
+	ck_assert_ptr_nonnull(ctx);
+	v = SSL_CTX_get_min_proto_version(ctx);
+	SSL_CTX_free(ctx);
+	return v;
+}
+
+/* The host's OPENSSL_INIT_NO_LOAD_CONFIG reaches OpenSSL: the file
+ * OPENSSL_CONF names is not loaded, by init or later. */
+START_TEST(init_opts_no_load_config)
+{
+	conf_min_tls13();
+	tl_init(TL_CONFIG(.openssl_init_opts = OPENSSL_INIT_NO_LOAD_CONFIG));
+	ck_assert_int_ne(new_ctx_min_proto(), TLS1_3_VERSION);
+	unlink(conf_path);
+	unsetenv("OPENSSL_CONF");
+	ossl_proc_teardown();
+}
+END_TEST
+
+/* With OSSL_PROC_OPENSSL_INIT_NONE the program's own first choice
+ * counts: here it declines the configuration after osslproc's init, and
+ * OpenSSL honours that (it would not after an init that loaded it). */
+START_TEST(init_opts_none_leaves_choice)
+{
+	conf_min_tls13();
+	tl_init(TL_CONFIG(.openssl_init_opts = OSSL_PROC_OPENSSL_INIT_NONE));
+	ck_assert_int_eq(OPENSSL_init_ssl(OPENSSL_INIT_NO_LOAD_CONFIG, NULL),
+			 1);
+	ck_assert_int_ne(new_ctx_min_proto(), TLS1_3_VERSION);
+	unlink(conf_path);
+	unsetenv("OPENSSL_CONF");
+	ossl_proc_teardown();
+}
+END_TEST
+
+/* And with the options given, exactly those: the file is loaded. */
+START_TEST(init_opts_load_config_given)
+{
+	conf_min_tls13();
+	tl_init(TL_CONFIG(.openssl_init_opts = OPENSSL_INIT_LOAD_CONFIG |
+					       OPENSSL_INIT_NO_ATEXIT));
+	unlink(conf_path);
+	unsetenv("OPENSSL_CONF");
+	ck_assert_int_eq(new_ctx_min_proto(), TLS1_3_VERSION);
 	ossl_proc_teardown();
 }
 END_TEST
@@ -395,11 +483,15 @@ init_suite(void)
 
 	tcase_add_test(tc, init_null_defaults);
 	tcase_add_test(tc, bad_sizes);
+	tcase_add_test(tc, absurd_size_refused);
 	tcase_add_test(tc, bad_values);
 	tcase_add_test(tc, bad_flags_logged_to_callback);
 	tcase_add_test(tc, older_caller_prefix);
 	tcase_add_test(tc, second_init_conflict_logged);
 	tcase_add_test(tc, loads_openssl_config);
+	tcase_add_test(tc, init_opts_no_load_config);
+	tcase_add_test(tc, init_opts_none_leaves_choice);
+	tcase_add_test(tc, init_opts_load_config_given);
 	tcase_add_test(tc, install_too_late);
 	tcase_add_test(tc, no_allocator_flag);
 	suite_add_tcase(s, tc);

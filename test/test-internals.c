@@ -76,15 +76,33 @@ END_TEST
 
 /* ---- the header's magic ---- */
 
+/* The magic's keys as install draws them, saved and put back. */
+static struct alloc_conf saved_conf;
+
+static void
+keys_set(uint64_t k1, uint64_t k2, uint64_t k3)
+{
+	saved_conf = aconf;
+	aconf.secret = k1;
+	aconf.secret2 = k2;
+	aconf.secret3 = k3 | 1;
+}
+
+static void
+keys_restore(void)
+{
+	aconf = saved_conf;
+}
+
 START_TEST(magic_binds_address_size_and_layout)
 {
-	uint64_t saved = aconf.secret;
 	char buf[64] __attribute__((aligned(16)));
 	void *u = buf + 32;
 	uint32_t word = ST_LIVE | (uint32_t)BK_LIBC << BK_SHIFT;
 	uint32_t m = 0;
 
-	aconf.secret = 0x0123456789abcdefull;
+	keys_set(0x0123456789abcdefull, 0x5555aaaa3333ccccull,
+		 0x7777888899990000ull);
 	m = blk_magic(u, 100, word);
 	ck_assert_uint_ne(m, blk_magic(buf + 16, 100, word));
 	ck_assert_uint_ne(m, blk_magic(u, 101, word));
@@ -97,19 +115,61 @@ START_TEST(magic_binds_address_size_and_layout)
 	/* Another secret, another magic. */
 	aconf.secret ^= 1ull << 40;
 	ck_assert_uint_ne(m, blk_magic(u, 100, word));
-	aconf.secret = saved;
+	keys_restore();
+}
+END_TEST
+
+static uint64_t
+rand64(unsigned *seed)
+{
+	uint64_t v = 0;
+
+	for (int i = 0; i < 4; i++)
+		v = v << 16 ^ (uint64_t)(rand_r(seed) & 0xffff);
+	return v;
+}
+
+static int
+cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* From one header nothing predicts the magic of a header 16 bytes
+ * further: over a thousand key sets, the difference of the two magics
+ * takes (nearly) a thousand values.  A magic linear in the address
+ * gave a few dozen, the carry patterns of adding 16, which is how a
+ * nearby header could be forged with three guesses. */
+START_TEST(magic_difference_unpredictable)
+{
+	char buf[64] __attribute__((aligned(16)));
+	uint32_t word = ST_LIVE | (uint32_t)BK_LIBC << BK_SHIFT;
+	uint32_t diff[1000];
+	unsigned seed = 7, distinct = 1;
+
+	for (unsigned i = 0; i < 1000; i++) {
+		keys_set(rand64(&seed), rand64(&seed), rand64(&seed));
+		diff[i] = blk_magic(buf + 16, 100, word) ^
+			  blk_magic(buf + 32, 100, word);
+		keys_restore();
+	}
+	qsort(diff, 1000, sizeof(diff[0]), cmp_u32);
+	for (unsigned i = 1; i < 1000; i++)
+		distinct += diff[i] != diff[i - 1];
+	ck_assert_uint_ge(distinct, 990);
 }
 END_TEST
 
 START_TEST(stamped_header_reads_back)
 {
-	uint64_t saved = aconf.secret;
 	char buf[64] __attribute__((aligned(16)));
 	void *u = buf + 32;
 	uint32_t word = ST_LIVE | (uint32_t)BK_LIBC << BK_SHIFT, read = 0;
 	struct blk *h;
 
-	aconf.secret = 0xfeedfacecafebeefull;
+	keys_set(0xfeedfacecafebeefull, 0x1234, 0x5678);
 	h = blk_stamp(u, 200, class_of(200 + sizeof(struct blk)), word);
 	ck_assert_ptr_eq(h, hdr_of(u));
 	ck_assert_uint_eq(blk_size(h), 200);
@@ -119,7 +179,7 @@ START_TEST(stamped_header_reads_back)
 	/* One flipped bit of the size: no longer a header. */
 	h->size_gen ^= 1;
 	ck_assert(!blk_peek(u, &read));
-	aconf.secret = saved;
+	keys_restore();
 }
 END_TEST
 
@@ -205,6 +265,7 @@ internals_suite(void)
 	tc = tcase_create("headers");
 	tcase_add_test(tc, link_checks);
 	tcase_add_test(tc, magic_binds_address_size_and_layout);
+	tcase_add_test(tc, magic_difference_unpredictable);
 	tcase_add_test(tc, stamped_header_reads_back);
 	suite_add_tcase(s, tc);
 	tc = tcase_create("helpers");
