@@ -34,7 +34,8 @@ int alloc_init(const struct init_config *cfg);
  * can still call into this copy's code. */
 bool alloc_teardown(void);
 enum ossl_proc_alloc_mode alloc_mode(void);
-/* Called by the library's entry points: logs one ERROR if someone
+/* Called by the library's entry points (not a child's re-init, which
+ * must run no OpenSSL code): logs one ERROR if someone
  * replaced OpenSSL's memory functions since osslproc installed them. */
 void alloc_check(void);
 /* The threads other than the caller that used the allocator. */
