@@ -1187,16 +1187,18 @@ END_TEST
 
 /* ---- Reliability: what an attacker, a signal or a pool does ---- */
 
-/* With OSSL_PROC_F_SCRUB (no fast free word) a double free of a block
- * past the quarantine, in the cache, is a double free: its word is not
- * taken for a live one. */
-START_TEST(double_free_of_cached_block_scrub)
+/* A double free of a block past a 64-byte quarantine, in the cache, is
+ * a double free with @c: its word is not taken for a live one, and the
+ * block stays a sound cached one. */
+static void
+assert_cached_double_free(struct ossl_proc_config c)
 {
 	uint64_t frees, live;
 	char *p, *other, *q;
 
-	init_with(TL_CONFIG(.flags = OSSL_PROC_F_SCRUB, .quarantine_bytes = 64,
-			    .on_bad_free = OSSL_PROC_BAD_FREE_IGNORE));
+	c.quarantine_bytes = 64;
+	c.on_bad_free = OSSL_PROC_BAD_FREE_IGNORE;
+	init_with(c);
 	p = OPENSSL_malloc(40);
 	OPENSSL_free(p);
 	other = OPENSSL_malloc(40);
@@ -1207,37 +1209,31 @@ START_TEST(double_free_of_cached_block_scrub)
 	ck_assert_uint_eq(stats().double_frees, 1);
 	ck_assert_uint_eq(stats().frees, frees);
 	ck_assert_uint_eq(stats().live_blocks, live);
-	/* Still a sound cached block: handed out again with no complaint
-	 * (the test log fails on an unexpected ERROR). */
+	/* Handed out again with no complaint (the test log fails on an
+	 * unexpected ERROR). */
 	q = OPENSSL_malloc(40);
 	ck_assert_ptr_nonnull(q);
 	OPENSSL_free(q);
 	ck_assert_uint_eq(stats().live_blocks, live);
 	ossl_proc_teardown();
 }
+
+/* With OSSL_PROC_F_SCRUB there is no fast free word. */
+START_TEST(double_free_of_cached_block_scrub)
+{
+	assert_cached_double_free(TL_CONFIG(.flags = OSSL_PROC_F_SCRUB));
+}
 END_TEST
 
-/* The same with a shared backend: before the first fork blocks are
- * private and cached, and no fast free word applies either. */
+/* Nor with a shared backend: before the first fork blocks are private
+ * and cached. */
 START_TEST(double_free_of_cached_block_shared)
 {
 	struct ossl_proc_arena *a = ossl_proc_arena_new(1 << 20);
-	uint64_t frees;
-	char *p, *other;
 
 	ck_assert_ptr_nonnull(a);
-	init_with(TL_CONFIG(.allocator = ossl_proc_arena_allocator(a),
-			    .quarantine_bytes = 64,
-			    .on_bad_free = OSSL_PROC_BAD_FREE_IGNORE));
-	p = OPENSSL_malloc(40);
-	OPENSSL_free(p);
-	other = OPENSSL_malloc(40);
-	OPENSSL_free(other);
-	frees = stats().frees;
-	OPENSSL_free(p);
-	ck_assert_uint_eq(stats().double_frees, 1);
-	ck_assert_uint_eq(stats().frees, frees);
-	ossl_proc_teardown();
+	assert_cached_double_free(TL_CONFIG(.allocator =
+					    ossl_proc_arena_allocator(a)));
 }
 END_TEST
 

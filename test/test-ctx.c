@@ -33,17 +33,6 @@ free_tls(void)
 	tls_pki_free(pki);
 }
 
-/* Wait for @pid; its exit status, or 128 + signal. */
-static int
-reap(pid_t pid)
-{
-	int status;
-
-	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
-	return WIFEXITED(status) ? WEXITSTATUS(status)
-				 : 128 + WTERMSIG(status);
-}
-
 static atomic_int *builds;   /* shared with children */
 static atomic_int fail_next; /* the builder fails while set */
 
@@ -97,7 +86,7 @@ START_TEST(ctx_rebuilt_in_child)
 		      TLS1_3_VERSION &&
 		      tls_handshakes(theirs, server, 3) == 3 ? 0 : 1);
 	}
-	ck_assert_int_eq(reap(pid), 0);
+	ck_assert_int_eq(tl_reap(pid), 0);
 	/* The parent's is untouched. */
 	ck_assert_ptr_eq(ossl_proc_ctx_get(pc), mine);
 	ck_assert_int_eq(tls_handshakes(mine, server, 1), 1);
@@ -160,7 +149,7 @@ START_TEST(ctx_concurrent_first_get)
 			ok &= race_got[i] && race_got[i] == race_got[0];
 		_exit(ok && atomic_load(builds) == 1 ? 0 : 1);
 	}
-	ck_assert_int_eq(reap(pid), 0);
+	ck_assert_int_eq(tl_reap(pid), 0);
 	ossl_proc_ctx_free(race_pc);
 	free_tls();
 	ossl_proc_teardown();

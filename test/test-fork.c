@@ -40,17 +40,6 @@ free_tls(void)
 	tls_pki_free(pki);
 }
 
-/* Wait for @pid; its exit status, or 128 + signal. */
-static int
-reap(pid_t pid)
-{
-	int status;
-
-	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
-	return WIFEXITED(status) ? WEXITSTATUS(status)
-				 : 128 + WTERMSIG(status);
-}
-
 #define WORKERS 16
 #define HANDSHAKES 20
 
@@ -72,7 +61,7 @@ START_TEST(workers_handshake)
 		}
 	}
 	for (int i = 0; i < WORKERS; i++)
-		ck_assert_int_eq(reap(pids[i]), 0);
+		ck_assert_int_eq(tl_reap(pids[i]), 0);
 	/* The parent still works and is still generation 0. */
 	ck_assert_int_eq(tls_handshakes(client, server, 2), 2);
 	ck_assert_uint_eq(ossl_proc_generation(), 0);
@@ -110,7 +99,7 @@ START_TEST(drbg_pointers_survive_fork)
 
 		_exit(ok && write(fds[1], r, 32) == 32 ? 0 : 1);
 	}
-	ck_assert_int_eq(reap(pid), 0);
+	ck_assert_int_eq(tl_reap(pid), 0);
 	ck_assert_int_eq(read(fds[0], theirs, 32), 32);
 	/* The parent's own objects, still the thread's, still working. */
 	ck_assert_ptr_eq(RAND_get0_public(NULL), pub);
@@ -137,7 +126,7 @@ START_TEST(parent_error_queue_kept)
 	ck_assert_int_ge(pid, 0);
 	if (pid == 0)
 		_exit(ERR_peek_error() == 0 ? 0 : 1);
-	ck_assert_int_eq(reap(pid), 0);
+	ck_assert_int_eq(tl_reap(pid), 0);
 	ck_assert_int_eq(ERR_GET_LIB(ERR_peek_error()), ERR_LIB_USER);
 	ck_assert_int_eq(ERR_GET_REASON(ERR_get_error()), ERR_R_INTERNAL_ERROR);
 	ck_assert_uint_eq(ERR_peek_error(), 0);
@@ -166,7 +155,7 @@ START_TEST(fork_after_teardown_is_no_raw_fork)
 		_exit(p && !strstr(err, "forked without") &&
 		      ossl_proc_generation() == 1 ? 0 : 1);
 	}
-	ck_assert_int_eq(reap(pid), 0);
+	ck_assert_int_eq(tl_reap(pid), 0);
 }
 END_TEST
 
@@ -181,7 +170,7 @@ START_TEST(error_queue_not_inherited)
 	pid = fork();
 	if (pid == 0)
 		_exit(ERR_peek_error() == 0 ? 0 : 1);
-	ck_assert_int_eq(reap(pid), 0);
+	ck_assert_int_eq(tl_reap(pid), 0);
 	ossl_proc_teardown();
 }
 END_TEST
@@ -204,7 +193,7 @@ START_TEST(random_differs)
 			_exit(RAND_bytes(r, sizeof(r)) == 1 &&
 			      write(fds[1], r, sizeof(r)) == sizeof(r) ? 0 : 1);
 		}
-		ck_assert_int_eq(reap(pids[i]), 0);
+		ck_assert_int_eq(tl_reap(pids[i]), 0);
 		ck_assert_int_eq(read(fds[0], theirs[i], 32), 32);
 	}
 	ck_assert_int_eq(RAND_bytes(mine, sizeof(mine)), 1);
@@ -234,9 +223,9 @@ START_TEST(generation_counts_lineage)
 		grandchild = fork();
 		if (grandchild == 0)
 			_exit(ossl_proc_generation() == 2 ? 0 : 2);
-		_exit(reap(grandchild));
+		_exit(tl_reap(grandchild));
 	}
-	ck_assert_int_eq(reap(pid), 0);
+	ck_assert_int_eq(tl_reap(pid), 0);
 	ck_assert_uint_eq(ossl_proc_generation(), 0);
 	ossl_proc_teardown();
 }
@@ -278,7 +267,7 @@ START_TEST(child_stats_are_its_own)
 	/* The parent as it was forked (prepare stopped its OpenSSL thread
 	 * state), and the child's live bytes without the 5000 it freed. */
 	ossl_proc_get_stats(&st);
-	ck_assert_int_eq(reap(pid), 0);
+	ck_assert_int_eq(tl_reap(pid), 0);
 	ck_assert_int_eq(read(fds[0], &child_live, 8), 8);
 	ck_assert_uint_eq(child_live, st.live_bytes - 5000);
 	ck_assert_uint_eq(st.double_frees, 1);
@@ -327,7 +316,7 @@ START_TEST(hooks_run_in_order_once)
 
 		_exit(rc == 0 && ossl_proc_generation() == 1 ? 0 : 1);
 	}
-	ck_assert_int_eq(reap(pid), 0);
+	ck_assert_int_eq(tl_reap(pid), 0);
 	ck_assert_str_eq(trace, "abc");
 	/* Not in the parent. */
 	ck_assert_uint_eq(ossl_proc_generation(), 0);
@@ -388,7 +377,7 @@ START_TEST(host_atfork_handlers_use_osslproc)
 	if (pid == 0)
 		_exit(host_handlers_ran == 2 &&
 		      tls_handshakes(client, server, 1) == 1 ? 0 : 1);
-	ck_assert_int_eq(reap(pid), 0);
+	ck_assert_int_eq(tl_reap(pid), 0);
 	ck_assert_int_eq(host_handlers_ran, 2);
 	/* The hook registered inside the prepare handler ran in the child. */
 	ck_assert_str_eq(trace, "p");
@@ -421,7 +410,7 @@ START_TEST(double_free_names_generation)
 		      tl_count(OSSL_PROC_LOG_WARNING, "worker.c:2; allocated "
 			       "in fork generation 1") == 1 ? 0 : 1);
 	}
-	ck_assert_int_eq(reap(pid), 0);
+	ck_assert_int_eq(tl_reap(pid), 0);
 	OPENSSL_free(inherited);
 	ossl_proc_teardown();
 }
@@ -455,7 +444,7 @@ START_TEST(raw_fork_detected)
 						  "call ossl_proc_child_reinit")
 		      == 1 ? 0 : 1);
 	}
-	ck_assert_int_eq(reap(pid), 0);
+	ck_assert_int_eq(tl_reap(pid), 0);
 	ck_assert_str_eq(trace, "h");
 	ossl_proc_teardown();
 }
@@ -482,7 +471,7 @@ START_TEST(raw_fork_child_counts_first_frees)
 		ossl_proc_get_stats(&st);
 		_exit(st.frees == 10 && st.generation == 1 ? 0 : 1);
 	}
-	ck_assert_int_eq(reap(pid), 0);
+	ck_assert_int_eq(tl_reap(pid), 0);
 	for (int i = 0; i < 10; i++)
 		OPENSSL_free(p[i]);
 	ossl_proc_teardown();
@@ -504,7 +493,7 @@ START_TEST(manual_fork_handlers)
 		      tls_handshakes(client, server, 3) == 3 ? 0 : 1);
 	}
 	ossl_proc_fork_parent();
-	ck_assert_int_eq(reap(pid), 0);
+	ck_assert_int_eq(tl_reap(pid), 0);
 	ck_assert_int_eq(tls_handshakes(client, server, 1), 1);
 	free_tls();
 	ossl_proc_teardown();
@@ -537,7 +526,7 @@ START_TEST(threaded_parent_warned)
 	pid = fork();
 	if (pid == 0)
 		_exit(0);
-	ck_assert_int_eq(reap(pid), 0);
+	ck_assert_int_eq(tl_reap(pid), 0);
 	ck_assert_int_eq(tl_count(OSSL_PROC_LOG_WARNING, "other thread"), 1);
 	pthread_barrier_wait(&hold);
 	pthread_join(t, NULL);
@@ -592,7 +581,7 @@ START_TEST(vanished_thread_blocks_forgotten)
 		_exit(atomic_load(&host_frees) == before ? 0 : 1);
 	}
 	ossl_proc_fork_parent();
-	ck_assert_int_eq(reap(pid), 0);
+	ck_assert_int_eq(tl_reap(pid), 0);
 	pthread_barrier_wait(&hold);
 	pthread_join(t, NULL);
 	/* In the parent the thread's exit gave it back. */
@@ -660,7 +649,7 @@ START_TEST(shared_workers)
 		}
 	}
 	for (int i = 0; i < WORKERS; i++)
-		ck_assert_int_eq(reap(pids[i]), 0);
+		ck_assert_int_eq(tl_reap(pids[i]), 0);
 	ck_assert_uint_gt(arena_stats().allocs, WORKERS * HANDSHAKES * 100);
 	ck_assert_uint_eq(arena_stats().bad_frees, 0);
 	/* exit() workers gave everything back; _exit() ones are reclaimed. */
@@ -715,11 +704,11 @@ START_TEST(shared_free_by_other_process)
 		_exit(st.inherited_frees == 1 && st.frees == st0.frees &&
 		      tl_count(OSSL_PROC_LOG_WARNING, want) == 1 ? 0 : 1);
 	}
-	ck_assert_int_eq(reap(b), 0);
+	ck_assert_int_eq(tl_reap(b), 0);
 	/* Still allocated: b did not release it. */
 	ck_assert_uint_eq(arena_stats().frees, 0);
 	kill(a, SIGKILL);
-	ck_assert_int_eq(reap(a), 128 + SIGKILL);
+	ck_assert_int_eq(tl_reap(a), 128 + SIGKILL);
 	/* Its block, and its OpenSSL thread state; b's state too. */
 	ck_assert_int_ge(ossl_proc_arena_reclaim(arena, a), 1);
 	ck_assert_int_ge(ossl_proc_arena_reclaim(arena, b), 0);
@@ -762,9 +751,9 @@ START_TEST(shared_ssl_freed_by_other_process)
 		      tl_count(OSSL_PROC_LOG_WARNING, "allocated by process")
 		      == 1 && arena_stats().used_bytes >= used ? 0 : 1);
 	}
-	ck_assert_int_eq(reap(b), 0);
+	ck_assert_int_eq(tl_reap(b), 0);
 	kill(a, SIGKILL);
-	ck_assert_int_eq(reap(a), 128 + SIGKILL);
+	ck_assert_int_eq(tl_reap(a), 128 + SIGKILL);
 	ck_assert_int_gt(ossl_proc_arena_reclaim(arena, a), 0);
 	ossl_proc_arena_reclaim(arena, b);
 	ck_assert_uint_eq(arena_stats().used_bytes, 0);
@@ -824,7 +813,7 @@ START_TEST(shared_tiny_blocks_not_overrun)
 		_exit(ossl_proc_generation() == 1 && guards_broken == 0 ? 0
 									: 1);
 	}
-	ck_assert_int_eq(reap(pid), 0);
+	ck_assert_int_eq(tl_reap(pid), 0);
 	ck_assert_int_eq(guards_broken, 0);
 	ossl_proc_teardown();
 }
@@ -858,7 +847,7 @@ START_TEST(shared_worker_keeps_no_private_blocks)
 		_exit(st.cached_bytes <= st0.cached_bytes &&
 		      st.double_frees + st.invalid_frees == 0 ? 0 : 1);
 	}
-	ck_assert_int_eq(reap(pid), 0);
+	ck_assert_int_eq(tl_reap(pid), 0);
 	for (int i = 0; i < N; i++)
 		OPENSSL_free(inherited[i]);
 	ossl_proc_teardown();

@@ -4,6 +4,8 @@
 #define TESTLOG_H
 
 #include <check.h>
+#include <sys/types.h>
+
 #include <osslproc.h>
 
 /* A config whose log goes to the capture handler, at INFO. */
@@ -34,6 +36,8 @@ void tl_reset(void);
  * returns what was written (static buffer). */
 void tl_stderr_begin(void);
 const char *tl_stderr_end(void);
+/* Wait for @pid; its exit status, or 128 + the signal that ended it. */
+int tl_reap(pid_t pid);
 /* Run a suite in fork mode with CK_ENV output; returns the exit code. */
 int tl_run(Suite *s);
 
