@@ -9,12 +9,11 @@
  * free of a large block never faults, however long after its first free.
  *
  * Freed large blocks have a window of their own: the last LARGE_WINDOW
- * stay mapped, their header page resident and the rest of their memory
- * given back (MADV_DONTNEED), so a double free within it is caught as
- * one.  After that a block is unmapped; the addresses of the last
- * LARGE_RECENT unmapped blocks are remembered, so that a free of one is
- * still called a double free.  Large blocks are rare (OpenSSL's record
- * buffers are below 32 KiB): one lock and three system calls a block.
+ * stay mapped (above LARGE_KEEP, only their header page resident, the
+ * rest given back with MADV_DONTNEED), so a double free within it is
+ * caught as one.  After that a block leaves the table (its mapping kept
+ * for reuse, or unmapped); the addresses of the last LARGE_RECENT are
+ * remembered, so that a free of one is still called a double free.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -53,7 +52,7 @@ slot_of(const void *user, size_t cap)
 static struct large_ent *
 find(const void *user)
 {
-	if (!table_cap)
+	if (!table_cap || !user)
 		return NULL;
 	for (size_t i = slot_of(user, table_cap);; i = (i + 1) & (table_cap - 1)) {
 		if (table[i].user == user)
@@ -129,6 +128,52 @@ page_size(void)
 	return p > 0 ? (size_t)p : 4096;
 }
 
+/*
+ * Mappings of at most LARGE_KEEP bytes that left the window are kept, up
+ * to LARGE_SPARE of them, for the next large block of their length: such
+ * blocks come and go often (a 64 KiB buffer per TLS connection in some
+ * programs), and a mapping, its page faults and its unmapping cost about
+ * 100 us a block on a virtual machine.  Their memory stays resident, as
+ * it does in the window: LARGE_WINDOW + LARGE_SPARE such mappings, 4 MiB
+ * at most.  Larger ones keep one page resident in the window and are
+ * unmapped after it.
+ */
+#define LARGE_KEEP ((size_t)128 * 1024)
+#define LARGE_SPARE 16
+
+static struct {
+	char *map;
+	size_t len;
+} spare[LARGE_SPARE];
+static unsigned nspare;
+
+/* Under the lock: a kept mapping of @len bytes, or NULL. */
+static char *
+spare_take(size_t len)
+{
+	for (unsigned i = 0; i < nspare; i++) {
+		if (spare[i].len == len) {
+			char *map = spare[i].map;
+
+			spare[i] = spare[--nspare];
+			return map;
+		}
+	}
+	return NULL;
+}
+
+/* Under the lock: keep @map, or unmap it. */
+static void
+spare_put(char *map, size_t len)
+{
+	if (len <= LARGE_KEEP && nspare < LARGE_SPARE) {
+		spare[nspare].map = map;
+		spare[nspare++].len = len;
+		return;
+	}
+	munmap(map, len);
+}
+
 void *
 large_new(size_t total, const char *file, int line)
 {
@@ -138,8 +183,12 @@ large_new(size_t total, const char *file, int line)
 	if (total > SIZE_MAX - page)
 		return NULL;
 	len = (total + page - 1) & ~(page - 1);
-	map = mmap(NULL, len, PROT_READ | PROT_WRITE,
-		   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	proc_lock(&proc_mut.large_lock);
+	map = spare_take(len);
+	proc_unlock(&proc_mut.large_lock);
+	if (!map)
+		map = mmap(NULL, len, PROT_READ | PROT_WRITE,
+			   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (map == MAP_FAILED)
 		return NULL;
 	proc_lock(&proc_mut.large_lock);
@@ -155,7 +204,7 @@ large_new(size_t total, const char *file, int line)
 	return map + LARGE_OFF;
 }
 
-/* Under the lock: unmap the oldest block of the window. */
+/* Under the lock: the oldest block of the window leaves it. */
 static void
 window_evict(void)
 {
@@ -166,7 +215,7 @@ window_evict(void)
 	window_n--;
 	if (!e)
 		return;
-	munmap((char *)user - LARGE_OFF, e->len);
+	spare_put((char *)user - LARGE_OFF, e->len);
 	erase(e);
 	recent[recent_next] = user;
 	recent_next = (recent_next + 1) % LARGE_RECENT;
@@ -181,21 +230,23 @@ recently_unmapped(const void *user)
 	return false;
 }
 
-/* Under the lock: @e's block, just freed, joins the window. */
+/* Under the lock: @e's block, just freed, joins the window.  (An
+ * eviction moves table entries: @e is not used after it.) */
 static void
 window_add(struct large_ent *e, size_t n)
 {
 	size_t page = page_size();
-	char *map = (char *)e->user - LARGE_OFF;
+	void *user = e->user;
+	char *map = (char *)user - LARGE_OFF;
 
 	if (aconf.flags & OSSL_PROC_F_SCRUB)
-		OPENSSL_cleanse(e->user, n < page - LARGE_OFF ? n
-							     : page - LARGE_OFF);
-	if (e->len > page)
+		OPENSSL_cleanse(user, n < page - LARGE_OFF ? n
+							 : page - LARGE_OFF);
+	if (e->len > LARGE_KEEP)
 		madvise(map + page, e->len - page, MADV_DONTNEED);
 	if (window_n == LARGE_WINDOW)
 		window_evict();
-	window[(window_head + window_n) % LARGE_WINDOW] = e->user;
+	window[(window_head + window_n) % LARGE_WINDOW] = user;
 	window_n++;
 }
 
