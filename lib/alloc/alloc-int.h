@@ -193,6 +193,11 @@ struct alloc_conf {
 /* install.c */
 extern struct alloc_conf aconf;
 
+/* The process is past its exit-time drain (thread.c): what it allocates
+ * from then on (OpenSSL 4.0's destructor allocates while it cleans up) is
+ * private, so that nothing of it is left in a shared backend. */
+extern atomic_bool alloc_exiting;
+
 /* The backend is the host's and shared between processes. */
 static inline bool
 shared_backend(void)
@@ -213,8 +218,10 @@ placement(void)
 		if (!aconf.host.shared)
 			return BK_HOST;
 		return atomic_load_explicit(&proc_mut.generation,
-					    memory_order_relaxed) ? BK_SHARED
-								  : BK_LIBC;
+					    memory_order_relaxed) &&
+		       !atomic_load_explicit(&alloc_exiting,
+					     memory_order_relaxed) ? BK_SHARED
+								   : BK_LIBC;
 	}
 	return aconf.prior_m ? BK_PRIOR : BK_LIBC;
 }

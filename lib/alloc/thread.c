@@ -298,15 +298,33 @@ const struct proc_child_handler alloc_child_handler = {
 };
 
 /*
- * At exit (after OpenSSL's own atexit cleanup) the exiting thread gives
- * its quarantine and cache back, so that a worker that ends with exit()
- * leaves a shared backend balanced.
+ * At exit the exiting thread gives its quarantine and cache back, so that
+ * a worker that ends with exit() leaves a shared backend balanced.  OpenSSL
+ * 3.x has freed its state by then (in the atexit handler it registers by
+ * default); 4.0 registers none, and frees its state only when
+ * OPENSSL_cleanup() was called, in libcrypto's own destructor, which runs
+ * after this one (this object depends on libcrypto).  So a worker of a
+ * shared backend asks for that cleanup on 4.0, as 3.x does by default;
+ * the thread keeps nothing back from now on (its frees go straight to the
+ * backend), and what the process allocates from now on is private (that
+ * destructor allocates too, and keeps some of it).
  */
+atomic_bool alloc_exiting;
+
 __attribute__((destructor)) static void
 alloc_exit_drain(void)
 {
 	struct tstate *t = tls_state;
 
-	if (t)
-		tstate_drain(t);
+	atomic_store(&alloc_exiting, true);
+	if (alloc_shared_worker() && OpenSSL_version_num() >= 0x40000000L)
+		OPENSSL_cleanup();
+	if (!t)
+		return;
+	tstate_enter(t);
+	tstate_drain(t);
+	t->cap = 0;
+	free(t->qring);
+	t->qring = NULL; /* quarantine_push() then releases at once */
+	tstate_leave(t);
 }

@@ -68,6 +68,20 @@ set_serial(X509 *cert)
 	return ok;
 }
 
+/* A subject of CN=@cn.  Built apart and copied in: OpenSSL 4.0's
+ * X509_get_subject_name() returns a name that may not be changed. */
+static int
+set_subject(X509 *cert, const char *cn)
+{
+	X509_NAME *name = X509_NAME_new();
+	int ok = name && X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
+					(const unsigned char *)cn, -1, -1, 0) &&
+		 X509_set_subject_name(cert, name);
+
+	X509_NAME_free(name);
+	return ok;
+}
+
 /* What the CA and the leaf share: version, serial, validity, subject and
  * public key. */
 static X509 *
@@ -79,10 +93,7 @@ cert_new(EVP_PKEY *key, const char *cn)
 	    set_serial(cert) &&
 	    X509_gmtime_adj(X509_getm_notBefore(cert), -3600) &&
 	    X509_gmtime_adj(X509_getm_notAfter(cert), 86400) &&
-	    X509_NAME_add_entry_by_txt(X509_get_subject_name(cert), "CN",
-				       MBSTRING_ASC,
-				       (const unsigned char *)cn, -1, -1, 0) &&
-	    X509_set_pubkey(cert, key))
+	    set_subject(cert, cn) && X509_set_pubkey(cert, key))
 		return cert;
 	X509_free(cert);
 	return NULL;
@@ -397,8 +408,9 @@ tls_pair_new(SSL_CTX *client, SSL_CTX *server, struct tls_conn *out)
 	SSL_set_connect_state(out->client);
 	SSL_set_accept_state(out->server);
 	/* Per connection, so that clients not from tls_client_ctx() check
-	 * the name too. */
-	if (SSL_set1_host(out->client, "localhost") == 1 &&
+	 * the name too (SSL_set1_host() is deprecated in OpenSSL 4.0). */
+	if (X509_VERIFY_PARAM_set1_host(SSL_get0_param(out->client),
+					"localhost", 0) == 1 &&
 	    SSL_set_tlsext_host_name(out->client, "localhost") == 1)
 		return 0;
 fail:

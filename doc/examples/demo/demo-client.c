@@ -132,7 +132,8 @@ handshake(struct client *c, struct cconn *cc)
 	/* SNI, and the name the certificate must carry. */
 	if (cc->ssl && SSL_set_fd(cc->ssl, cc->fd) &&
 	    SSL_set_tlsext_host_name(cc->ssl, host) &&
-	    SSL_set1_host(cc->ssl, host) && SSL_connect(cc->ssl) == 1 &&
+	    X509_VERIFY_PARAM_set1_host(SSL_get0_param(cc->ssl), host, 0) &&
+	    SSL_connect(cc->ssl) == 1 &&
 	    SSL_get_verify_result(cc->ssl) == X509_V_OK &&
 	    SSL_get0_peer_certificate(cc->ssl) &&
 	    SSL_version(cc->ssl) == TLS1_3_VERSION)

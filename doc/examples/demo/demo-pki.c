@@ -43,6 +43,20 @@ add_ext(X509 *cert, X509 *issuer, int nid, const char *value)
 
 /* Version, a random positive serial, a day of validity (from an hour ago,
  * for clocks that differ a little), subject and key. */
+/* A subject of CN=@cn, built apart: OpenSSL 4.0's
+ * X509_get_subject_name() returns a name that may not be changed. */
+static int
+set_subject(X509 *cert, const char *cn)
+{
+	X509_NAME *name = X509_NAME_new();
+	int ok = name && X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
+					(const unsigned char *)cn, -1, -1, 0) &&
+		 X509_set_subject_name(cert, name);
+
+	X509_NAME_free(name);
+	return ok;
+}
+
 static X509 *
 cert_base(EVP_PKEY *key, const char *cn)
 {
@@ -60,10 +74,7 @@ cert_base(EVP_PKEY *key, const char *cn)
 	     X509_set_version(cert, X509_VERSION_3) &&
 	     X509_gmtime_adj(X509_getm_notBefore(cert), -3600) &&
 	     X509_gmtime_adj(X509_getm_notAfter(cert), 24 * 3600) &&
-	     X509_NAME_add_entry_by_txt(X509_get_subject_name(cert), "CN",
-					MBSTRING_ASC,
-					(const unsigned char *)cn, -1, -1, 0) &&
-	     X509_set_pubkey(cert, key);
+	     set_subject(cert, cn) && X509_set_pubkey(cert, key);
 	BN_free(bn);
 	if (ok)
 		return cert;

@@ -105,7 +105,7 @@ static X509 *
 make_cert(EVP_PKEY *key, const char *cn, X509 *issuer, EVP_PKEY *signer)
 {
 	X509 *x = X509_new();
-	X509_NAME *subject = x ? X509_get_subject_name(x) : NULL;
+	X509_NAME *subject = X509_NAME_new();
 	X509V3_CTX v3;
 	bool ok = x != NULL;
 
@@ -114,10 +114,14 @@ make_cert(EVP_PKEY *key, const char *cn, X509 *issuer, EVP_PKEY *signer)
 	     X509_gmtime_adj(X509_getm_notBefore(x), -300) &&
 	     X509_gmtime_adj(X509_getm_notAfter(x), 3600) &&
 	     X509_set_pubkey(x, key) &&
-	     X509_NAME_add_entry_by_txt(subject, "CN", MBSTRING_ASC,
+	     /* Built apart: OpenSSL 4.0's X509_get_subject_name() returns
+	      * a name that may not be changed. */
+	     subject && X509_NAME_add_entry_by_txt(subject, "CN", MBSTRING_ASC,
 					(const unsigned char *)cn, -1, -1, 0) &&
+	     X509_set_subject_name(x, subject) &&
 	     X509_set_issuer_name(x, issuer ? X509_get_subject_name(issuer)
 					    : subject);
+	X509_NAME_free(subject);
 	X509V3_set_ctx(&v3, issuer ? issuer : x, x, NULL, NULL, 0);
 	ok = ok && (issuer ? server_extensions(x, &v3)
 			   : ca_extensions(x, &v3));
@@ -191,8 +195,8 @@ handshake_over(SSL *c, SSL *s)
 	SSL_set_bio(s, sb, sb);
 	SSL_set_connect_state(c);
 	SSL_set_accept_state(s);
-	if (!SSL_set_tlsext_host_name(c, HOST_NAME) || !SSL_set1_host(c,
-								     HOST_NAME))
+	if (!SSL_set_tlsext_host_name(c, HOST_NAME) ||
+	    !X509_VERIFY_PARAM_set1_host(SSL_get0_param(c), HOST_NAME, 0))
 		return false;
 	for (int i = 0; i < 32 && (cs != 1 || ss != 1); i++) {
 		if (cs != 1)
