@@ -41,15 +41,6 @@
 
 #include <osslproc.h>
 
-/*
- * OpenSSL's OPENSSL_INIT_BASE_ONLY (include/crypto/cryptlib.h; only named
- * in a comment of <openssl/crypto.h>): base initialisation, then return,
- * before the atexit handler is registered and before the configuration
- * is loaded.  Both stay the program's choice (OPENSSL_INIT_NO_ATEXIT,
- * OPENSSL_INIT_NO_LOAD_CONFIG, or the default of loading it).
- */
-#define SHIM_OPENSSL_INIT_BASE_ONLY UINT64_C(0x00040000)
-
 #define SHIM_FLAGS OSSL_PROC_F_TRACK_SITES
 
 /* Exported so that preload.c can tell that this program carries its own
@@ -366,16 +357,10 @@ static void shim_init(void)
 	cfg.on_bad_free = OSSL_PROC_BAD_FREE_ABORT;
 	cfg.log = shim_log;
 	cfg.log_level = OSSL_PROC_LOG_WARNING;
-	/*
-	 * OpenSSL's initialisation options.  osslproc 0.2 always loads
-	 * OpenSSL's configuration (and so registers OpenSSL's atexit
-	 * handler) in ossl_proc_init, overriding the program's own
-	 * OPENSSL_INIT_NO_LOAD_CONFIG / OPENSSL_INIT_NO_ATEXIT.  Once the
-	 * header has the openssl_init_opts field, this is the one line:
-	 */
-#ifdef OSSL_PROC_HAVE_OPENSSL_INIT_OPTS
-	cfg.openssl_init_opts = SHIM_OPENSSL_INIT_BASE_ONLY;
-#endif
+	/* No OpenSSL initialisation on the program's behalf: its own
+	 * first OPENSSL_init_* call decides (OPENSSL_INIT_NO_ATEXIT,
+	 * OPENSSL_INIT_NO_LOAD_CONFIG, or loading the configuration). */
+	cfg.openssl_init_opts = OSSL_PROC_OPENSSL_INIT_NONE;
 
 	/*
 	 * The exit check must see the frees of OpenSSL's atexit cleanup.  A
