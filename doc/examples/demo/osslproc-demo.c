@@ -1103,10 +1103,21 @@ claim_memory(const struct demo *d, const struct parent_end *pe,
 		errors += f->log_errors;
 		warnings += f->log_warnings;
 	}
-	printf("  [info] leaked after teardown and OpenSSL's cleanup: "
-	       "%llu blocks, %llu bytes in all\n",
-	       (unsigned long long)leaked_blocks,
-	       (unsigned long long)leaked_bytes);
+	/* OpenSSL 4.0's OPENSSL_cleanup() only asks for a cleanup that its
+	 * destructor does after main returns: before that, its own state is
+	 * still allocated and is no leak. */
+	if (OpenSSL_version_num() >= 0x40000000L)
+		printf("  [info] still allocated after teardown: %llu blocks, "
+		       "%llu bytes in all (OpenSSL %s frees its own state "
+		       "only after main returns: not all leaks)\n",
+		       (unsigned long long)leaked_blocks,
+		       (unsigned long long)leaked_bytes,
+		       OpenSSL_version(OPENSSL_VERSION_STRING));
+	else
+		printf("  [info] leaked after teardown and OpenSSL's cleanup: "
+		       "%llu blocks, %llu bytes in all\n",
+		       (unsigned long long)leaked_blocks,
+		       (unsigned long long)leaked_bytes);
 	claim(v, dbl == 0 && reported == d->opt.workers + 2,
 	      "double frees caught: %llu (%u of %u processes reported)",
 	      (unsigned long long)dbl, reported, d->opt.workers + 2);
