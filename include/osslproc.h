@@ -407,6 +407,12 @@ struct ossl_proc_arena_stats {
 	uint64_t frees;         /**< successful frees */
 	uint64_t failed;        /**< allocations refused: arena full */
 	uint64_t bad_frees;     /**< frees refused: not a live arena block */
+	/* Since 0.3: */
+	uint64_t free_bytes;    /**< bytes in free blocks (payloads) */
+	uint64_t free_blocks;   /**< free blocks (1 when all is free) */
+	uint64_t largest_free;  /**< the largest request that can succeed */
+	uint64_t lock_ops;      /**< times the arena's lock was taken */
+	uint64_t lock_waits;    /**< of those, times it was held already */
 };
 
 /**

@@ -337,6 +337,13 @@ proc_self(void)
 	return pid;
 }
 
+void
+proc_pid_forget(void)
+{
+	if (!proc_initialised())
+		atomic_store_explicit(&proc_mut.pid, 0, memory_order_relaxed);
+}
+
 uint64_t
 proc_generation(void)
 {

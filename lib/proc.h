@@ -103,6 +103,9 @@ void proc_refs_set(unsigned n);
 
 /* This process's pid as of its last (re-)initialisation: no syscall. */
 pid_t proc_self(void);
+/* Outside osslproc's own fork handling (not initialised): a child forgets
+ * the pid it inherited, read again by the next proc_self(). */
+void proc_pid_forget(void);
 /* Forks this lineage went through since init. */
 uint64_t proc_generation(void);
 

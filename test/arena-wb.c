@@ -61,6 +61,11 @@ proc_self(void)
 	return getpid();
 }
 
+void
+proc_pid_forget(void)
+{
+}
+
 /* ---- the hook ---- */
 
 struct wb_hook wb_hook;
@@ -98,125 +103,120 @@ wb_step(int line)
 
 /* ---- looking inside ---- */
 
-size_t
-wb_class_size(unsigned c)
-{
-	return arena_class_size(c);
-}
-
-unsigned
-wb_class_of(size_t n)
-{
-	size_t rounded;
-
-	return arena_size_class(n, &rounded);
-}
-
-/* Marks of the census, one byte per heap grain. */
-enum { M_NONE, M_BLOCK, M_LISTED };
-
-/* The block walk: headers, bitmap, what is live.  Returns the error. */
+/* The chain of headers, the arena's truth: sound headers covering the
+ * heap exactly.  The error, or NULL. */
 static const char *
-census_walk(struct ossl_proc_arena *a, unsigned char *mark,
-	    struct wb_census *out)
+census_chain(struct ossl_proc_arena *a, struct wb_census *out)
 {
 	uint64_t off = a->heap_off;
 
-	while (off < a->bump_off) {
+	while (off < a->map_len) {
 		struct arena_hdr *h = hdr_at(a, off);
-		uint64_t end;
 
-		if (h->klass >= ARENA_CLASSES || h->magic != (HDR_MAGIC ^ h->klass))
-			return "a header below the bump pointer is not one";
-		if (h->state != ST_BLK_LIVE && h->state != ST_BLK_FREE)
-			return "a block is neither live nor free";
+		if (!hdr_sound(a, off))
+			return "a header in the chain is not one";
+		out->blocks++;
+		if (hdr_state(h) == ST_BLK_LIVE) {
+			out->live++;
+			out->live_bytes += blk_bytes(h) - GRAIN;
+		} else if (hdr_state(h) == ST_BLK_FREE) {
+			out->free++;
+			out->free_bytes += blk_bytes(h) - GRAIN;
+			if (blk_bytes(h) - GRAIN > out->largest_free)
+				out->largest_free = blk_bytes(h) - GRAIN;
+		}
+		off += blk_bytes(h);
+	}
+	return off == a->map_len ? NULL : "the chain runs past the heap";
+}
+
+/* What the chain implies: back sizes, the bitmap, no two free blocks
+ * side by side. */
+static const char *
+census_derived(struct ossl_proc_arena *a)
+{
+	uint32_t prev_g = 0;
+	bool prev_free = false;
+
+	for (uint64_t off = a->heap_off; off < a->map_len;) {
+		struct arena_hdr *h = hdr_at(a, off);
+		bool is_free = hdr_state(h) == ST_BLK_FREE;
+
+		if (h->prev_g != prev_g)
+			return "a block's back size is not its neighbour's";
 		if (!is_block_start(a, off))
 			return "the bitmap does not mark a block start";
-		end = off + GRAIN + arena_class_size(h->klass);
-		if (end > a->bump_off)
-			return "a block runs past the bump pointer";
-		for (uint64_t g = off + GRAIN; g < end; g += GRAIN)
+		for (uint64_t g = off + GRAIN; g < off + blk_bytes(h); g += GRAIN)
 			if (is_block_start(a, g))
 				return "the bitmap marks the inside of a block";
-		mark[(off - a->heap_off) / GRAIN] = M_BLOCK;
-		out->blocks++;
-		if (h->state == ST_BLK_LIVE) {
-			out->live++;
-			out->live_bytes += arena_class_size(h->klass);
-		}
-		off = end;
+		if (is_free && prev_free)
+			return "two free blocks side by side";
+		prev_free = is_free;
+		prev_g = h->size_g;
+		off += blk_bytes(h);
 	}
-	/* A header cut but not committed (a death before the bump moved)
-	 * may mark the bump pointer itself, nothing beyond it. */
-	for (off = a->bump_off + GRAIN; off < a->map_len; off += GRAIN)
-		if (is_block_start(a, off))
-			return "the bitmap marks a block past the bump pointer";
 	return NULL;
 }
 
-/* The free lists: every link a free block of its class, each once. */
+/* The free lists: every free block once, on its class's list, with
+ * links that agree both ways. */
 static const char *
-census_lists(struct ossl_proc_arena *a, unsigned char *mark,
-	     struct wb_census *out)
+census_lists(struct ossl_proc_arena *a, struct wb_census *out)
 {
-	for (unsigned c = 0; c < ARENA_CLASSES; c++) {
-		for (uint64_t off = a->free_head[c]; off;) {
-			struct arena_hdr *h = hdr_at(a, off);
-			uint64_t g = (off - a->heap_off) / GRAIN;
+	uint64_t listed = 0;
 
-			if (off < a->heap_off || off >= a->bump_off ||
-			    (off - a->heap_off) % GRAIN || mark[g] == M_NONE)
+	for (unsigned c = 0; c < ARENA_CLASSES; c++) {
+		uint64_t prev = 0, n = 0;
+
+		if (!!a->head[c] != !!(a->nonempty[c / 64] & 1ull << (c % 64)))
+			return "the non-empty bitmap disagrees with a list";
+		for (uint64_t off = a->head[c]; off;
+		     off = links_of(a, off)->next) {
+			if (!link_sound(a, off))
 				return "a free list links something that is "
-				       "not a block";
-			if (mark[g] == M_LISTED)
-				return "a block is on the free lists twice";
-			if (h->state != ST_BLK_FREE)
-				return "a free list links a live block";
-			if (h->klass != c)
+				       "not a free block";
+			if (arena_class_of(blk_bytes(hdr_at(a, off))) != c)
 				return "a free list links a block of another "
 				       "class";
-			mark[g] = M_LISTED;
-			out->listed++;
-			out->listed_in[c]++;
-			off = h->next;
+			if (links_of(a, off)->prev != prev)
+				return "a free list's back link is wrong";
+			if (++n > out->free)
+				return "a free list loops";
+			prev = off;
 		}
+		out->listed_in[c] = n;
+		listed += n;
 	}
-	return NULL;
+	out->listed = listed;
+	return listed == out->free ? NULL : "a free block is on no list";
+}
+
+static void
+census_counters(struct ossl_proc_arena *a, struct wb_census *out)
+{
+	out->heap_bytes = a->st.capacity;
+	out->live_counter = a->live_blocks;
+	out->owner_deaths = a->owner_deaths;
+	out->rebuilds = a->rebuilds;
+	out->lost_bytes = a->lost_bytes;
+}
+
+void
+wb_chain(struct ossl_proc_arena *a, struct wb_census *out)
+{
+	*out = (struct wb_census){ 0 };
+	census_counters(a, out);
+	out->error = census_chain(a, out);
 }
 
 void
 wb_census(struct ossl_proc_arena *a, struct wb_census *out)
 {
-	uint64_t grains = (a->map_len - a->heap_off) / GRAIN;
-	unsigned char *mark = calloc(grains, 1);
-
-	*out = (struct wb_census){
-		.heap_bytes = a->st.capacity,
-		.bump_left = a->bump_off <= a->map_len ?
-			     a->map_len - a->bump_off : 0,
-		.live_counter = a->live_blocks,
-		.carved_counter = a->carved_blocks,
-		.owner_deaths = a->owner_deaths,
-		.list_drops = a->list_drops,
-	};
-	if (!mark) {
-		out->error = "out of memory for the census";
-		return;
-	}
-	out->error = census_walk(a, mark, out);
+	wb_chain(a, out);
 	if (!out->error)
-		out->error = census_lists(a, mark, out);
-	for (uint64_t off = a->heap_off; !out->error && off < a->bump_off;) {
-		struct arena_hdr *h = hdr_at(a, off);
-
-		if (h->state == ST_BLK_FREE &&
-		    mark[(off - a->heap_off) / GRAIN] != M_LISTED) {
-			out->unlisted++;
-			out->unlisted_bytes += arena_class_size(h->klass);
-		}
-		off += GRAIN + arena_class_size(h->klass);
-	}
-	free(mark);
+		out->error = census_derived(a);
+	if (!out->error)
+		out->error = census_lists(a, out);
 }
 
 uint64_t
@@ -224,13 +224,13 @@ wb_owned_by(struct ossl_proc_arena *a, pid_t pid)
 {
 	uint64_t n = 0;
 
-	for (uint64_t off = a->heap_off; off < a->bump_off;) {
+	for (uint64_t off = a->heap_off; off < a->map_len;) {
 		struct arena_hdr *h = hdr_at(a, off);
 
-		if (h->klass >= ARENA_CLASSES)
+		if (!hdr_sound(a, off))
 			break;
-		n += h->state == ST_BLK_LIVE && h->next == (uint64_t)pid;
-		off += GRAIN + arena_class_size(h->klass);
+		n += hdr_state(h) == ST_BLK_LIVE && h->owner == (uint32_t)pid;
+		off += blk_bytes(h);
 	}
 	return n;
 }
@@ -242,7 +242,13 @@ wb_owner(struct ossl_proc_arena *a, const void *p)
 	enum bad_reason why;
 	struct arena_hdr *h = block_at(a, off, &why);
 
-	return h && h->state == ST_BLK_LIVE ? (pid_t)h->next : 0;
+	return h && hdr_state(h) == ST_BLK_LIVE ? (pid_t)h->owner : 0;
+}
+
+void
+wb_smash_header(void *p)
+{
+	memset((char *)p - GRAIN, 0xa5, GRAIN);
 }
 
 int

@@ -49,35 +49,34 @@ void wb_step(int line);
 #define WB_NCLASSES 168
 #define WB_GRAIN 16
 
-/* Payload size of class @c, and the class of a request of @n bytes. */
-size_t wb_class_size(unsigned c);
-unsigned wb_class_of(size_t n);
-
 /*
  * A walk of the whole arena, taken without its lock (call it only while
- * no other process uses the arena).  @error is the first inconsistency
- * found, NULL if none: a header that is not one, a block start the
- * bitmap does not mark (or a mark that is not a block start), a list
- * that leaves the heap, links a block that is not free or of another
- * class, or links a block twice (also across lists).
+ * no other process uses the arena).  wb_chain() checks the chain of
+ * headers only (what must hold even right after a process died inside
+ * the lock); wb_census() also what is derived from it: back sizes, the
+ * start bitmap (exactly the block starts), no two free blocks side by
+ * side, and the lists (each free block once, on its class's list, links
+ * agreeing both ways).  @error is the first inconsistency, NULL if none.
  */
 struct wb_census {
 	const char *error;
-	uint64_t blocks;            /* headers below the bump pointer */
-	uint64_t live, live_bytes;  /* live blocks, their class sizes */
-	uint64_t listed;            /* free blocks on their class's list */
+	uint64_t blocks;             /* headers in the chain */
+	uint64_t live, live_bytes;   /* live blocks, their payload bytes */
+	uint64_t free, free_bytes, largest_free;
+	uint64_t listed;             /* free blocks on the lists */
 	uint64_t listed_in[WB_NCLASSES];
-	uint64_t unlisted, unlisted_bytes; /* free, on no list: leaked */
-	uint64_t heap_bytes;        /* usable bytes (the stats' capacity) */
-	uint64_t bump_left;         /* bytes the bump pointer can still cut */
+	uint64_t heap_bytes;         /* usable bytes (the stats' capacity) */
 	/* Private counters. */
-	uint64_t live_counter, carved_counter, owner_deaths, list_drops;
+	uint64_t live_counter, owner_deaths, rebuilds, lost_bytes;
 };
+void wb_chain(struct ossl_proc_arena *a, struct wb_census *out);
 void wb_census(struct ossl_proc_arena *a, struct wb_census *out);
 /* Live blocks that record @pid as their owner. */
 uint64_t wb_owned_by(struct ossl_proc_arena *a, pid_t pid);
 /* The owner a live block @p records; 0 if it is not a live block. */
 pid_t wb_owner(struct ossl_proc_arena *a, const void *p);
+/* Overwrites the header of the block @p points to (an overflow). */
+void wb_smash_header(void *p);
 /* pthread_mutex_trylock() on the arena's lock, released again if taken:
  * EBUSY while another process or thread holds it. */
 int wb_lock_busy(struct ossl_proc_arena *a);

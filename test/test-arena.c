@@ -359,7 +359,6 @@ START_TEST(arena_workers_killed_at_random)
 	struct ossl_proc_arena *a;
 	unsigned char *kept[KEPT];
 	unsigned seed = 20240;
-	int64_t drift_blocks = 0, drift_bytes = 0;
 	int in_lock = 0;
 
 	/* The arena's log is captured, and osslproc's fork handler gives
@@ -378,7 +377,6 @@ START_TEST(arena_workers_killed_at_random)
 	st0 = arena_stats(a);
 	for (int k = 0; k < KILLS; k++) {
 		unsigned target = 1 + (unsigned)rand_r(&seed) % 3000;
-		int64_t blocks, bytes;
 		int died_in_lock;
 		pid_t pid;
 
@@ -392,9 +390,7 @@ START_TEST(arena_workers_killed_at_random)
 		ck_assert_int_eq(reap(pid), 128 + SIGKILL);
 		assert_no_finding(b);
 
-		/* Its first locker says whether it died holding the lock
-		 * (get_stats, not reclaim: reclaim recovers the lock without
-		 * the WARNING, a lib/ bug, reported). */
+		/* Its first locker says whether it died holding the lock. */
 		tl_reset();
 		tl_expect(OSSL_PROC_LOG_WARNING, LOCK_DIED);
 		arena_stats(a);
@@ -404,19 +400,11 @@ START_TEST(arena_workers_killed_at_random)
 		in_lock += died_in_lock;
 		ck_assert_int_ge(ossl_proc_arena_reclaim(a, pid), 0);
 
+		/* Whether it died inside the lock or not, the rebuild and
+		 * the reclaim leave the counters exactly as before it. */
 		st = arena_stats(a);
-		blocks = (int64_t)(st.allocs - st.frees) - KEPT;
-		bytes = (int64_t)(st.used_bytes - st0.used_bytes);
-		if (died_in_lock) {
-			ck_assert_int_le(llabs(blocks - drift_blocks), 1);
-			ck_assert_int_le(llabs(bytes - drift_bytes),
-					 KILL_LARGEST);
-		} else {
-			ck_assert_int_eq(blocks, drift_blocks);
-			ck_assert_int_eq(bytes, drift_bytes);
-		}
-		drift_blocks = blocks;
-		drift_bytes = bytes;
+		ck_assert_uint_eq(st.allocs - st.frees, KEPT);
+		ck_assert_uint_eq(st.used_bytes, st0.used_bytes);
 	}
 	fprintf(stderr, "%d of %d kills landed inside the arena's lock\n",
 		in_lock, KILLS);
@@ -425,59 +413,238 @@ START_TEST(arena_workers_killed_at_random)
 			ck_assert_uint_eq(kept[i][n], 0xc0 + i);
 		al->free(kept[i], al->arg);
 	}
-	/* Read as signed: a reclaimed block whose allocation the counters
-	 * missed leaves them short (frees above allocs, used_bytes below
-	 * zero, that is wrapped: a lib/ bug, reported, not fixed here). */
 	st = arena_stats(a);
-	ck_assert_int_le(llabs((int64_t)(st.allocs - st.frees)), in_lock);
-	ck_assert_int_le(llabs((int64_t)st.used_bytes),
-			 (int64_t)in_lock * KILL_LARGEST);
+	ck_assert_uint_eq(st.allocs, st.frees);
+	ck_assert_uint_eq(st.used_bytes, 0);
 	ck_assert_uint_eq(st.bad_frees, 0);
 	ck_assert_uint_eq(st.failed, 0);
-	/* And it serves on: 32 blocks in, 32 blocks out, to the byte. */
-	st0 = st;
-	for (int i = 0; i < KEPT; i++)
-		ck_assert_ptr_nonnull(kept[i] = al->malloc(5000, al->arg));
-	for (int i = 0; i < KEPT; i++)
-		al->free(kept[i], al->arg);
-	st = arena_stats(a);
-	ck_assert_uint_eq(st.allocs - st0.allocs, KEPT);
-	ck_assert_uint_eq(st.frees - st0.frees, KEPT);
-	ck_assert_uint_eq(st.used_bytes, st0.used_bytes);
+	/* Nothing is lost: the arena is one free block again. */
+	ck_assert_uint_eq(st.free_blocks, 1);
+	ck_assert_uint_eq(st.largest_free, st.capacity);
 	ossl_proc_arena_free(a);
+	ossl_proc_teardown();
+}
+END_TEST
+
+/* ---- fragmentation and sizing ---- */
+
+/* Allocates @n-byte blocks from @al until it fails, then frees them all;
+ * the number it got. */
+static long
+burst(const struct ossl_proc_allocator *al, size_t n)
+{
+	size_t cap = 1 << 20, got = 0;
+	void **v = malloc(cap * sizeof(*v));
+
+	ck_assert_ptr_nonnull(v);
+	while (got < cap && (v[got] = al->malloc(n, al->arg)))
+		got++;
+	for (size_t i = 0; i < got; i++)
+		al->free(v[i], al->arg);
+	free(v);
+	return (long)got;
+}
+
+/* An empty arena serves any request up to its capacity, whatever was
+ * allocated and freed before: a burst of small blocks, then mixed. */
+START_TEST(arena_empty_serves_capacity)
+{
+	struct ossl_proc_config c = tl_config();
+	struct ossl_proc_arena_stats st;
+	const struct ossl_proc_allocator *al;
+	struct ossl_proc_arena *a;
+	unsigned seed = 7;
+	void *v[256], *all;
+
+	ck_assert_int_eq(ossl_proc_init(&c), 0);
+	a = ossl_proc_arena_new(1 << 20);
+	al = ossl_proc_arena_allocator(a);
+	tl_expect(OSSL_PROC_LOG_ERROR, "is full");
+	ck_assert_int_gt(burst(al, 24), 20000);
+	for (int i = 0; i < 256; i++)
+		v[i] = al->malloc(1 + (size_t)rand_r(&seed) % 6000, al->arg);
+	for (int i = 0; i < 256; i += 2)
+		al->free(v[i], al->arg);
+	for (int i = 1; i < 256; i += 2)
+		al->free(v[i], al->arg);
+	tl_expect(0, NULL);
+	st = arena_stats(a);
+	ck_assert_uint_eq(st.used_bytes, 0);
+	ck_assert_uint_eq(st.free_blocks, 1);
+	ck_assert_uint_eq(st.largest_free, st.capacity);
+	ck_assert_uint_ge(st.capacity, (1 << 20) - 16);
+	all = al->malloc(st.capacity, al->arg);
+	ck_assert_ptr_nonnull(all);
+	memset(all, 0x11, st.capacity);
+	al->free(all, al->arg);
+	ossl_proc_arena_free(a);
+	ossl_proc_teardown();
+}
+END_TEST
+
+/* A worker that does @n verified handshakes on @c and @s and leaves with
+ * exit(), which gives its blocks back; exits 0 when
+ * all completed, else 10 + the number that did. */
+static _Noreturn void
+handshake_worker(SSL_CTX *c, SSL_CTX *s, int n)
+{
+	int done;
+
+	alarm(120);
+	done = tls_handshakes(c, s, n);
+	exit(done == n ? 0 : 10 + (done > 0 ? done : 0));
+}
+
+/*
+ * The review's reproduction: in a 16 MiB shared arena (45 times one
+ * handshake's peak), one worker allocates 24-byte blocks until the arena
+ * is full and frees them all; the workers after it must complete every
+ * handshake (0.2, whose blocks never merged: 1 of 10).
+ */
+START_TEST(arena_burst_then_handshakes)
+{
+	struct ossl_proc_config c = tl_config();
+	const struct ossl_proc_allocator *al;
+	struct ossl_proc_arena *a;
+	struct tls_pki *pki;
+	SSL_CTX *sc, *cc;
+	pid_t pid;
+
+	a = ossl_proc_arena_new(16 << 20);
+	ck_assert_ptr_nonnull(a);
+	al = ossl_proc_arena_allocator(a);
+	c.allocator = al;
+	ck_assert_int_eq(ossl_proc_init(&c), 0);
+	pki = tls_pki_new();
+	ck_assert_ptr_nonnull(pki);
+	sc = tls_server_ctx(pki);
+	cc = tls_client_ctx(pki);
+	ck_assert(sc && cc);
+	/* As a daemon does: OpenSSL's lazy state made before forking. */
+	ck_assert_int_eq(tls_handshakes(cc, sc, 1), 1);
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		tl_expect(OSSL_PROC_LOG_ERROR, "is full");
+		_exit(burst(al, 24) > 100000 ? 0 : 1);
+	}
+	ck_assert_int_eq(reap(pid), 0);
+	ck_assert_uint_eq(arena_stats(a).used_bytes, 0);
+	for (int w = 0; w < 3; w++) {
+		pid = fork();
+		ck_assert_int_ge(pid, 0);
+		if (pid == 0)
+			handshake_worker(cc, sc, 10);
+		ck_assert_msg(reap(pid) == 0, "worker %d after the burst did "
+			      "not complete its 10 handshakes", w);
+	}
+	ck_assert_uint_eq(arena_stats(a).used_bytes, 0);
+	ck_assert_uint_eq(arena_stats(a).free_blocks, 1);
+	SSL_CTX_free(cc);
+	SSL_CTX_free(sc);
+	tls_pki_free(pki);
+	ossl_proc_teardown();
+}
+END_TEST
+
+#define SIZING "allocate from it"
+
+/*
+ * A 1 MiB arena holds the quarantines (64 KiB and an eighth each) of 8
+ * workers and a handshake's peak, not of 9: the ninth worker's first
+ * allocation logs one WARNING saying how to size it; the others none.
+ */
+START_TEST(arena_sizing_warns_once)
+{
+	struct ossl_proc_config c = tl_config();
+	struct ossl_proc_arena *a = ossl_proc_arena_new(1 << 20);
+	int go[2];
+	pid_t pids[10];
+
+	ck_assert_ptr_nonnull(a);
+	c.allocator = ossl_proc_arena_allocator(a);
+	c.quarantine_bytes = 64 * 1024;
+	ck_assert_int_eq(ossl_proc_init(&c), 0);
+	ck_assert_int_eq(pipe(go), 0);
+	for (int i = 0; i < 10; i++) {
+		pids[i] = fork();
+		ck_assert_int_ge(pids[i], 0);
+		if (pids[i] == 0) {
+			char byte;
+			void *p;
+
+			alarm(60);
+			close(go[1]);
+			tl_expect(OSSL_PROC_LOG_WARNING, SIZING);
+			p = OPENSSL_malloc(100);
+			(void)!read(go[0], &byte, 1); /* until all started */
+			OPENSSL_free(p);
+			_exit(p ? tl_count(OSSL_PROC_LOG_WARNING, SIZING) : 9);
+		}
+		/* The next one starts after this one allocated. */
+		while (arena_stats(a).allocs < (uint64_t)i + 1)
+			sched_yield();
+	}
+	close(go[1]);
+	for (int i = 0; i < 10; i++)
+		ck_assert_msg(reap(pids[i]) == (i == 8),
+			      "worker %d: %s WARNING", i + 1,
+			      i == 8 ? "no" : "an unexpected");
+	close(go[0]);
 	ossl_proc_teardown();
 }
 END_TEST
 
 /* ---- processes dying inside the lock (the white-box copy) ---- */
 
+/* Everything comes back: the arena is one free block, the counters
+ * balance, the census finds nothing wrong. */
+static void
+assert_whole(struct ossl_proc_arena *a, const char *when, unsigned n,
+	     int line)
+{
+	struct ossl_proc_arena_stats st = wb_stats(a);
+	struct wb_census cs;
+
+	wb_census(a, &cs);
+	ck_assert_msg(!cs.error, "%s a death at step %u (arena.c:%d): %s",
+		      when, n, line, cs.error);
+	ck_assert_msg(cs.blocks == 1 && cs.free == 1 &&
+		      cs.largest_free == cs.heap_bytes,
+		      "%s a death at step %u (arena.c:%d): %llu blocks, "
+		      "largest free %llu of %llu bytes", when, n, line,
+		      (unsigned long long)cs.blocks,
+		      (unsigned long long)cs.largest_free,
+		      (unsigned long long)cs.heap_bytes);
+	ck_assert_uint_eq(st.used_bytes, 0);
+	ck_assert_uint_eq(st.allocs, st.frees);
+	ck_assert_uint_eq(st.bad_frees, 0);
+	ck_assert_uint_eq(st.free_blocks, 1);
+	ck_assert_uint_eq(st.largest_free, st.capacity);
+}
+
 /*
  * A worker SIGKILLed while it holds the arena's lock.  The hook stops it
- * at the first commit step of an allocation (the block is off its free
- * list, not yet marked live), so it certainly holds the lock when it is
- * killed.  The next locker recovers the lock (EOWNERDEAD): the parent
- * allocates and frees at once, one WARNING says what happened, exactly
- * the block in flight is lost, and once the worker's blocks are reclaimed
- * the counters balance.
+ * at the first commit step of an allocation (a split, its remainder's
+ * header written, the block not yet cut), so it certainly holds the lock
+ * when it is killed.  The next locker recovers the lock (EOWNERDEAD) and
+ * rebuilds: one WARNING says what happened, nothing is lost, and once
+ * the worker's blocks are reclaimed the arena is whole again.
  */
 START_TEST(arena_lock_holder_killed)
 {
 	struct ossl_proc_arena *a = wb_arena_new(64 * 1024);
 	const struct ossl_proc_allocator *al;
 	struct wb_seen *seen = shared_page();
-	struct ossl_proc_arena_stats st;
 	struct wb_census cs;
-	void *kept, *in_flight, *p;
+	void *kept, *p;
 	int status;
 	pid_t pid;
 
 	ck_assert_ptr_nonnull(a);
 	al = wb_arena_allocator(a);
-	/* One block on the 48-byte list, for the worker to take. */
 	kept = al->malloc(40, al->arg);
-	in_flight = al->malloc(40, al->arg);
-	ck_assert(kept && in_flight);
-	al->free(in_flight, al->arg);
+	ck_assert_ptr_nonnull(kept);
 	pid = fork();
 	ck_assert_int_ge(pid, 0);
 	if (pid == 0) {
@@ -497,11 +664,13 @@ START_TEST(arena_lock_holder_killed)
 	ck_assert_int_eq(wb_lock_busy(a), EBUSY);
 	ck_assert_int_eq(kill(pid, SIGKILL), 0);
 	ck_assert_int_eq(reap(pid), 128 + SIGKILL);
+	/* What it left: a sound chain, derived state still to mend. */
+	wb_chain(a, &cs);
+	ck_assert_msg(!cs.error, "%s", cs.error);
 
 	tl_expect(OSSL_PROC_LOG_WARNING, LOCK_DIED);
 	p = al->malloc(40, al->arg);
 	ck_assert_ptr_nonnull(p);
-	ck_assert_ptr_ne(p, in_flight);
 	al->free(p, al->arg);
 	ck_assert_int_eq(tl_count(OSSL_PROC_LOG_WARNING, LOCK_DIED), 1);
 	tl_expect(0, NULL);
@@ -511,20 +680,13 @@ START_TEST(arena_lock_holder_killed)
 	wb_census(a, &cs);
 	ck_assert_msg(!cs.error, "%s", cs.error);
 	ck_assert_uint_eq(cs.owner_deaths, 1);
-	ck_assert_uint_eq(cs.unlisted, 1);
-	ck_assert_uint_eq(cs.unlisted_bytes, 48);
+	ck_assert_uint_eq(cs.rebuilds, 1);
 
 	ck_assert_uint_eq(wb_owned_by(a, pid), 2);
 	ck_assert_int_eq(wb_arena_reclaim(a, pid), 2);
-	st = wb_stats(a);
-	ck_assert_uint_eq(st.allocs - st.frees, 1);
-	ck_assert_uint_eq(st.used_bytes, 48);
+	ck_assert_uint_eq(wb_stats(a).allocs - wb_stats(a).frees, 1);
 	al->free(kept, al->arg);
-	st = wb_stats(a);
-	ck_assert_uint_eq(st.allocs, st.frees);
-	ck_assert_uint_eq(st.used_bytes, 0);
-	ck_assert_uint_eq(st.bad_frees, 0);
-	ck_assert_int_eq(tl_count(OSSL_PROC_LOG_WARNING, LOCK_DIED), 1);
+	assert_whole(a, "after", 1, 0);
 	wb_arena_free(a);
 }
 END_TEST
@@ -535,53 +697,33 @@ END_TEST
  * operations on it (crash_workload) with the hook armed to SIGKILL it at
  * its n-th commit step, for n = 1, 2, ... until a round runs to its end.
  * After each death the parent checks what arena.c's comment promises:
- * the structure is sound (census), at most one block is lost, no block
- * is handed out twice (the parent's blocks keep their patterns, no block
- * is both live and listed, the drain below gets distinct blocks), the
- * lock is recovered with one WARNING, the counters are within one
- * operation of the truth, reclaim frees what the dead processes held,
- * and everything not lost can be allocated again.  Every STEP() line of
+ * the chain of headers is sound right away; the first locker recovers
+ * the lock with one WARNING and rebuilds; no block is handed out twice
+ * (the parent's blocks keep their patterns); the counters are exact;
+ * and once the dead are reclaimed and the parent frees what is its own,
+ * the arena is one free block again: nothing lost.  Every STEP() line of
  * arena.c must be one of the places a worker died.
  */
 #define CRASH_ARENA (64 * 1024)
-#define CRASH_MINE 256
-#define CRASH_DRAIN 4096
+#define CRASH_P 6
 
 struct crash_world {
 	struct ossl_proc_arena *a;
 	const struct ossl_proc_allocator *al;
 	pid_t helper;                   /* died holding 3 blocks */
-	void *p[4], *q[2];              /* 48- and 64-byte blocks */
-	unsigned char *mine[CRASH_MINE];/* the parent's, with patterns */
-	size_t mine_len[CRASH_MINE];
-	int nmine;
+	unsigned char *p[CRASH_P];      /* the parent's 40-byte blocks */
 };
-
-/* The parent's live blocks, each with a pattern of its own. */
-static void *
-crash_keep(struct crash_world *w, size_t n)
-{
-	unsigned char *b = w->al->malloc(n, w->al->arg);
-
-	ck_assert_ptr_nonnull(b);
-	ck_assert_int_lt(w->nmine, CRASH_MINE);
-	memset(b, 1 + w->nmine % 251, n);
-	w->mine[w->nmine] = b;
-	w->mine_len[w->nmine++] = n;
-	return b;
-}
 
 static void
 crash_prepare(struct crash_world *w)
 {
-	struct wb_census cs;
-	uint64_t left;
 	pid_t pid;
 
 	*w = (struct crash_world){ .a = wb_arena_new(CRASH_ARENA) };
 	ck_assert_ptr_nonnull(w->a);
 	w->al = wb_arena_allocator(w->a);
-	/* A process that died outside the lock, holding three blocks. */
+	/* A process that died outside the lock, holding three blocks at
+	 * the start of the heap. */
 	pid = fork();
 	ck_assert_int_ge(pid, 0);
 	if (pid == 0) {
@@ -591,151 +733,40 @@ crash_prepare(struct crash_world *w)
 	}
 	ck_assert_int_eq(reap(pid), 0);
 	w->helper = pid;
-	/* The 48-byte list: p[3], then p[1]; p[0] the worker will free;
-	 * the 64-byte list: q[1], then q[0]. */
-	for (int i = 0; i < 4; i++)
+	/* Then p[0..5] and the rest free; p[1] and p[3] are holes. */
+	for (int i = 0; i < CRASH_P; i++) {
 		w->p[i] = w->al->malloc(40, w->al->arg);
-	for (int i = 0; i < 2; i++)
-		w->q[i] = w->al->malloc(64, w->al->arg);
-	ck_assert(w->p[0] && w->p[1] && w->p[2] && w->p[3] && w->q[0] &&
-		  w->q[1]);
-	memset(w->p[2], 0x5c, 40);
-	w->mine[w->nmine] = w->p[2];
-	w->mine_len[w->nmine++] = 40;
+		ck_assert_ptr_nonnull(w->p[i]);
+		memset(w->p[i], 0x50 + i, 40);
+	}
 	w->al->free(w->p[1], w->al->arg);
 	w->al->free(w->p[3], w->al->arg);
-	w->al->free(w->q[0], w->al->arg);
-	w->al->free(w->q[1], w->al->arg);
-	/* Bump space left for exactly one 48-byte block (16 + 48). */
-	wb_census(w->a, &cs);
-	left = cs.bump_left - 64;
-	while (left >= 4112 + 64) {
-		crash_keep(w, 4096);
-		left -= 4112;
-	}
-	if (left % 32) {
-		crash_keep(w, 32);
-		left -= 48;
-	}
-	for (; left; left -= 32)
-		crash_keep(w, 16);
-	wb_census(w->a, &cs);
-	ck_assert_uint_eq(cs.bump_left, 64);
 }
 
-/* The worker's operations: two pops, the last bump, a borrow from the
- * next class, frees (one of a block its parent allocated), a reclaim
- * of the dead helper.  Exits 0 when all did what they should. */
+/* The worker's operations: a pop without a split, a split, frees that
+ * merge with the next block, with the one before, with both and with
+ * neither (two of them of blocks its parent allocated), a reclaim of the
+ * dead helper.  Exits 0 when all did what they should. */
 static _Noreturn void
 crash_workload(struct crash_world *w)
 {
 	const struct ossl_proc_allocator *al = w->al;
-	void *x[5];
+	unsigned char *x0, *x1, *x2;
 
-	for (int i = 0; i < 4; i++) {
-		if (!(x[i] = al->malloc(40, al->arg)))
-			_exit(3);
-		memset(x[i], 0xee, 40);
-	}
-	al->free(x[0], al->arg);
-	al->free(w->p[0], al->arg);
-	al->free(x[3], al->arg);
-	if (!(x[4] = al->malloc(40, al->arg)))
+	x0 = al->malloc(40, al->arg);              /* p[3]'s hole */
+	x1 = al->malloc(200, al->arg);             /* split of the rest */
+	x2 = al->malloc(40, al->arg);              /* p[1]'s hole */
+	if (!x0 || !x1 || !x2)
 		_exit(3);
-	memset(x[4], 0xee, 40);
+	memset(x1, 0xee, 200);
+	al->free(w->p[5], al->arg);                /* neither */
+	al->free(x1, al->arg);                     /* both */
+	al->free(x2, al->arg);                     /* neither */
+	al->free(w->p[0], al->arg);                /* the next (x2) */
 	if (wb_arena_reclaim(w->a, w->helper) != 3)
 		_exit(4);
-	al->free(x[1], al->arg);
-	al->free(x[2], al->arg);
-	_exit(x[0] == w->p[3] && x[1] == w->p[1] && x[3] == w->q[1] &&
-	      x[4] == w->p[0] ? 0 : 5);
-}
-
-/* Within one operation of the truth: one block of the largest class the
- * workload touches (the helper's 3000 bytes), one block in number. */
-static void
-crash_counters(struct crash_world *w, const struct wb_census *cs,
-	       const char *when, unsigned n, int line)
-{
-	struct ossl_proc_arena_stats st = wb_stats(w->a);
-	int64_t bytes = (int64_t)(st.used_bytes - cs->live_bytes);
-	int64_t blocks = (int64_t)(st.allocs - st.frees - cs->live);
-	int64_t slack = (int64_t)wb_class_size(wb_class_of(3000));
-
-	ck_assert_msg(llabs(bytes) <= slack && llabs(blocks) <= 1 &&
-		      cs->live_counter - cs->live + 1 <= 2,
-		      "%s a death at step %u (arena.c:%d): used_bytes %llu "
-		      "for %llu bytes live, allocs - frees %llu for %llu "
-		      "blocks, live counter %llu", when, n, line,
-		      (unsigned long long)st.used_bytes,
-		      (unsigned long long)cs->live_bytes,
-		      (unsigned long long)(st.allocs - st.frees),
-		      (unsigned long long)cs->live,
-		      (unsigned long long)cs->live_counter);
-	ck_assert_uint_eq(st.bad_frees, 0);
-}
-
-/* Blocks lost: free on no list, or live and owned by nobody (a free
- * that died after linking the block, before marking it free). */
-static uint64_t
-crash_lost(struct crash_world *w, const struct wb_census *cs, pid_t worker)
-{
-	uint64_t owned = wb_owned_by(w->a, getpid()) +
-			 wb_owned_by(w->a, worker) +
-			 wb_owned_by(w->a, w->helper);
-
-	return cs->unlisted + (cs->live - owned);
-}
-
-/* Everything not lost can be allocated again, each block once: the
- * lists' blocks at their class size, then the bump space. */
-static void
-crash_drain(struct crash_world *w, uint64_t lost, unsigned n, int line)
-{
-	static unsigned char *got[CRASH_DRAIN];
-	uint64_t served = 0;
-	struct wb_census cs;
-	int ngot = 0;
-
-	wb_census(w->a, &cs);
-	for (unsigned c = 0; c < WB_NCLASSES; c++) {
-		for (uint64_t i = 0; i < cs.listed_in[c]; i++) {
-			size_t sz = wb_class_size(c);
-
-			ck_assert_int_lt(ngot, CRASH_DRAIN);
-			got[ngot] = w->al->malloc(sz, w->al->arg);
-			ck_assert_ptr_nonnull(got[ngot]);
-			memset(got[ngot], ngot % 251, sz);
-			served += WB_GRAIN + sz;
-			ngot++;
-		}
-	}
-	tl_expect(OSSL_PROC_LOG_ERROR, "is full");
-	for (;;) {
-		ck_assert_int_lt(ngot, CRASH_DRAIN);
-		if (!(got[ngot] = w->al->malloc(16, w->al->arg)))
-			break;
-		memset(got[ngot], ngot % 251, 16);
-		served += WB_GRAIN + 16;
-		ngot++;
-	}
-	tl_expect(0, NULL);
-	wb_census(w->a, &cs);
-	ck_assert_msg(!cs.error, "%s", cs.error);
-	ck_assert_uint_eq(cs.listed, 0);
-	ck_assert_uint_eq(cs.live, ngot + lost - cs.unlisted);
-	ck_assert_uint_lt(cs.bump_left, WB_GRAIN + 16);
-	ck_assert_msg(cs.heap_bytes - cs.bump_left - served <=
-		      (lost ? WB_GRAIN + wb_class_size(wb_class_of(3000)) : 0),
-		      "after a death at step %u (arena.c:%d) %llu of %llu "
-		      "bytes could be allocated again, %llu blocks lost", n,
-		      line, (unsigned long long)served,
-		      (unsigned long long)(cs.heap_bytes - cs.bump_left),
-		      (unsigned long long)lost);
-	for (int i = 0; i < ngot; i++) {
-		ck_assert_uint_eq(got[i][0], i % 251);
-		w->al->free(got[i], w->al->arg);
-	}
+	al->free(x0, al->arg);                     /* neither */
+	_exit(x0 == w->p[3] && x2 == w->p[1] ? 0 : 5);
 }
 
 /* The parent's checks after the worker @pid died at step @n (or ran to
@@ -744,44 +775,50 @@ static void
 crash_check(struct crash_world *w, pid_t pid, bool died, unsigned n,
 	    int line)
 {
+	struct ossl_proc_arena_stats st;
 	struct wb_census cs;
-	uint64_t lost;
 
-	wb_census(w->a, &cs);
-	ck_assert_msg(!cs.error, "after a death at step %u (arena.c:%d): %s",
-		      n, line, cs.error);
-	lost = crash_lost(w, &cs, pid);
-	ck_assert_msg(lost <= (died ? 1u : 0u), "a death at step %u "
-		      "(arena.c:%d) lost %llu blocks", n, line,
-		      (unsigned long long)lost);
-	for (int i = 0; i < w->nmine; i++)
-		for (size_t k = 0; k < w->mine_len[i]; k++)
-			ck_assert_msg(w->mine[i][k] == (i ? 1 + i % 251 : 0x5c),
-				      "after a death at step %u (arena.c:%d) "
-				      "a block the parent holds was handed "
-				      "out", n, line);
+	wb_chain(w->a, &cs);
+	ck_assert_msg(!cs.error, "right after a death at step %u "
+		      "(arena.c:%d): %s", n, line, cs.error);
+	for (int i = 2; i < 5; i += 2)
+		for (size_t k = 0; k < 40; k++)
+			ck_assert_msg(w->p[i][k] == 0x50 + i, "after a death "
+				      "at step %u (arena.c:%d) a block the "
+				      "parent holds was changed", n, line);
 	/* The lock: recovered by the first locker, with one WARNING. */
 	tl_expect(OSSL_PROC_LOG_WARNING, LOCK_DIED);
-	crash_counters(w, &cs, "before reclaiming, after", n, line);
+	st = wb_stats(w->a);
 	ck_assert_int_eq(tl_count(OSSL_PROC_LOG_WARNING, LOCK_DIED), died);
 	tl_expect(0, NULL);
 	wb_census(w->a, &cs);
+	ck_assert_msg(!cs.error, "after a death at step %u (arena.c:%d): %s",
+		      n, line, cs.error);
 	ck_assert_uint_eq(cs.owner_deaths, died);
-	/* What the dead held comes back. */
+	/* The counters are the truth again. */
+	ck_assert_msg(st.used_bytes == cs.live_bytes &&
+		      st.allocs - st.frees == cs.live &&
+		      cs.live_counter == cs.live,
+		      "after a death at step %u (arena.c:%d): used_bytes %llu "
+		      "for %llu bytes live, allocs - frees %llu for %llu "
+		      "blocks", n, line, (unsigned long long)st.used_bytes,
+		      (unsigned long long)cs.live_bytes,
+		      (unsigned long long)(st.allocs - st.frees),
+		      (unsigned long long)cs.live);
+	/* What the dead held comes back, and what is the parent's. */
 	ck_assert_int_ge(wb_arena_reclaim(w->a, pid), 0);
 	ck_assert_int_ge(wb_arena_reclaim(w->a, w->helper), 0);
 	ck_assert_uint_eq(wb_owned_by(w->a, pid), 0);
 	ck_assert_uint_eq(wb_owned_by(w->a, w->helper), 0);
-	wb_census(w->a, &cs);
-	ck_assert_msg(!cs.error, "%s", cs.error);
-	ck_assert_uint_eq(crash_lost(w, &cs, pid), lost);
-	crash_counters(w, &cs, "after reclaiming,", n, line);
-	for (int i = 0; i < w->nmine; i++)
-		w->al->free(w->mine[i], w->al->arg);
-	/* The block the worker was to free, if it is still the parent's. */
+	w->al->free(w->p[2], w->al->arg);
+	w->al->free(w->p[4], w->al->arg);
+	/* The two the worker was to free, if they are still live. */
 	if (wb_owner(w->a, w->p[0]) == getpid())
 		w->al->free(w->p[0], w->al->arg);
-	crash_drain(w, lost, n, line);
+	if (wb_owner(w->a, w->p[5]) == getpid())
+		w->al->free(w->p[5], w->al->arg);
+	ck_assert_uint_eq(wb_owned_by(w->a, getpid()), 0);
+	assert_whole(w->a, died ? "after" : "without", n, line);
 }
 
 START_TEST(arena_crash_at_each_commit_step)
@@ -832,6 +869,38 @@ START_TEST(arena_crash_at_each_commit_step)
 }
 END_TEST
 
+/*
+ * An overflow that overwrites a block's header: the free of that block
+ * is refused, the blocks around it are freed and merged as far as the
+ * damage allows, and the rest of the arena stays usable.
+ */
+START_TEST(arena_header_overwritten)
+{
+	struct ossl_proc_arena *a = wb_arena_new(64 * 1024);
+	const struct ossl_proc_allocator *al = wb_arena_allocator(a);
+	void *b[3], *big;
+	struct wb_census cs;
+
+	for (int i = 0; i < 3; i++)
+		ck_assert_ptr_nonnull(b[i] = al->malloc(100, al->arg));
+	wb_smash_header(b[1]);
+	tl_expect(OSSL_PROC_LOG_ERROR, "not a live block");
+	al->free(b[1], al->arg);
+	ck_assert_uint_eq(wb_stats(a).bad_frees, 1);
+	al->free(b[0], al->arg);
+	al->free(b[2], al->arg);
+	tl_expect(0, NULL);
+	/* The damage is in the chain, where no walk follows it. */
+	wb_chain(a, &cs);
+	ck_assert_ptr_nonnull(cs.error);
+	/* The space after the damage serves a large request still. */
+	big = al->malloc(32 * 1024, al->arg);
+	ck_assert_ptr_nonnull(big);
+	al->free(big, al->arg);
+	wb_arena_free(a);
+}
+END_TEST
+
 int
 main(void)
 {
@@ -851,10 +920,18 @@ main(void)
 	tcase_add_test(tc, arena_workers_killed_at_random);
 	suite_add_tcase(s, tc);
 
+	tc = tcase_create("fragmentation");
+	tcase_set_timeout(tc, 120);
+	tcase_add_test(tc, arena_empty_serves_capacity);
+	tcase_add_test(tc, arena_burst_then_handshakes);
+	tcase_add_test(tc, arena_sizing_warns_once);
+	suite_add_tcase(s, tc);
+
 	tc = tcase_create("crash");
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, arena_lock_holder_killed);
 	tcase_add_test(tc, arena_crash_at_each_commit_step);
+	tcase_add_test(tc, arena_header_overwritten);
 	suite_add_tcase(s, tc);
 	return tl_run(s);
 }

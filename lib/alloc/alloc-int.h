@@ -292,8 +292,10 @@ void budget_return(struct tstate *t);
  * process; with @release, release the rest too (@t's thread is gone). */
 void quarantine_child(struct tstate *t, bool release);
 
-/* arena.c: marks arenas in use as the tracked allocator's backend. */
-void arena_set_in_use(const struct ossl_proc_allocator *al, bool in_use);
+/* arena.c: marks arenas in use as the tracked allocator's backend, which
+ * can hold up to @hold_per_user bytes of it in each process. */
+void arena_set_in_use(const struct ossl_proc_allocator *al, bool in_use,
+		      uint64_t hold_per_user);
 
 /* thread.c */
 /* Initial-exec: one pointer, cheap to reach even from a dlopen'ed copy. */

@@ -6,59 +6,48 @@
  * Layout of the mapping (offsets are from its start, which is the struct
  * ossl_proc_arena, so every process shares the control block):
  *
- *   [control block][start bitmap] | [heap ...........................]
- *                   page boundary ^heap_off       ^bump_off          ^map_len
+ *   [control block][start bitmap] | [heap: blocks, end to end ........]
+ *                   page boundary ^heap_off                    map_len^
  *
- * The heap is cut, front to back by a bump pointer, into blocks that are
- * never split, merged or moved:
+ * The heap is a chain of blocks that covers it exactly, each starting
+ * with a 16-byte header that gives its size and the size of the block
+ * before it (boundary tags), so both neighbours of a block are found in
+ * constant time.  An allocation takes a free block and splits off what it
+ * does not need; a free merges the block with free neighbours.  So an
+ * empty arena is one free block again, whatever happened before, and
+ * serves any request up to its capacity minus one header.  Every payload
+ * is 16-aligned (the heap starts on a page; headers and block sizes are
+ * multiples of 16).
  *
- *   [struct arena_hdr, 16 bytes][payload: class size, a multiple of 16]
+ * Free blocks are on doubly linked lists by size class (16-byte steps up
+ * to 1 KiB, then four per power of two), linked through their last 16
+ * bytes: the front of the payload is not touched, so the tracked
+ * allocator's header inside a released block stays readable.  A request
+ * is served by the first fit among a few blocks of its own class, else by
+ * the first block of the next non-empty class (a bitmap of non-empty
+ * classes finds it with one count-trailing-zeros per 64 classes).
  *
- * so every payload is 16-aligned (the heap starts on a page, headers and
- * class sizes are multiples of 16).  Size classes: 16, 32, 48, 64, then
- * four per power of two (2^b + k 2^(b-2), k = 1..4), so rounding costs at
- * most a quarter of a request above 64 bytes; the class is computed with
- * one count-leading-zeros.  A freed block goes on the LIFO list of its
- * class, linked through its header (the payload is not touched, so the
- * tracked allocator's header inside it stays readable after release), and
- * serves the next request of that class.  A request is served from its
- * class's list, else from the bump pointer, else from the list of one of
- * the next four classes (at most twice the size); else it fails.
- *
- * The start bitmap has one bit per 16-byte granule of the heap, set when
- * the bump pointer writes a block header there.  Since blocks never
- * change, a set bit below the bump pointer is exactly a block start: a
- * free of an interior pointer is refused without trusting bytes that the
- * payload's owner can write.
+ * The start bitmap has one bit per 16-byte granule of the heap, set where
+ * a block starts.  It lives outside the heap, where no overflow of a
+ * payload reaches: a free of an interior pointer is refused without
+ * trusting bytes the payload's owner can write.
  *
  * One robust, process-shared mutex in the control block serialises every
- * operation.  A process dying while it holds the lock (EOWNERDEAD) leaves
- * the structure consistent, because each operation commits in steps whose
- * every prefix is a valid state (the steps are fenced against compiler
- * reordering; the kernel has made all of a dead process's stores visible
- * before it hands the lock on):
+ * operation.  The chain of headers is the arena's truth; lists, bitmap,
+ * neighbours' back sizes and counters are derived from it.  Every
+ * operation changes the chain with one store (a block's size, or its
+ * state), having written everything that store makes visible first, so
+ * every prefix of an operation leaves a walkable chain.  When a process
+ * dies holding the lock (EOWNERDEAD), or a list link fails its check, the
+ * next holder rebuilds everything derived from one walk of the chain
+ * (arena_rebuild): nothing is lost but an allocation in flight (then live
+ * and owned by the dead process, so ossl_proc_arena_reclaim() frees it)
+ * or a free in flight (the block stays live: one block leaked).
  *
- *  - pop from a list: head = next, then the block is marked live.  Dying
- *    in between leaks that block (free, on no list).
- *  - push on a list: hdr.next = head, hdr.state = free, head = block.
- *    Dying after the state changed but before head moved leaks the block.
- *  - bump: the header is written and its bitmap bit set beyond the bump
- *    pointer, then the pointer moves.  Dying before the move leaves
- *    nothing behind (the next bump rewrites the same place); after it,
- *    the new live block leaks.
- *  - counters are updated after the structure: they can miss the one
- *    operation in flight (used_bytes then stays high by that block, or
- *    allocs/frees are short by one).
- *
- * So each death inside the lock costs at most one block; blocks a dead
- * worker held (outside the lock) stay allocated, as with any allocator.
- *
- * A free list is not trusted either: the block at a list's head is checked
- * (inside the heap, a block start, header intact, free, of that class)
- * before it is unlinked; a list that fails the check is dropped (its
- * blocks leak) and logged, so an overflow that reaches a header can cost
- * memory but never makes the arena hand out memory outside the mapping or
- * a block twice.
+ * A header that fails its check during that walk (an overflow wrote over
+ * it) cannot be followed: the walk resumes at the next granule the bitmap
+ * marks whose header is sound, and the bytes in between are fenced off as
+ * a lost block that is never handed out or merged (logged once).
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -70,14 +59,19 @@
 #include "alloc-int.h"
 
 #define ARENA_MAGIC 0x6f73736c61726e61ull /* "osslarna" */
-#define HDR_MAGIC 0x41524e42u             /* "ARNB", xor the class */
+#define HDR_MAGIC 0x41524e42u             /* "ARNB", xor the state */
 #define ST_BLK_LIVE 0x4c56u
 #define ST_BLK_FREE 0x4652u
+#define ST_BLK_LOST 0x4c53u               /* fenced off after corruption */
 #define GRAIN 16u
+#define MIN_BLOCK 2u                      /* grains: header + links */
 #define MIN_CAPACITY ((size_t)64 * 1024)
-#define MAX_CLASS_LOG2 46 /* largest class: 2^47 bytes */
-#define ARENA_CLASSES (4 + (MAX_CLASS_LOG2 - 6 + 1) * 4)
-#define BORROW_CLASSES 4
+#define MAX_CAPACITY ((size_t)1 << 35)    /* sizes in grains fit 32 bits */
+#define SMALL_LIMIT 1024u                 /* 16-byte classes below it */
+#define ARENA_CLASSES (SMALL_LIMIT / GRAIN + (35 - 10 + 1) * 4)
+#define CLASS_WORDS ((ARENA_CLASSES + 63) / 64)
+#define FIRST_FIT_TRIES 8
+#define ARENA_USERS 64
 #define MAX_ARENAS 64
 
 /* Compiler barrier between the commit steps described above (a white-box
@@ -87,19 +81,23 @@
 #endif
 
 struct arena_hdr {
-	uint32_t magic;     /* HDR_MAGIC ^ klass */
-	uint16_t klass;
-	uint16_t state;     /* ST_BLK_LIVE or ST_BLK_FREE */
-	uint64_t next;      /* free: offset of the next free header, 0: end;
-			       live: pid of the process that allocated it */
+	uint32_t magic;     /* HDR_MAGIC ^ state */
+	uint32_t owner;     /* live: pid of the process that allocated it */
+	uint32_t size_g;    /* grains of this block, its header included */
+	uint32_t prev_g;    /* grains of the block before it; 0: first */
+};
+
+/* In the last 16 bytes of a free block: offsets of headers, 0: none. */
+struct arena_links {
+	uint64_t next, prev;
 };
 
 _Static_assert(sizeof(struct arena_hdr) == GRAIN, "header is one grain");
-_Static_assert(ARENA_CLASSES < 65536, "class fits the header");
+_Static_assert(sizeof(struct arena_links) == GRAIN, "links are one grain");
 
 /* Why a free was refused. */
 enum bad_reason {
-	ARENA_BAD_OUTSIDE,        /* not inside the used part of the heap */
+	ARENA_BAD_OUTSIDE,        /* not inside the heap */
 	ARENA_BAD_MISALIGNED,     /* not 16-aligned */
 	ARENA_BAD_NOT_START,      /* inside a block, not its start */
 	ARENA_BAD_CORRUPT,        /* block start whose header was overwritten */
@@ -108,7 +106,7 @@ enum bad_reason {
 };
 
 static const char *const bad_reason_text[ARENA_BAD_NREASONS] = {
-	[ARENA_BAD_OUTSIDE] = "outside the arena's allocated memory",
+	[ARENA_BAD_OUTSIDE] = "outside the arena's heap",
 	[ARENA_BAD_MISALIGNED] = "not 16-byte aligned",
 	[ARENA_BAD_NOT_START] = "inside a block, not at its start",
 	[ARENA_BAD_CORRUPT] = "its block header was overwritten (overflow?)",
@@ -123,16 +121,23 @@ struct ossl_proc_arena {
 	uint64_t map_len;
 	uint64_t bitmap_off;     /* uint64_t words, one bit per heap grain */
 	uint64_t heap_off;
-	uint64_t bump_off;       /* first unused heap byte */
-	uint64_t free_head[ARENA_CLASSES]; /* offsets of headers, 0: empty */
+	uint64_t head[ARENA_CLASSES];    /* offsets of headers, 0: empty */
+	uint64_t nonempty[CLASS_WORDS];  /* bit c: head[c] != 0 */
 	/* Counters, under the lock. */
 	struct ossl_proc_arena_stats st;
-	uint64_t live_blocks, carved_blocks, list_drops, owner_deaths;
+	uint64_t live_blocks, owner_deaths, rebuilds, lost_bytes;
+	/* Sizing: processes that allocated here, and what each can hold
+	 * back in its quarantines (set by the tracked allocator). */
+	uint64_t hold_per_user;
+	uint32_t nusers;
+	pid_t users[ARENA_USERS];
+	uint32_t slot;           /* this arena's registry index */
 	/* Logging state, under the lock: each event is logged once per
 	 * arena, not once per process. */
 	uint64_t full_rearm_below; /* used_bytes under which "full" is
 				      logged again */
-	atomic_bool full_logged, too_large_logged, corrupt_logged, bad_logged;
+	atomic_bool full_logged, too_large_logged, corrupt_logged, bad_logged,
+		    sizing_logged;
 };
 
 /*
@@ -142,7 +147,10 @@ struct ossl_proc_arena {
  * check an arena without touching memory that may be unmapped already.
  */
 static _Atomic uintptr_t registry[MAX_ARENAS];
-static atomic_bool notrecoverable_logged;
+/* The pid each arena last saw allocate in this process: a new process
+ * registers as a user once (arena_note_user). */
+static pid_t user_seen[MAX_ARENAS];
+static atomic_bool notrecoverable_logged, reentry_logged;
 
 static void *arena_malloc(size_t size, void *arg);
 static void arena_free(void *ptr, void *arg);
@@ -151,37 +159,18 @@ static void arena_free(void *ptr, void *arg);
 /* Size classes                                                        */
 /* ------------------------------------------------------------------ */
 
-/* Class of a request of @n bytes and its size; ARENA_CLASSES if too large. */
+/* The class of a free block of @bytes (>= 32, a multiple of 16): blocks
+ * of class c are smaller than those of class c + 1. */
 static unsigned
-arena_size_class(size_t n, size_t *rounded)
+arena_class_of(uint64_t bytes)
 {
-	unsigned b, k;
+	unsigned b;
 
-	if (n <= 64) {
-		unsigned c = n ? (unsigned)((n - 1) / 16) : 0;
-
-		*rounded = (size_t)(c + 1) * 16;
-		return c;
-	}
-	b = 63 - (unsigned)__builtin_clzll((unsigned long long)(n - 1));
-	if (b > MAX_CLASS_LOG2)
-		return ARENA_CLASSES;
-	k = (unsigned)((n - 1) >> (b - 2)) - 4;     /* 0..3 */
-	*rounded = (size_t)(k + 5) << (b - 2);
-	return 4 + (b - 6) * 4 + k;
-}
-
-/* Payload size of class @c (the inverse of size_class). */
-static size_t
-arena_class_size(unsigned c)
-{
-	unsigned b, k;
-
-	if (c < 4)
-		return (size_t)(c + 1) * 16;
-	b = (c - 4) / 4 + 6;
-	k = (c - 4) % 4;
-	return (size_t)(k + 5) << (b - 2);
+	if (bytes < SMALL_LIMIT)
+		return (unsigned)(bytes / GRAIN);
+	b = 63u - (unsigned)__builtin_clzll((unsigned long long)bytes);
+	return SMALL_LIMIT / GRAIN + (b - 10) * 4 +
+	       (unsigned)((bytes >> (b - 2)) & 3);
 }
 
 /* ------------------------------------------------------------------ */
@@ -192,6 +181,19 @@ static struct arena_hdr *
 hdr_at(struct ossl_proc_arena *a, uint64_t off)
 {
 	return (struct arena_hdr *)((char *)a + off);
+}
+
+static uint64_t
+blk_bytes(const struct arena_hdr *h)
+{
+	return (uint64_t)h->size_g * GRAIN;
+}
+
+static struct arena_links *
+links_of(struct ossl_proc_arena *a, uint64_t off)
+{
+	return (struct arena_links *)((char *)a + off +
+				      blk_bytes(hdr_at(a, off)) - GRAIN);
 }
 
 static uint64_t *
@@ -211,14 +213,45 @@ is_block_start(struct ossl_proc_arena *a, uint64_t off)
 	return *w & bit;
 }
 
+static void
+mark_start(struct ossl_proc_arena *a, uint64_t off, bool start)
+{
+	uint64_t bit, *w = bitmap_word(a, off, &bit);
+
+	*w = start ? *w | bit : *w & ~bit;
+}
+
+static uint32_t
+hdr_state(const struct arena_hdr *h)
+{
+	return h->magic ^ HDR_MAGIC;
+}
+
+static void
+set_state(struct arena_hdr *h, uint32_t state)
+{
+	h->magic = HDR_MAGIC ^ state;
+}
+
+/* A header at @off that can be followed: a known state, a size that
+ * stays inside the heap. */
+static bool
+hdr_sound(struct ossl_proc_arena *a, uint64_t off)
+{
+	struct arena_hdr *h = hdr_at(a, off);
+	uint32_t s = hdr_state(h);
+
+	return (s == ST_BLK_LIVE || s == ST_BLK_FREE || s == ST_BLK_LOST) &&
+	       h->size_g >= MIN_BLOCK &&
+	       h->size_g <= (a->map_len - off) / GRAIN;
+}
+
 /* The header of the block at offset @off (any value), or NULL and why. */
 static struct arena_hdr *
 block_at(struct ossl_proc_arena *a, uint64_t off, enum bad_reason *why)
 {
-	struct arena_hdr *h;
-	uint64_t end = a->bump_off < a->map_len ? a->bump_off : a->map_len;
-
-	if (off < a->heap_off || off >= end || end - off < 2 * GRAIN) {
+	if (off < a->heap_off || off >= a->map_len ||
+	    a->map_len - off < MIN_BLOCK * GRAIN) {
 		*why = ARENA_BAD_OUTSIDE;
 		return NULL;
 	}
@@ -230,76 +263,273 @@ block_at(struct ossl_proc_arena *a, uint64_t off, enum bad_reason *why)
 		*why = ARENA_BAD_NOT_START;
 		return NULL;
 	}
-	h = hdr_at(a, off);
-	if (h->klass >= ARENA_CLASSES || h->magic != (HDR_MAGIC ^ h->klass) ||
-	    (h->state != ST_BLK_LIVE && h->state != ST_BLK_FREE) ||
-	    end - off - GRAIN < arena_class_size(h->klass)) {
+	if (!hdr_sound(a, off)) {
 		*why = ARENA_BAD_CORRUPT;
 		return NULL;
 	}
-	return h;
+	return hdr_at(a, off);
 }
 
-/* Unlinks the head of list @c: 0 if it is empty or had to be dropped
- * (then *@corrupt = @c + 1). */
+/* The block after @off, or 0 at the end of the heap. */
 static uint64_t
-list_pop(struct ossl_proc_arena *a, unsigned c, unsigned *corrupt)
+next_of(struct ossl_proc_arena *a, uint64_t off)
 {
-	uint64_t off = a->free_head[c];
-	enum bad_reason why;
-	struct arena_hdr *h;
+	uint64_t n = off + blk_bytes(hdr_at(a, off));
 
-	if (!off)
+	return n < a->map_len ? n : 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Free lists                                                          */
+/* ------------------------------------------------------------------ */
+
+static void
+list_push(struct ossl_proc_arena *a, uint64_t off)
+{
+	unsigned c = arena_class_of(blk_bytes(hdr_at(a, off)));
+	struct arena_links *l = links_of(a, off);
+	uint64_t head = a->head[c];
+
+	l->next = head;
+	l->prev = 0;
+	if (head)
+		links_of(a, head)->prev = off;
+	a->head[c] = off;
+	a->nonempty[c / 64] |= 1ull << (c % 64);
+}
+
+/* A free block that @link may name: false if it cannot be vouched for. */
+static bool
+link_sound(struct ossl_proc_arena *a, uint64_t link)
+{
+	return link >= a->heap_off && link < a->map_len &&
+	       !((link - a->heap_off) % GRAIN) && is_block_start(a, link) &&
+	       hdr_sound(a, link) && hdr_state(hdr_at(a, link)) == ST_BLK_FREE;
+}
+
+/* Unlinks free block @off; false (nothing changed) when its links or its
+ * neighbours' do not agree: the lists are then corrupted. */
+static bool
+list_unlink(struct ossl_proc_arena *a, uint64_t off)
+{
+	unsigned c = arena_class_of(blk_bytes(hdr_at(a, off)));
+	struct arena_links *l = links_of(a, off);
+	uint64_t next = l->next, prev = l->prev;
+
+	if ((next && (!link_sound(a, next) || links_of(a, next)->prev != off)) ||
+	    (prev && (!link_sound(a, prev) || links_of(a, prev)->next != off)) ||
+	    (!prev && a->head[c] != off))
+		return false;
+	if (next)
+		links_of(a, next)->prev = prev;
+	if (prev)
+		links_of(a, prev)->next = next;
+	else
+		a->head[c] = next;
+	if (!a->head[c])
+		a->nonempty[c / 64] &= ~(1ull << (c % 64));
+	return true;
+}
+
+/* The first non-empty class from @c on, or ARENA_CLASSES. */
+static unsigned
+class_from(struct ossl_proc_arena *a, unsigned c)
+{
+	for (unsigned w = c / 64; w < CLASS_WORDS; w++) {
+		uint64_t bits = a->nonempty[w];
+
+		if (w == c / 64)
+			bits &= ~0ull << (c % 64);
+		if (bits)
+			return w * 64 + (unsigned)__builtin_ctzll(bits);
+	}
+	return ARENA_CLASSES;
+}
+
+/* A free block of at least @need bytes, or 0; *@corrupt when a list
+ * failed its check on the way. */
+static uint64_t
+find_fit(struct ossl_proc_arena *a, uint64_t need, bool *corrupt)
+{
+	unsigned c = arena_class_of(need), k;
+	uint64_t off = a->head[c];
+
+	for (int i = 0; off && i < FIRST_FIT_TRIES; i++) {
+		if (!link_sound(a, off)) {
+			*corrupt = true;
+			return 0;
+		}
+		if (blk_bytes(hdr_at(a, off)) >= need)
+			return off;
+		off = links_of(a, off)->next;
+	}
+	k = class_from(a, c + 1);
+	if (k == ARENA_CLASSES)
 		return 0;
-	h = block_at(a, off, &why);
-	if (!h || h->state != ST_BLK_FREE || h->klass != c) {
-		/* Never follow a link that cannot be vouched for: this
-		 * list's blocks leak, the arena stays sound. */
-		a->free_head[c] = 0;
-		a->list_drops++;
-		*corrupt = c + 1;
+	if (!link_sound(a, a->head[k])) {
+		*corrupt = true;
 		return 0;
 	}
-	a->free_head[c] = h->next;
+	return a->head[k];
+}
+
+/* ------------------------------------------------------------------ */
+/* Split, merge, rebuild                                               */
+/* ------------------------------------------------------------------ */
+
+/* Sets the back size of the block after @off, if there is one. */
+static void
+fix_next_prev(struct ossl_proc_arena *a, uint64_t off)
+{
+	uint64_t n = next_of(a, off);
+
+	if (n)
+		hdr_at(a, n)->prev_g = hdr_at(a, off)->size_g;
+}
+
+/* Unlinked free block @off keeps @need bytes; the rest, if it can be a
+ * block, becomes a free block of its own (on its list). */
+static void
+split(struct ossl_proc_arena *a, uint64_t off, uint64_t need)
+{
+	struct arena_hdr *h = hdr_at(a, off), *r;
+	uint64_t rest = blk_bytes(h) - need, roff = off + need;
+
+	if (rest < MIN_BLOCK * GRAIN)
+		return;
+	r = hdr_at(a, roff);
+	r->owner = 0;
+	r->size_g = (uint32_t)(rest / GRAIN);
+	r->prev_g = (uint32_t)(need / GRAIN);
+	set_state(r, ST_BLK_FREE);
+	mark_start(a, roff, true);
 	STEP();
-	h->next = (uint64_t)proc_self();
-	h->state = ST_BLK_LIVE;
+	h->size_g = (uint32_t)(need / GRAIN);   /* the commit */
 	STEP();
-	return off;
+	fix_next_prev(a, roff);
+	list_push(a, roff);
+}
+
+/* Free block @off (on no list) absorbs the free block after it, if
+ * there is one and it can be unlinked; false on a corrupted list. */
+static bool
+merge_next(struct ossl_proc_arena *a, uint64_t off)
+{
+	struct arena_hdr *h = hdr_at(a, off);
+	uint64_t n = next_of(a, off);
+
+	if (!n || !is_block_start(a, n) || !hdr_sound(a, n) ||
+	    hdr_state(hdr_at(a, n)) != ST_BLK_FREE ||
+	    hdr_at(a, n)->prev_g != h->size_g)
+		return true;
+	if (!list_unlink(a, n))
+		return false;
+	h->size_g += hdr_at(a, n)->size_g;      /* the commit */
+	STEP();
+	mark_start(a, n, false);
+	fix_next_prev(a, off);
+	return true;
+}
+
+/* The free block before @off, if it is one; 0 otherwise. */
+static uint64_t
+free_before(struct ossl_proc_arena *a, uint64_t off)
+{
+	uint32_t pg = hdr_at(a, off)->prev_g;
+	uint64_t p;
+
+	if (!pg || (uint64_t)pg * GRAIN > off - a->heap_off)
+		return 0;
+	p = off - (uint64_t)pg * GRAIN;
+	if (!is_block_start(a, p) || !hdr_sound(a, p) ||
+	    hdr_state(hdr_at(a, p)) != ST_BLK_FREE ||
+	    hdr_at(a, p)->size_g != pg)
+		return 0;
+	return p;
 }
 
 static void
-list_push(struct ossl_proc_arena *a, uint64_t off, struct arena_hdr *h)
+clear_lists(struct ossl_proc_arena *a)
 {
-	h->next = a->free_head[h->klass];
-	STEP();
-	h->state = ST_BLK_FREE;
-	STEP();
-	a->free_head[h->klass] = off;
-	STEP();
+	memset(a->head, 0, sizeof(a->head));
+	memset(a->nonempty, 0, sizeof(a->nonempty));
 }
 
-/* A new block of class @c from the bump pointer, or 0. */
+/* The next granule after @off that the bitmap marks with a sound header,
+ * or the end of the heap. */
 static uint64_t
-bump_carve(struct ossl_proc_arena *a, unsigned c, size_t rounded)
+resync(struct ossl_proc_arena *a, uint64_t off)
 {
-	uint64_t off = a->bump_off, bit, *w;
-	struct arena_hdr *h;
+	for (off += GRAIN; off < a->map_len; off += GRAIN)
+		if (is_block_start(a, off) && hdr_sound(a, off))
+			return off;
+	return a->map_len;
+}
 
-	if (off > a->map_len || a->map_len - off < GRAIN + (uint64_t)rounded)
-		return 0;
-	h = hdr_at(a, off);
-	h->magic = HDR_MAGIC ^ c;
-	h->klass = (uint16_t)c;
-	h->state = ST_BLK_LIVE;
-	h->next = (uint64_t)proc_self();
-	w = bitmap_word(a, off, &bit);
-	*w |= bit;
-	STEP();
-	a->bump_off = off + GRAIN + rounded;
-	STEP();
-	a->carved_blocks++;
-	return off;
+/* The block at @off of the rebuild walk, made sound: a header that cannot
+ * be followed becomes a lost block up to the next sound one. */
+static void
+rebuild_fence(struct ossl_proc_arena *a, uint64_t off, uint32_t prev_g)
+{
+	uint64_t end = resync(a, off);
+	struct arena_hdr *h = hdr_at(a, off);
+
+	h->owner = 0;
+	h->size_g = (uint32_t)((end - off) / GRAIN);
+	h->prev_g = prev_g;
+	set_state(h, ST_BLK_LOST);
+	a->lost_bytes += end - off;
+}
+
+/*
+ * Under the lock: everything derived from the chain of headers made
+ * true again.  One walk: back sizes, the bitmap, adjacent free blocks
+ * merged, lists and counters rebuilt.  Returns the bytes fenced off by
+ * this walk (corrupted headers).
+ */
+static uint64_t
+arena_rebuild(struct ossl_proc_arena *a)
+{
+	uint64_t words = (a->map_len - a->heap_off) / GRAIN / 64 + 1;
+	uint64_t lost0 = a->lost_bytes, used = 0, live = 0, prev = 0;
+	uint32_t prev_g = 0;
+
+	clear_lists(a);
+	for (uint64_t off = a->heap_off; off < a->map_len;) {
+		struct arena_hdr *h = hdr_at(a, off);
+
+		if (!hdr_sound(a, off))
+			rebuild_fence(a, off, prev_g);
+		h->prev_g = prev_g;
+		if (prev && hdr_state(h) == ST_BLK_FREE &&
+		    hdr_state(hdr_at(a, prev)) == ST_BLK_FREE) {
+			hdr_at(a, prev)->size_g += h->size_g;
+			off = prev + blk_bytes(hdr_at(a, prev));
+			prev_g = hdr_at(a, prev)->size_g;
+			continue;
+		}
+		if (hdr_state(h) == ST_BLK_LIVE) {
+			used += blk_bytes(h) - GRAIN;
+			live++;
+		}
+		prev = off;
+		prev_g = h->size_g;
+		off += blk_bytes(h);
+	}
+	/* The bitmap and the lists from the merged chain. */
+	memset((char *)a + a->bitmap_off, 0, words * sizeof(uint64_t));
+	for (uint64_t off = a->heap_off; off < a->map_len;
+	     off += blk_bytes(hdr_at(a, off))) {
+		mark_start(a, off, true);
+		if (hdr_state(hdr_at(a, off)) == ST_BLK_FREE)
+			list_push(a, off);
+	}
+	a->st.used_bytes = used;
+	a->live_blocks = live;
+	/* allocs - frees counts the live blocks again. */
+	a->st.frees = a->st.allocs >= live ? a->st.allocs - live : 0;
+	a->rebuilds++;
+	return a->lost_bytes - lost0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -307,12 +537,17 @@ bump_carve(struct ossl_proc_arena *a, unsigned c, size_t rounded)
 /* ------------------------------------------------------------------ */
 
 /* 0 with the lock held, or an errno.  *@died is set when the previous
- * owner died holding it; the structure is consistent all the same. */
+ * owner died holding it; what it left is rebuilt before this returns. */
 static int
 arena_lock(struct ossl_proc_arena *a, bool *died)
 {
-	int rc = pthread_mutex_lock(&a->lock);
+	bool waited = false;
+	int rc = pthread_mutex_trylock(&a->lock);
 
+	if (rc == EBUSY) {
+		waited = true;
+		rc = pthread_mutex_lock(&a->lock);
+	}
 	*died = false;
 	if (rc == EOWNERDEAD) {
 		rc = pthread_mutex_consistent(&a->lock);
@@ -323,7 +558,12 @@ arena_lock(struct ossl_proc_arena *a, bool *died)
 			return rc;
 		}
 		a->owner_deaths++;
+		arena_rebuild(a);
 		*died = true;
+	}
+	if (!rc) {
+		a->st.lock_ops++;
+		a->st.lock_waits += waited;
 	}
 	return rc;
 }
@@ -335,14 +575,81 @@ log_lock_outcome(struct ossl_proc_arena *a, int rc, bool died,
 {
 	if (died)
 		log_warn("shared arena %p: a process died while holding its "
-			 "lock (%llu time(s) so far); the arena stays "
-			 "consistent and usable, at most one block per such "
-			 "death is leaked and the counters may miss that "
-			 "operation", (void *)a, (unsigned long long)deaths);
-	if (rc && log_once(&notrecoverable_logged))
+			 "lock (%llu time(s) so far); the arena was rebuilt "
+			 "and stays usable, at most the one block that "
+			 "process was freeing is leaked", (void *)a,
+			 (unsigned long long)deaths);
+	if (rc == EDEADLK && log_once(&reentry_logged))
+		log_error("shared arena %p: entered again by a thread that "
+			  "holds its lock (from a signal handler?): that "
+			  "allocation fails or that free is skipped; do not "
+			  "call OpenSSL from signal handlers (logged once)",
+			  (void *)a);
+	else if (rc && rc != EDEADLK && log_once(&notrecoverable_logged))
 		log_error("shared arena %p: cannot take its lock (%s): "
 			  "allocations fail and frees are skipped (memory "
 			  "leaks) from now on", (void *)a, strerror(rc));
+}
+
+/* Under the lock: the lists failed a check; rebuilt from the chain. */
+static void
+lists_corrupted(struct ossl_proc_arena *a, bool *log)
+{
+	arena_rebuild(a);
+	*log = log_once(&a->corrupt_logged);
+}
+
+static void
+log_corrupt(struct ossl_proc_arena *a)
+{
+	log_error("shared arena %p: a free list link was overwritten "
+		  "(probably by a buffer overflow in a block before it); the "
+		  "arena was rebuilt from its block headers, %llu bytes "
+		  "fenced off so far (logged once)", (void *)a,
+		  (unsigned long long)a->lost_bytes);
+}
+
+/* ------------------------------------------------------------------ */
+/* Sizing                                                              */
+/* ------------------------------------------------------------------ */
+
+/* What one worker's handshake needs at its peak (measured: 349 KiB for a
+ * verified TLS 1.3 handshake with a 2048-bit RSA key, plus a margin). */
+#define HANDSHAKE_PEAK ((uint64_t)400 * 1024)
+
+/* Under the lock, once per process and arena: @pid allocates here.
+ * True when the arena now serves more processes than it can hold the
+ * quarantines of (to be logged once). */
+static bool
+note_user(struct ossl_proc_arena *a, pid_t pid)
+{
+	uint32_t n = 0;
+
+	for (uint32_t i = 0; i < a->nusers; i++)
+		if (a->users[i] != pid &&
+		    (kill(a->users[i], 0) == 0 || errno != ESRCH))
+			a->users[n++] = a->users[i];
+	if (n < ARENA_USERS)
+		a->users[n++] = pid;
+	a->nusers = n;
+	return a->hold_per_user &&
+	       n * a->hold_per_user + HANDSHAKE_PEAK > a->st.capacity &&
+	       log_once(&a->sizing_logged);
+}
+
+static void
+log_sizing(struct ossl_proc_arena *a, uint32_t users)
+{
+	log_warn("shared arena %p: %u processes allocate from it, and each "
+		 "can hold up to %llu bytes of it in its quarantine; with a "
+		 "handshake's peak (about %llu bytes) that is more than its "
+		 "%llu bytes, so allocations will fail under load: create "
+		 "it with at least processes x (quarantine + 9/8) + 400 KiB "
+		 "per concurrent handshake, or lower quarantine_bytes "
+		 "(logged once)", (void *)a, users,
+		 (unsigned long long)a->hold_per_user,
+		 (unsigned long long)HANDSHAKE_PEAK,
+		 (unsigned long long)a->st.capacity);
 }
 
 /* ------------------------------------------------------------------ */
@@ -351,9 +658,9 @@ log_lock_outcome(struct ossl_proc_arena *a, int rc, bool died,
 
 /* What arena_malloc() found worth logging, logged after unlocking. */
 struct malloc_event {
-	bool full, too_large;
-	unsigned corrupt;      /* class + 1 of a dropped list, 0: none */
-	uint64_t used, carved_free, failed, capacity;
+	bool full, too_large, corrupt, sizing;
+	uint32_t users;
+	uint64_t used, failed, capacity;
 };
 
 static void
@@ -361,11 +668,9 @@ log_malloc_event(struct ossl_proc_arena *a, size_t size,
 		 const struct malloc_event *ev)
 {
 	if (ev->corrupt)
-		log_error("shared arena %p: the free list of %zu-byte blocks "
-			  "is corrupted (a block header was overwritten, "
-			  "probably by a buffer overflow); the list is "
-			  "dropped and its blocks are leaked (logged once)",
-			  (void *)a, arena_class_size(ev->corrupt - 1));
+		log_corrupt(a);
+	if (ev->sizing)
+		log_sizing(a, ev->users);
 	if (ev->too_large)
 		log_error("shared arena %p: a request of %zu bytes can never "
 			  "fit in its %llu bytes; such requests fail (logged "
@@ -373,15 +678,58 @@ log_malloc_event(struct ossl_proc_arena *a, size_t size,
 			  (unsigned long long)ev->capacity);
 	if (ev->full)
 		log_error("shared arena %p is full: a request of %zu bytes "
-			  "failed with %llu of %llu bytes in use and %llu "
-			  "bytes in free blocks of other sizes (%llu "
+			  "failed with %llu of %llu bytes in use (%llu "
 			  "failure(s) so far); create it larger with "
 			  "ossl_proc_arena_new() (logged again only after a "
 			  "quarter of the memory in use is freed)",
 			  (void *)a, size, (unsigned long long)ev->used,
 			  (unsigned long long)ev->capacity,
-			  (unsigned long long)ev->carved_free,
 			  (unsigned long long)ev->failed);
+}
+
+/* Under the lock: a block of @need bytes (header included), or 0. */
+static uint64_t
+take_block(struct ossl_proc_arena *a, uint64_t need, bool *corrupt)
+{
+	uint64_t off = find_fit(a, need, corrupt);
+
+	if (!off && *corrupt) {
+		lists_corrupted(a, corrupt);
+		off = find_fit(a, need, &(bool){ false });
+	}
+	if (!off)
+		return 0;
+	if (!list_unlink(a, off)) {
+		lists_corrupted(a, corrupt);
+		return 0;
+	}
+	split(a, off, need);
+	hdr_at(a, off)->owner = (uint32_t)proc_self();
+	set_state(hdr_at(a, off), ST_BLK_LIVE);     /* the commit */
+	STEP();
+	return off;
+}
+
+/* Under the lock: the counters and logging decisions of a malloc. */
+static void
+count_malloc(struct ossl_proc_arena *a, uint64_t off, uint64_t need,
+	     struct malloc_event *ev)
+{
+	if (off) {
+		a->st.allocs++;
+		a->live_blocks++;
+		a->st.used_bytes += blk_bytes(hdr_at(a, off)) - GRAIN;
+		if (a->st.used_bytes > a->st.peak_bytes)
+			a->st.peak_bytes = a->st.used_bytes;
+		return;
+	}
+	a->st.failed++;
+	if (need > a->st.capacity) {
+		ev->too_large = log_once(&a->too_large_logged);
+	} else if (log_once(&a->full_logged)) {
+		ev->full = true;
+		a->full_rearm_below = a->st.used_bytes - a->st.used_bytes / 4;
+	}
 }
 
 static void *
@@ -389,9 +737,8 @@ arena_malloc(size_t size, void *arg)
 {
 	struct ossl_proc_arena *a = arg;
 	struct malloc_event ev = { 0 };
-	uint64_t off = 0, deaths, overhead;
-	size_t rounded = 0;
-	unsigned c = arena_size_class(size, &rounded);
+	uint64_t off = 0, deaths, need = 0;
+	pid_t self = proc_self();
 	bool died;
 	int rc;
 
@@ -401,66 +748,88 @@ arena_malloc(size_t size, void *arg)
 		return NULL;
 	}
 	deaths = a->owner_deaths;
-	if (c < ARENA_CLASSES) {
-		off = list_pop(a, c, &ev.corrupt);
-		if (!off)
-			off = bump_carve(a, c, rounded);
-		for (unsigned k = c + 1;
-		     !off && k <= c + BORROW_CLASSES && k < ARENA_CLASSES; k++)
-			off = list_pop(a, k, &ev.corrupt);
+	if (user_seen[a->slot] != self) {
+		user_seen[a->slot] = self;
+		ev.sizing = note_user(a, self);
+		ev.users = a->nusers;
 	}
-	if (off) {
-		rounded = arena_class_size(hdr_at(a, off)->klass);
-		a->st.allocs++;
-		a->live_blocks++;
-		a->st.used_bytes += rounded;
-		if (a->st.used_bytes > a->st.peak_bytes)
-			a->st.peak_bytes = a->st.used_bytes;
+	if (size <= a->st.capacity) {
+		need = (((uint64_t)size + GRAIN - 1) / GRAIN + 1) * GRAIN;
+		if (need < MIN_BLOCK * GRAIN)
+			need = MIN_BLOCK * GRAIN;
+		off = take_block(a, need, &ev.corrupt);
 	} else {
-		a->st.failed++;
-		if (c >= ARENA_CLASSES || GRAIN + rounded > a->st.capacity) {
-			ev.too_large = log_once(&a->too_large_logged);
-		} else if (log_once(&a->full_logged)) {
-			ev.full = true;
-			a->full_rearm_below = a->st.used_bytes -
-					      a->st.used_bytes / 4;
-		}
+		need = (uint64_t)size;
 	}
-	if (ev.corrupt && !log_once(&a->corrupt_logged))
-		ev.corrupt = 0;
+	count_malloc(a, off, need, &ev);
 	ev.used = a->st.used_bytes;
 	ev.capacity = a->st.capacity;
 	ev.failed = a->st.failed;
-	/* Counters can be short by an operation a dead process left. */
-	overhead = a->st.used_bytes + a->carved_blocks * GRAIN;
-	if (a->bump_off - a->heap_off > overhead)
-		ev.carved_free = a->bump_off - a->heap_off - overhead;
 	pthread_mutex_unlock(&a->lock);
 	log_lock_outcome(a, 0, died, deaths);
 	log_malloc_event(a, size, &ev);
 	return off ? (char *)a + off + GRAIN : NULL;
 }
 
-/* Under the lock: @h at @off goes back to its free list. */
-static void
-release_block(struct ossl_proc_arena *a, uint64_t off, struct arena_hdr *h)
+/* Under the lock: live block @off is free again, merged with its free
+ * neighbours and on its list.  False on a corrupted list (then rebuilt:
+ * the block is free all the same). */
+static bool
+release_block(struct ossl_proc_arena *a, uint64_t off)
 {
-	list_push(a, off, h);
+	struct arena_hdr *h = hdr_at(a, off);
+	uint64_t p;
+
 	a->st.frees++;
 	a->live_blocks--;
-	a->st.used_bytes -= arena_class_size(h->klass);
+	a->st.used_bytes -= blk_bytes(h) - GRAIN;
 	if (a->st.used_bytes < a->full_rearm_below)
 		atomic_store(&a->full_logged, false);
+	h->owner = 0;
+	set_state(h, ST_BLK_FREE);                  /* the commit */
+	STEP();
+	if (!merge_next(a, off))
+		return false;
+	p = free_before(a, off);
+	if (p) {
+		if (!list_unlink(a, p))
+			return false;
+		hdr_at(a, p)->size_g += h->size_g;  /* the commit */
+		STEP();
+		mark_start(a, off, false);
+		fix_next_prev(a, p);
+		off = p;
+	}
+	list_push(a, off);
+	return true;
+}
+
+/* Under the lock: the live block @ptr points to, or NULL and why. */
+static struct arena_hdr *
+live_block(struct ossl_proc_arena *a, uintptr_t p, enum bad_reason *why)
+{
+	uintptr_t base = (uintptr_t)a;
+	struct arena_hdr *h;
+
+	*why = ARENA_BAD_OUTSIDE;
+	if (p - base < a->heap_off + GRAIN || p - base >= a->map_len)
+		return NULL;
+	h = block_at(a, p - base - GRAIN, why);
+	if (h && hdr_state(h) != ST_BLK_LIVE) {
+		*why = hdr_state(h) == ST_BLK_FREE ? ARENA_BAD_ALREADY_FREE :
+						      ARENA_BAD_CORRUPT;
+		return NULL;
+	}
+	return h;
 }
 
 static void
 arena_free(void *ptr, void *arg)
 {
 	struct ossl_proc_arena *a = arg;
-	enum bad_reason why = ARENA_BAD_OUTSIDE;
-	struct arena_hdr *h = NULL;
-	uintptr_t p = (uintptr_t)ptr, base = (uintptr_t)a;
-	bool died, log_bad = false;
+	enum bad_reason why;
+	uintptr_t p = (uintptr_t)ptr;
+	bool died, log_bad = false, corrupt = false;
 	uint64_t deaths;
 	int rc;
 
@@ -472,21 +841,17 @@ arena_free(void *ptr, void *arg)
 		return;
 	}
 	deaths = a->owner_deaths;
-	if (p - base >= GRAIN && p - base <= a->map_len) {
-		h = block_at(a, p - base - GRAIN, &why);
-		if (h && h->state != ST_BLK_LIVE) {
-			why = ARENA_BAD_ALREADY_FREE;
-			h = NULL;
-		}
-	}
-	if (h) {
-		release_block(a, p - base - GRAIN, h);
+	if (live_block(a, p, &why)) {
+		if (!release_block(a, p - (uintptr_t)a - GRAIN))
+			lists_corrupted(a, &corrupt);
 	} else {
 		a->st.bad_frees++;
 		log_bad = log_once(&a->bad_logged);
 	}
 	pthread_mutex_unlock(&a->lock);
 	log_lock_outcome(a, 0, died, deaths);
+	if (corrupt)
+		log_corrupt(a);
 	if (log_bad)
 		log_error("shared arena %p: refused to free %p, which is not a "
 			  "live block of the arena (%s); nothing was changed "
@@ -511,7 +876,7 @@ registry_find(const void *arena)
 	return -1;
 }
 
-static bool
+static int
 registry_add(struct ossl_proc_arena *a)
 {
 	for (int i = 0; i < MAX_ARENAS; i++) {
@@ -519,9 +884,9 @@ registry_add(struct ossl_proc_arena *a)
 
 		if (atomic_compare_exchange_strong(&registry[i], &empty,
 						   (uintptr_t)a))
-			return true;
+			return i;
 	}
-	return false;
+	return -1;
 }
 
 /* Our arena behind @al (a copy of an arena's allocator is fine), or -1. */
@@ -534,19 +899,25 @@ registry_find_allocator(const struct ossl_proc_allocator *al)
 }
 
 void
-arena_set_in_use(const struct ossl_proc_allocator *al, bool in_use)
+arena_set_in_use(const struct ossl_proc_allocator *al, bool in_use,
+		 uint64_t hold_per_user)
 {
 	int i = registry_find_allocator(al);
+	struct ossl_proc_arena *a;
 	uintptr_t cur;
 
 	if (i < 0)
 		return;
+	a = al->arg;
 	cur = atomic_load(&registry[i]);
-	while ((cur & ~(uintptr_t)1) == (uintptr_t)al->arg &&
+	while ((cur & ~(uintptr_t)1) == (uintptr_t)a &&
 	       !atomic_compare_exchange_weak(&registry[i], &cur,
-					     (uintptr_t)al->arg |
+					     (uintptr_t)a |
 					     (uintptr_t)in_use))
 		;
+	if (in_use && al->shared)
+		__atomic_store_n(&a->hold_per_user, hold_per_user,
+				 __ATOMIC_RELAXED);
 }
 
 /* ------------------------------------------------------------------ */
@@ -566,16 +937,12 @@ arena_layout(size_t capacity, size_t page, uint64_t *bitmap_off,
 {
 	size_t heap, words, head;
 
-	if (capacity < MIN_CAPACITY ||
-	    capacity > ((size_t)1 << MAX_CLASS_LOG2) ||
-	    capacity > SIZE_MAX / 2)
+	if (capacity < MIN_CAPACITY || capacity > MAX_CAPACITY)
 		return false;
 	heap = round_up(capacity, page);
 	words = heap / GRAIN / 64 + 1;
 	*bitmap_off = round_up(sizeof(struct ossl_proc_arena), 64);
 	head = round_up(*bitmap_off + words * sizeof(uint64_t), page);
-	if (head > SIZE_MAX - heap)
-		return false;
 	*heap_off = head;
 	*map_len = head + heap;
 	return true;
@@ -592,31 +959,79 @@ arena_init_lock(struct ossl_proc_arena *a)
 	rc = pthread_mutexattr_setpshared(&at, PTHREAD_PROCESS_SHARED);
 	if (!rc)
 		rc = pthread_mutexattr_setrobust(&at, PTHREAD_MUTEX_ROBUST);
+	/* A thread locking twice gets EDEADLK, not a hang. */
+	if (!rc)
+		rc = pthread_mutexattr_settype(&at, PTHREAD_MUTEX_ERRORCHECK);
 	if (!rc)
 		rc = pthread_mutex_init(&a->lock, &at);
 	pthread_mutexattr_destroy(&at);
 	return rc;
 }
 
+/* A new child forgets the pid it inherited even where osslproc's own fork
+ * handlers are not registered (an arena used before ossl_proc_init()):
+ * blocks record the pid of the process that allocated them. */
+static void
+arena_child(void)
+{
+	proc_pid_forget();
+}
+
+static void
+arena_atfork_once(void)
+{
+	if (pthread_atfork(NULL, NULL, arena_child))
+		log_warn("shared arena: pthread_atfork failed; call "
+			 "ossl_proc_init() before forking, or blocks may "
+			 "record their parent's pid");
+}
+
+/* The fresh mapping @a of @map_len bytes made an arena: one free block. */
+static void
+arena_format(struct ossl_proc_arena *a, uint64_t bitmap_off,
+	     uint64_t heap_off, uint64_t map_len)
+{
+	struct arena_hdr *h = hdr_at(a, heap_off);
+
+	/* The mapping is zero-filled: lists empty, counters 0, bitmap
+	 * clear. */
+	a->map_len = map_len;
+	a->bitmap_off = bitmap_off;
+	a->heap_off = heap_off;
+	a->st.size = sizeof(a->st);
+	a->st.capacity = map_len - heap_off - GRAIN;
+	h->size_g = (uint32_t)((map_len - heap_off) / GRAIN);
+	set_state(h, ST_BLK_FREE);
+	mark_start(a, heap_off, true);
+	list_push(a, heap_off);
+	a->allocator = (struct ossl_proc_allocator){
+		.malloc = arena_malloc,
+		.realloc = NULL,
+		.free = arena_free,
+		.arg = a,
+		.shared = 1,
+	};
+}
+
 OSSL_PROC_EXPORT struct ossl_proc_arena *
 ossl_proc_arena_new(size_t capacity)
 {
+	static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 	long page = sysconf(_SC_PAGESIZE);
 	uint64_t bitmap_off, heap_off, map_len;
 	struct ossl_proc_arena *a;
-	int rc;
+	int rc, slot;
 
 	if (page <= 0)
 		page = 4096;
 	if (!arena_layout(capacity, (size_t)page, &bitmap_off, &heap_off,
 			  &map_len)) {
 		log_bug_client("ossl_proc_arena_new: capacity %zu is not between "
-			       "64 KiB and %llu bytes", capacity,
-			       (unsigned long long)((size_t)1 <<
-						    MAX_CLASS_LOG2));
+			       "64 KiB and %zu bytes", capacity, MAX_CAPACITY);
 		errno = EINVAL;
 		return NULL;
 	}
+	pthread_once(&atfork_once, arena_atfork_once);
 	a = mmap(NULL, (size_t)map_len, PROT_READ | PROT_WRITE,
 		 MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	if (a == MAP_FAILED) {
@@ -627,8 +1042,6 @@ ossl_proc_arena_new(size_t capacity)
 		errno = ENOMEM;
 		return NULL;
 	}
-	/* The mapping is zero-filled: lists empty, counters 0, bitmap
-	 * clear. */
 	rc = arena_init_lock(a);
 	if (rc) {
 		log_error("ossl_proc_arena_new: cannot create a process-shared "
@@ -637,21 +1050,10 @@ ossl_proc_arena_new(size_t capacity)
 		errno = rc == ENOMEM ? ENOMEM : EINVAL;
 		return NULL;
 	}
-	a->map_len = map_len;
-	a->bitmap_off = bitmap_off;
-	a->heap_off = heap_off;
-	a->bump_off = heap_off;
-	a->st.size = sizeof(a->st);
-	a->st.capacity = map_len - heap_off;
-	a->allocator = (struct ossl_proc_allocator){
-		.malloc = arena_malloc,
-		.realloc = NULL,
-		.free = arena_free,
-		.arg = a,
-		.shared = 1,
-	};
+	arena_format(a, bitmap_off, heap_off, map_len);
 	a->magic = ARENA_MAGIC;
-	if (!registry_add(a)) {
+	slot = registry_add(a);
+	if (slot < 0) {
 		log_error("ossl_proc_arena_new: %d arenas already exist in this "
 			  "process; free one with ossl_proc_arena_free() first",
 			  MAX_ARENAS);
@@ -660,6 +1062,8 @@ ossl_proc_arena_new(size_t capacity)
 		errno = ENOMEM;
 		return NULL;
 	}
+	a->slot = (uint32_t)slot;
+	user_seen[slot] = 0;
 	log_info("shared arena %p: %llu bytes usable in %llu bytes of shared "
 		 "memory", (void *)a, (unsigned long long)a->st.capacity,
 		 (unsigned long long)map_len);
@@ -692,6 +1096,34 @@ ossl_proc_arena_allocator(struct ossl_proc_arena *a)
 	return &a->allocator;
 }
 
+/* Under the lock: free blocks, their bytes and the largest request that
+ * can succeed now, from the lists. */
+static void
+free_census(struct ossl_proc_arena *a, struct ossl_proc_arena_stats *st)
+{
+	uint64_t largest = 0;
+
+	st->free_blocks = st->free_bytes = 0;
+	for (unsigned c = 0; c < ARENA_CLASSES; c++) {
+		for (uint64_t off = a->head[c]; off;
+		     off = links_of(a, off)->next) {
+			uint64_t b = blk_bytes(hdr_at(a, off));
+
+			if (!link_sound(a, off))
+				break;
+			st->free_blocks++;
+			st->free_bytes += b - GRAIN;
+			if (b - GRAIN > largest)
+				largest = b - GRAIN;
+		}
+	}
+	st->largest_free = largest;
+}
+
+/* The size of the first version of struct ossl_proc_arena_stats. */
+#define ARENA_STATS_V1 (offsetof(struct ossl_proc_arena_stats, bad_frees) + \
+			sizeof(uint64_t))
+
 OSSL_PROC_EXPORT int
 ossl_proc_arena_get_stats(struct ossl_proc_arena *a,
 			  struct ossl_proc_arena_stats *out)
@@ -705,8 +1137,7 @@ ossl_proc_arena_get_stats(struct ossl_proc_arena *a,
 		log_bug_client("ossl_proc_arena_get_stats: NULL out");
 		return -EINVAL;
 	}
-	/* One version of the struct exists: it is the minimum. */
-	if (out->size < sizeof(st)) {
+	if (out->size < ARENA_STATS_V1) {
 		log_bug_client("ossl_proc_arena_get_stats: out->size is %zu, "
 			       "set it to sizeof(struct ossl_proc_arena_stats) "
 			       "(%zu)", out->size, sizeof(st));
@@ -719,12 +1150,16 @@ ossl_proc_arena_get_stats(struct ossl_proc_arena *a,
 	 * than nothing. */
 	deaths = rc ? 0 : a->owner_deaths;
 	st = a->st;
-	if (!rc)
+	if (!rc) {
+		free_census(a, &st);
 		pthread_mutex_unlock(&a->lock);
+	}
 	log_lock_outcome(a, rc, died, deaths);
-	/* A newer caller's tail is left alone. */
+	/* An older caller gets its prefix, a newer caller's tail is left
+	 * alone. */
 	memcpy((char *)out + sizeof(size_t), (char *)&st + sizeof(size_t),
-	       sizeof(st) - sizeof(size_t));
+	       (out->size < sizeof(st) ? out->size : sizeof(st)) -
+	       sizeof(size_t));
 	return 0;
 }
 
@@ -757,23 +1192,35 @@ ossl_proc_arena_free(struct ossl_proc_arena *a)
 	munmap(a, (size_t)a->map_len);
 }
 
-/* Under the lock: free every live block allocated by @pid. */
+/* Under the lock: every live block allocated by @pid marked free, then
+ * one rebuild merges and lists them. */
 static uint64_t
 reclaim_locked(struct ossl_proc_arena *a, pid_t pid, uint64_t *bytes)
 {
-	uint64_t n = 0;
+	uint64_t n = 0, allocs = a->st.allocs, frees = a->st.frees;
 
-	for (uint64_t off = a->heap_off; off < a->bump_off;) {
+	for (uint64_t off = a->heap_off; off < a->map_len;) {
 		struct arena_hdr *h = hdr_at(a, off);
 
-		if (h->magic != (HDR_MAGIC ^ h->klass) || h->klass >= ARENA_CLASSES)
-			break; /* never walk past a header that is not one */
-		if (h->state == ST_BLK_LIVE && h->next == (uint64_t)pid) {
-			*bytes += arena_class_size(h->klass);
-			release_block(a, off, h);
+		if (!hdr_sound(a, off)) {
+			/* Fenced off by a rebuild, the walk goes on. */
+			arena_rebuild(a);
+			continue;
+		}
+		if (hdr_state(h) == ST_BLK_LIVE && h->owner == (uint32_t)pid) {
+			*bytes += blk_bytes(h) - GRAIN;
+			h->owner = 0;
+			set_state(h, ST_BLK_FREE);
 			n++;
 		}
-		off += GRAIN + arena_class_size(h->klass);
+		off += blk_bytes(h);
+	}
+	if (n) {
+		arena_rebuild(a);
+		/* The rebuild recounted the live blocks; the frees are
+		 * the ones before and these. */
+		a->st.allocs = allocs;
+		a->st.frees = frees + n;
 	}
 	return n;
 }
@@ -781,7 +1228,7 @@ reclaim_locked(struct ossl_proc_arena *a, pid_t pid, uint64_t *bytes)
 OSSL_PROC_EXPORT int
 ossl_proc_arena_reclaim(struct ossl_proc_arena *a, pid_t pid)
 {
-	uint64_t n, bytes = 0;
+	uint64_t n, bytes = 0, deaths;
 	bool died;
 	int rc;
 
@@ -802,8 +1249,10 @@ ossl_proc_arena_reclaim(struct ossl_proc_arena *a, pid_t pid)
 		log_lock_outcome(a, rc, false, 0);
 		return -rc;
 	}
+	deaths = a->owner_deaths;
 	n = reclaim_locked(a, pid, &bytes);
 	pthread_mutex_unlock(&a->lock);
+	log_lock_outcome(a, 0, died, deaths);
 	if (n)
 		log_info("shared arena: reclaimed %llu blocks (%llu bytes) "
 			 "left by process %ld", (unsigned long long)n,
