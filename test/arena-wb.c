@@ -119,6 +119,8 @@ census_chain(struct ossl_proc_arena *a, struct wb_census *out)
 		if (hdr_state(h) == ST_BLK_LIVE) {
 			out->live++;
 			out->live_bytes += blk_bytes(h) - GRAIN;
+		} else if (hdr_state(h) == ST_BLK_QUICK) {
+			out->quick++;
 		} else if (hdr_state(h) == ST_BLK_FREE) {
 			out->free++;
 			out->free_bytes += blk_bytes(h) - GRAIN;
@@ -188,7 +190,20 @@ census_lists(struct ossl_proc_arena *a, struct wb_census *out)
 		listed += n;
 	}
 	out->listed = listed;
-	return listed == out->free ? NULL : "a free block is on no list";
+	if (listed != out->free)
+		return "a free block is on no list";
+	listed = 0;
+	for (uint32_t g = 0; g <= QUICK_MAX_G; g++) {
+		for (uint64_t off = a->quick[g]; off;
+		     off = links_of(a, off)->next) {
+			if (!quick_sound(a, off, g))
+				return "a quick list links something that is "
+				       "not a quick block of its size";
+			if (++listed > out->quick)
+				return "a quick list loops";
+		}
+	}
+	return listed == out->quick ? NULL : "a quick block is on no list";
 }
 
 static void

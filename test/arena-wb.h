@@ -63,6 +63,7 @@ struct wb_census {
 	uint64_t blocks;             /* headers in the chain */
 	uint64_t live, live_bytes;   /* live blocks, their payload bytes */
 	uint64_t free, free_bytes, largest_free;
+	uint64_t quick;              /* freed, on the quick lists */
 	uint64_t listed;             /* free blocks on the lists */
 	uint64_t listed_in[WB_NCLASSES];
 	uint64_t heap_bytes;         /* usable bytes (the stats' capacity) */

@@ -597,8 +597,9 @@ END_TEST
 
 /* ---- processes dying inside the lock (the white-box copy) ---- */
 
-/* Everything comes back: the arena is one free block, the counters
- * balance, the census finds nothing wrong. */
+/* Everything comes back: the arena is one free block (reading the
+ * stats merges the quick lists), the counters balance, the census finds
+ * nothing wrong. */
 static void
 assert_whole(struct ossl_proc_arena *a, const char *when, unsigned n,
 	     int line)
@@ -743,30 +744,32 @@ crash_prepare(struct crash_world *w)
 	w->al->free(w->p[3], w->al->arg);
 }
 
-/* The worker's operations: a pop without a split, a split, frees that
- * merge with the next block, with the one before, with both and with
- * neither (two of them of blocks its parent allocated), a reclaim of the
- * dead helper.  Exits 0 when all did what they should. */
+/* The worker's operations: pops from a quick list, splits, frees onto a
+ * quick list and frees that merge with the next block and with both
+ * (two of them of blocks its parent allocated), a reclaim of the dead
+ * helper.  Exits 0 when all did what they should. */
 static _Noreturn void
 crash_workload(struct crash_world *w)
 {
 	const struct ossl_proc_allocator *al = w->al;
-	unsigned char *x0, *x1, *x2;
+	unsigned char *x0, *x1, *x2, *x3;
 
-	x0 = al->malloc(40, al->arg);              /* p[3]'s hole */
-	x1 = al->malloc(200, al->arg);             /* split of the rest */
-	x2 = al->malloc(40, al->arg);              /* p[1]'s hole */
-	if (!x0 || !x1 || !x2)
+	x0 = al->malloc(40, al->arg);              /* p[3]'s, quick */
+	x1 = al->malloc(2000, al->arg);            /* split of the rest */
+	x2 = al->malloc(2000, al->arg);            /* split of the rest */
+	x3 = al->malloc(40, al->arg);              /* p[1]'s, quick */
+	if (!x0 || !x1 || !x2 || !x3)
 		_exit(3);
-	memset(x1, 0xee, 200);
-	al->free(w->p[5], al->arg);                /* neither */
-	al->free(x1, al->arg);                     /* both */
-	al->free(x2, al->arg);                     /* neither */
-	al->free(w->p[0], al->arg);                /* the next (x2) */
+	memset(x1, 0xee, 2000);
+	al->free(w->p[5], al->arg);                /* quick */
+	al->free(x1, al->arg);                     /* neither */
+	al->free(x2, al->arg);                     /* both */
+	al->free(x3, al->arg);                     /* quick */
+	al->free(w->p[0], al->arg);                /* quick */
 	if (wb_arena_reclaim(w->a, w->helper) != 3)
 		_exit(4);
-	al->free(x0, al->arg);                     /* neither */
-	_exit(x0 == w->p[3] && x2 == w->p[1] ? 0 : 5);
+	al->free(x0, al->arg);                     /* quick */
+	_exit(x0 == w->p[3] && x3 == w->p[1] ? 0 : 5);
 }
 
 /* The parent's checks after the worker @pid died at step @n (or ran to

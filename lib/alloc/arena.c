@@ -63,6 +63,7 @@
 #define ST_BLK_LIVE 0x4c56u
 #define ST_BLK_FREE 0x4652u
 #define ST_BLK_LOST 0x4c53u               /* fenced off after corruption */
+#define ST_BLK_QUICK 0x5143u              /* freed, on a quick list */
 #define GRAIN 16u
 #define MIN_BLOCK 2u                      /* grains: header + links */
 #define MIN_CAPACITY ((size_t)64 * 1024)
@@ -71,6 +72,7 @@
 #define ARENA_CLASSES (SMALL_LIMIT / GRAIN + (35 - 10 + 1) * 4)
 #define CLASS_WORDS ((ARENA_CLASSES + 63) / 64)
 #define FIRST_FIT_TRIES 8
+#define QUICK_MAX_G (SMALL_LIMIT / GRAIN) /* quick lists: up to 1 KiB */
 #define ARENA_USERS 64
 #define MAX_ARENAS 64
 
@@ -123,6 +125,8 @@ struct ossl_proc_arena {
 	uint64_t heap_off;
 	uint64_t head[ARENA_CLASSES];    /* offsets of headers, 0: empty */
 	uint64_t nonempty[CLASS_WORDS];  /* bit c: head[c] != 0 */
+	uint64_t quick[QUICK_MAX_G + 1]; /* by grains, singly linked */
+	uint64_t quick_bytes;            /* in blocks on the quick lists */
 	/* Counters, under the lock. */
 	struct ossl_proc_arena_stats st;
 	uint64_t live_blocks, owner_deaths, rebuilds, lost_bytes;
@@ -241,7 +245,8 @@ hdr_sound(struct ossl_proc_arena *a, uint64_t off)
 	struct arena_hdr *h = hdr_at(a, off);
 	uint32_t s = hdr_state(h);
 
-	return (s == ST_BLK_LIVE || s == ST_BLK_FREE || s == ST_BLK_LOST) &&
+	return (s == ST_BLK_LIVE || s == ST_BLK_FREE || s == ST_BLK_LOST ||
+		s == ST_BLK_QUICK) &&
 	       h->size_g >= MIN_BLOCK &&
 	       h->size_g <= (a->map_len - off) / GRAIN;
 }
@@ -453,6 +458,8 @@ clear_lists(struct ossl_proc_arena *a)
 {
 	memset(a->head, 0, sizeof(a->head));
 	memset(a->nonempty, 0, sizeof(a->nonempty));
+	memset(a->quick, 0, sizeof(a->quick));
+	a->quick_bytes = 0;
 }
 
 /* The next granule after @off that the bitmap marks with a sound header,
@@ -500,6 +507,8 @@ arena_rebuild(struct ossl_proc_arena *a)
 
 		if (!hdr_sound(a, off))
 			rebuild_fence(a, off, prev_g);
+		if (hdr_state(h) == ST_BLK_QUICK)
+			set_state(h, ST_BLK_FREE);
 		h->prev_g = prev_g;
 		if (prev && hdr_state(h) == ST_BLK_FREE &&
 		    hdr_state(hdr_at(a, prev)) == ST_BLK_FREE) {
@@ -528,7 +537,6 @@ arena_rebuild(struct ossl_proc_arena *a)
 	a->live_blocks = live;
 	/* allocs - frees counts the live blocks again. */
 	a->st.frees = a->st.allocs >= live ? a->st.allocs - live : 0;
-	a->rebuilds++;
 	return a->lost_bytes - lost0;
 }
 
@@ -558,6 +566,7 @@ arena_lock(struct ossl_proc_arena *a, bool *died)
 			return rc;
 		}
 		a->owner_deaths++;
+		a->rebuilds++;
 		arena_rebuild(a);
 		*died = true;
 	}
@@ -595,6 +604,7 @@ log_lock_outcome(struct ossl_proc_arena *a, int rc, bool died,
 static void
 lists_corrupted(struct ossl_proc_arena *a, bool *log)
 {
+	a->rebuilds++;
 	arena_rebuild(a);
 	*log = log_once(&a->corrupt_logged);
 }
@@ -687,23 +697,97 @@ log_malloc_event(struct ossl_proc_arena *a, size_t size,
 			  (unsigned long long)ev->failed);
 }
 
-/* Under the lock: a block of @need bytes (header included), or 0. */
-static uint64_t
-take_block(struct ossl_proc_arena *a, uint64_t need, bool *corrupt)
+/*
+ * Quick lists: a freed block of up to 1 KiB is not merged at once but
+ * kept, in its own state, on a LIFO list of its exact size, and serves
+ * the next request of that size with one pop (OpenSSL frees and asks
+ * for the same small sizes over and over).  They are merged back, by one
+ * rebuild, when they hold an eighth of the arena, when a request finds
+ * no fit, and when the stats are read: they never make the arena fail
+ * what merged memory could serve.
+ */
+static bool
+quick_sound(struct ossl_proc_arena *a, uint64_t off, uint32_t g)
 {
-	uint64_t off = find_fit(a, need, corrupt);
+	return off >= a->heap_off && off < a->map_len &&
+	       !((off - a->heap_off) % GRAIN) && is_block_start(a, off) &&
+	       hdr_sound(a, off) && hdr_state(hdr_at(a, off)) == ST_BLK_QUICK &&
+	       hdr_at(a, off)->size_g == g;
+}
 
-	if (!off && *corrupt) {
-		lists_corrupted(a, corrupt);
-		off = find_fit(a, need, &(bool){ false });
+/* Under the lock: a block of @g grains off its quick list, or 0. */
+static uint64_t
+quick_pop(struct ossl_proc_arena *a, uint32_t g, bool *corrupt)
+{
+	uint64_t off = a->quick[g];
+
+	if (!off)
+		return 0;
+	if (!quick_sound(a, off, g)) {
+		*corrupt = true;
+		return 0;
+	}
+	a->quick[g] = links_of(a, off)->next;
+	STEP();
+	a->quick_bytes -= (uint64_t)g * GRAIN;
+	return off;
+}
+
+static void
+quick_push(struct ossl_proc_arena *a, uint64_t off)
+{
+	uint32_t g = hdr_at(a, off)->size_g;
+
+	links_of(a, off)->next = a->quick[g];
+	a->quick[g] = off;
+	a->quick_bytes += (uint64_t)g * GRAIN;
+}
+
+/* Under the lock: the quick lists merged back. */
+static void
+consolidate(struct ossl_proc_arena *a)
+{
+	if (a->quick_bytes)
+		arena_rebuild(a);
+}
+
+/* Under the lock: a free block of @need bytes, unlinked, or 0. */
+static uint64_t
+take_fit(struct ossl_proc_arena *a, uint64_t need, bool *corrupt)
+{
+	uint64_t off = 0;
+
+	if (need / GRAIN <= QUICK_MAX_G)
+		off = quick_pop(a, (uint32_t)(need / GRAIN), corrupt);
+	if (off || *corrupt)
+		return off;
+	off = find_fit(a, need, corrupt);
+	if (!off && !*corrupt && a->quick_bytes) {
+		consolidate(a);
+		off = find_fit(a, need, corrupt);
 	}
 	if (!off)
 		return 0;
 	if (!list_unlink(a, off)) {
-		lists_corrupted(a, corrupt);
+		*corrupt = true;
 		return 0;
 	}
 	split(a, off, need);
+	return off;
+}
+
+/* Under the lock: a block of @need bytes (header included), or 0. */
+static uint64_t
+take_block(struct ossl_proc_arena *a, uint64_t need, bool *corrupt)
+{
+	uint64_t off = take_fit(a, need, corrupt);
+
+	if (!off && *corrupt) {
+		lists_corrupted(a, corrupt);
+		off = take_fit(a, need, &(bool){ false });
+	}
+	if (!off)
+		return 0;
 	hdr_at(a, off)->owner = (uint32_t)proc_self();
 	set_state(hdr_at(a, off), ST_BLK_LIVE);     /* the commit */
 	STEP();
@@ -786,6 +870,14 @@ release_block(struct ossl_proc_arena *a, uint64_t off)
 	if (a->st.used_bytes < a->full_rearm_below)
 		atomic_store(&a->full_logged, false);
 	h->owner = 0;
+	if (h->size_g <= QUICK_MAX_G) {
+		set_state(h, ST_BLK_QUICK);         /* the commit */
+		STEP();
+		quick_push(a, off);
+		if (a->quick_bytes > a->st.capacity / 8)
+			consolidate(a);
+		return true;
+	}
 	set_state(h, ST_BLK_FREE);                  /* the commit */
 	STEP();
 	if (!merge_next(a, off))
@@ -816,8 +908,9 @@ live_block(struct ossl_proc_arena *a, uintptr_t p, enum bad_reason *why)
 		return NULL;
 	h = block_at(a, p - base - GRAIN, why);
 	if (h && hdr_state(h) != ST_BLK_LIVE) {
-		*why = hdr_state(h) == ST_BLK_FREE ? ARENA_BAD_ALREADY_FREE :
-						      ARENA_BAD_CORRUPT;
+		*why = hdr_state(h) == ST_BLK_FREE ||
+		       hdr_state(h) == ST_BLK_QUICK ? ARENA_BAD_ALREADY_FREE :
+						       ARENA_BAD_CORRUPT;
 		return NULL;
 	}
 	return h;
@@ -1149,6 +1242,8 @@ ossl_proc_arena_get_stats(struct ossl_proc_arena *a,
 	/* Without the lock (not recoverable), a racy snapshot is better
 	 * than nothing. */
 	deaths = rc ? 0 : a->owner_deaths;
+	if (!rc)
+		consolidate(a);
 	st = a->st;
 	if (!rc) {
 		free_census(a, &st);

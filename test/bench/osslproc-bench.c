@@ -5,7 +5,7 @@
  * variants alternate round by round so that drift in the machine hits
  * both alike, and the table shows medians and their ratio.
  *
- *   osslproc-bench [alloc|handshake|fork|module|all] [-r rounds]
+ *   osslproc-bench [alloc|handshake|fork|module|arena|all] [-r rounds]
  */
 #include <errno.h>
 #include <pthread.h>
@@ -384,6 +384,204 @@ run_module_handshake(enum variant v, int n)
 
 /* ---- harness ---- */
 
+/* ---- arena: shared mode against private mode ---- */
+
+#define ARENA_BENCH_BYTES ((size_t)64 << 20)
+#define ARENA_WORKER_HANDSHAKES 200
+
+/* Private mode (DEFAULT) or shared mode with the built-in arena; the
+ * arena, or NULL. */
+static struct ossl_proc_arena *
+setup_arena_variant(enum variant v)
+{
+	struct ossl_proc_config c = OSSL_PROC_CONFIG_INIT;
+	struct ossl_proc_arena *a = NULL;
+
+	if (v == OSSLPROC) {
+		a = ossl_proc_arena_new(ARENA_BENCH_BYTES);
+		if (!a)
+			_exit(2);
+		c.allocator = ossl_proc_arena_allocator(a);
+	}
+	if (ossl_proc_init(&c) != 0)
+		_exit(2);
+	return a;
+}
+
+/* Forks @workers processes that each run @fn and write a double back;
+ * their mean, or -1. */
+static double
+arena_workers(int workers, double (*fn)(void *), void *arg)
+{
+	pid_t pids[8];
+	int fds[2];
+	double sum = 0, x;
+
+	if (workers > 8 || pipe(fds) < 0)
+		return -1;
+	fflush(NULL); /* the workers leave with exit() */
+	for (int i = 0; i < workers; i++) {
+		pids[i] = fork();
+		if (pids[i] == 0) {
+			x = fn(arg);
+			if (write(fds[1], &x, sizeof(x)) != sizeof(x))
+				_exit(1);
+			exit(0);
+		}
+	}
+	close(fds[1]);
+	for (int i = 0; i < workers; i++) {
+		if (read(fds[0], &x, sizeof(x)) != sizeof(x) || x < 0)
+			sum = -1e300;
+		sum += x;
+	}
+	close(fds[0]);
+	for (int i = 0; i < workers; i++)
+		waitpid(pids[i], NULL, 0);
+	return sum < 0 ? -1 : sum / workers;
+}
+
+struct tls_pair {
+	SSL_CTX *c, *s;
+};
+
+static struct tls_pair
+arena_tls(void)
+{
+	struct tls_pki *pki = tls_pki_new();
+	struct tls_pair t = { NULL, NULL };
+
+	if (pki) {
+		t.s = tls_server_ctx(pki);
+		t.c = tls_client_ctx(pki);
+	}
+	/* As a daemon does: OpenSSL's lazy state made before forking. */
+	if (!t.s || !t.c || tls_handshakes(t.c, t.s, 10) != 10)
+		_exit(3);
+	return t;
+}
+
+static double
+worker_handshakes(void *arg)
+{
+	struct tls_pair *t = arg;
+	double t0 = now_ns();
+
+	if (tls_handshakes(t->c, t->s, ARENA_WORKER_HANDSHAKES) !=
+	    ARENA_WORKER_HANDSHAKES)
+		return -1;
+	return ARENA_WORKER_HANDSHAKES / ((now_ns() - t0) / 1e9);
+}
+
+/* Handshakes/s per worker, @workers at once. */
+static double
+run_arena_handshake(enum variant v, int workers)
+{
+	struct tls_pair t;
+
+	setup_arena_variant(v);
+	t = arena_tls();
+	return arena_workers(workers, worker_handshakes, &t);
+}
+
+static struct ossl_proc_arena_stats
+arena_stats_of(struct ossl_proc_arena *a)
+{
+	struct ossl_proc_arena_stats st = { .size = sizeof(st) };
+
+	if (ossl_proc_arena_get_stats(a, &st))
+		_exit(6);
+	return st;
+}
+
+/* Lock waits per 1,000 lock operations, 2 workers handshaking. */
+static double
+run_arena_contention(enum variant v, int workers)
+{
+	struct ossl_proc_arena *a = setup_arena_variant(OSSLPROC);
+	struct ossl_proc_arena_stats st0, st;
+	struct tls_pair t = arena_tls();
+
+	st0 = arena_stats_of(a);
+	if (arena_workers(workers, worker_handshakes, &t) < 0)
+		return -1;
+	st = arena_stats_of(a);
+	return 1000.0 * (double)(st.lock_waits - st0.lock_waits) /
+	       (double)(st.lock_ops - st0.lock_ops);
+}
+
+#define MIXED_SMALL 50000
+
+struct mixed {
+	struct tls_pair t;
+	struct ossl_proc_arena *a;
+	int what; /* 0: peak KiB; 1: fragmentation % with a tenth kept */
+};
+
+/* Bursts of small blocks (a tenth kept), handshakes, large blocks. */
+static double
+worker_mixed(void *arg)
+{
+	struct mixed *m = arg;
+	static void *small[MIXED_SMALL];
+	struct ossl_proc_arena_stats st;
+	void *large[4];
+
+	for (int round = 0; round < 3; round++) {
+		for (int i = 0; i < MIXED_SMALL; i++)
+			small[i] = OPENSSL_malloc(8 + (size_t)(i % 7) * 8);
+		for (int i = 0; i < MIXED_SMALL; i++)
+			if (i % 10)
+				OPENSSL_free(small[i]);
+		if (tls_handshakes(m->t.c, m->t.s, 10) != 10)
+			return -1;
+		for (int i = 0; i < 4; i++)
+			large[i] = OPENSSL_malloc((size_t)(i + 1) << 20);
+		for (int i = 0; i < 4; i++)
+			OPENSSL_free(large[i]);
+		if (round < 2)
+			for (int i = 0; i < MIXED_SMALL; i += 10)
+				OPENSSL_free(small[i]);
+	}
+	st = arena_stats_of(m->a);
+	for (int i = 0; i < MIXED_SMALL; i += 10)
+		OPENSSL_free(small[i]);
+	if (m->what == 0)
+		return (double)st.peak_bytes / 1024;
+	return 100.0 * (1.0 - (double)st.largest_free / (double)st.free_bytes);
+}
+
+/* After the mixed workload in 2 workers: the arena's peak use (KiB), or
+ * its fragmentation while a tenth of a burst is still held (%, 0: the
+ * free memory is one block). */
+static double
+run_arena_mixed(enum variant v, int what)
+{
+	struct mixed m;
+
+	m.a = setup_arena_variant(OSSLPROC);
+	m.t = arena_tls();
+	m.what = what;
+	return arena_workers(what == 0 ? 2 : 1, worker_mixed, &m);
+}
+
+/* After every worker of the mixed workload exited: free blocks in the
+ * arena (1: all of it is one block again). */
+static double
+run_arena_after(enum variant v, int arg)
+{
+	struct mixed m;
+
+	m.a = setup_arena_variant(OSSLPROC);
+	m.t = arena_tls();
+	m.what = 0;
+	if (arena_workers(2, worker_mixed, &m) < 0)
+		return -1;
+	return (double)arena_stats_of(m.a).free_blocks;
+}
+
+/* ---- the table ---- */
+
 static void
 pin_to(int cpu)
 {
@@ -511,6 +709,20 @@ static const struct bench benches[] = {
 	  run_module_cycle, 0, false },
 	{ "handshakes/s, callbacks via scope", "module", ">= 0.99x", 0,
 	  run_module_handshake, 400, false },
+	/* Arena rows: "default" is private mode, "osslproc" shared mode
+	 * with the built-in arena. */
+	{ "arena hs/s/worker, 1 (priv|shared)", "arena", ">= 0.95x", 0,
+	  run_arena_handshake, 1, false },
+	{ "arena hs/s/worker, 2 (priv|shared)", "arena", ">= 0.95x", 0,
+	  run_arena_handshake, 2, true },
+	{ "arena lock waits/1000, 2 workers", "arena", "-", 1,
+	  run_arena_contention, 2, true },
+	{ "arena peak, mixed load (KiB)", "arena", "-", 1,
+	  run_arena_mixed, 0, true },
+	{ "arena fragmentation, mixed (%)", "arena", "-", 1,
+	  run_arena_mixed, 1, false },
+	{ "arena free blocks after exit", "arena", "1", 1,
+	  run_arena_after, 0, true },
 };
 
 static void
@@ -536,7 +748,8 @@ header(void)
 static int
 usage(void)
 {
-	fprintf(stderr, "usage: osslproc-bench [alloc|handshake|fork|module|all] "
+	fprintf(stderr, "usage: osslproc-bench "
+		"[alloc|handshake|fork|module|arena|all] "
 		"[-r rounds] [-c cpu] [-v]\n");
 	return 2;
 }
@@ -566,7 +779,7 @@ main(int argc, char **argv)
 		what = argv[optind];
 	if (strcmp(what, "all") && strcmp(what, "alloc") &&
 	    strcmp(what, "handshake") && strcmp(what, "fork") &&
-	    strcmp(what, "module"))
+	    strcmp(what, "module") && strcmp(what, "arena"))
 		return usage();
 	header();
 	for (size_t i = 0; i < sizeof(benches) / sizeof(benches[0]); i++) {
