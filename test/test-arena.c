@@ -526,7 +526,7 @@ START_TEST(arena_burst_then_handshakes)
 	ck_assert_int_ge(pid, 0);
 	if (pid == 0) {
 		tl_expect(OSSL_PROC_LOG_ERROR, "is full");
-		_exit(burst(al, 24) > 100000 ? 0 : 1);
+		exit(burst(al, 24) > 100000 ? 0 : 1);
 	}
 	ck_assert_int_eq(reap(pid), 0);
 	ck_assert_uint_eq(arena_stats(a).used_bytes, 0);
