@@ -307,5 +307,5 @@ void
 alloc_leak_sites(FILE *out)
 {
 	if (installed)
-		sites_report(out);
+		sites_report(out, "leak");
 }
