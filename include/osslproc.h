@@ -964,7 +964,9 @@ struct ossl_proc_stats {
  * Callable at any time, also before init, after the last
  * ossl_proc_teardown() and after OPENSSL_cleanup(): an installed
  * allocator stays installed and keeps counting, which is how a host reads
- * what leaked at exit.
+ * what leaked at exit on OpenSSL 3.x.  On 4.0 OpenSSL's own state is
+ * still live then (libcrypto's destructor frees it after main): see
+ * ossl_proc_report() and OSSL_PROC_F_EXIT_LEAKS.
  *
  * @param out Filled in; out->size must be set by the caller.  A smaller
  *        size (an older caller) gets the prefix it knows; a larger one
