@@ -106,9 +106,14 @@ enum ossl_proc_bad_free {
 /** Remember file:line of each allocation and of its first free (costs 48
  * bytes per block). */
 #define OSSL_PROC_F_TRACK_SITES (1u << 3)
+/** At exit, once OpenSSL has freed its own state, print to stderr what
+ * is still allocated: the process's leaks (with their sites under
+ * OSSL_PROC_F_TRACK_SITES).  Added in 0.3; see ossl_proc_report(). */
+#define OSSL_PROC_F_EXIT_LEAKS (1u << 4)
 /** All flags this version knows. */
 #define OSSL_PROC_F_ALL (OSSL_PROC_F_NO_ALLOCATOR | OSSL_PROC_F_NO_ATFORK | \
-			 OSSL_PROC_F_SCRUB | OSSL_PROC_F_TRACK_SITES)
+			 OSSL_PROC_F_SCRUB | OSSL_PROC_F_TRACK_SITES | \
+			 OSSL_PROC_F_EXIT_LEAKS)
 
 /**
  * Configuration for ossl_proc_init().  Start from OSSL_PROC_CONFIG_INIT so
@@ -965,7 +970,9 @@ struct ossl_proc_stats {
  * Callable at any time, also before init, after the last
  * ossl_proc_teardown() and after OPENSSL_cleanup(): an installed
  * allocator stays installed and keeps counting, which is how a host reads
- * what leaked at exit.
+ * what leaked at exit on OpenSSL 3.x.  On 4.0 OpenSSL's own state is
+ * still live then (libcrypto's destructor frees it after main): see
+ * ossl_proc_report() and OSSL_PROC_F_EXIT_LEAKS.
  *
  * @param out Filled in; out->size must be set by the caller.  A smaller
  *        size (an older caller) gets the prefix it knows; a larger one
@@ -987,6 +994,15 @@ int ossl_proc_get_stats(struct ossl_proc_stats *out);
  * Print a human-readable state report, then flush @p out: versions and
  * pid, mode, allocator owner and backend, counters, leaks (count and
  * bytes, and with OSSL_PROC_F_TRACK_SITES the first 50 allocation sites).
+ *
+ * What is still allocated is a leak only once OpenSSL has freed its own
+ * state.  On OpenSSL 3.x OPENSSL_cleanup() frees it, so a report after it
+ * says "leaks".  On 4.0 OPENSSL_cleanup() only sets a flag and
+ * libcrypto's destructor frees the state after main returns, so every
+ * report a process can make still counts it ("still allocated", not
+ * "leaks"); OSSL_PROC_F_EXIT_LEAKS counts again after that destructor
+ * and prints the leaks themselves (glibc, which runs exit handlers
+ * registered while the destructors run).
  *
  * @param out Stream to print to.
  * @return 0, -EINVAL for NULL, -EIO if writing or flushing failed.

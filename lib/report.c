@@ -1,6 +1,7 @@
 /*
- * Observability: ossl_proc_report(); the counters it prints are the
- * allocator's (ossl_proc_get_stats(), alloc/install.c).
+ * Observability: ossl_proc_report() and the leak count at exit
+ * (OSSL_PROC_F_EXIT_LEAKS); the counters they print are the allocator's
+ * (ossl_proc_get_stats(), alloc/install.c).
  */
 #include <string.h>
 #include <unistd.h>
@@ -67,7 +68,8 @@ ossl_proc_report(FILE *out)
 	if (st.live_blocks && OpenSSL_version_num() >= 0x40000000L)
 		fprintf(out, "still allocated: %llu blocks, %llu bytes (OpenSSL "
 			"4 frees its own state only after main returns, even "
-			"after OPENSSL_cleanup(): not all of these are leaks)\n",
+			"after OPENSSL_cleanup(): not all of these are leaks; "
+			"OSSL_PROC_F_EXIT_LEAKS counts them after it)\n",
 			(unsigned long long)st.live_blocks,
 			(unsigned long long)st.live_bytes);
 	else if (st.live_blocks)
@@ -75,4 +77,62 @@ ossl_proc_report(FILE *out)
 			(unsigned long long)st.live_blocks,
 			(unsigned long long)st.live_bytes);
 	return fflush(out) == 0 && !ferror(out) ? 0 : -EIO;
+}
+
+/*
+ * The leaks at exit.  What is still allocated is a leak only once OpenSSL
+ * has freed its own state: on 3.x in the atexit handler it registers at
+ * init, which runs before any library destructor; on 4.0 in libcrypto's
+ * destructor, when OPENSSL_cleanup() was called, and that destructor runs
+ * after this object's (this object depends on libcrypto), so no
+ * destructor of ours can count after it.  An exit handler registered
+ * while the destructors run can: glibc's exit() runs the destructors from
+ * an exit handler, and then the handlers registered meanwhile.  It is
+ * registered without a DSO handle, or this object's own destructor
+ * (__cxa_finalize) would run it at once.  Only the copy that owns the
+ * allocator arms it: that object stays mapped until exit (it is pinned at
+ * the last teardown), so the handler's code is still there.
+ */
+extern int __cxa_atexit(void (*fn)(void *), void *arg, void *dso);
+
+/* OpenSSL's internal "base initialisation only" option, whose bit its
+ * public header reserves (crypto.h): after the cleanup it returns 0 with
+ * no error raised (any other option would raise one, into an error queue
+ * that is gone). */
+#define INIT_BASE_ONLY UINT64_C(0x00040000)
+
+static void
+exit_leaks(void *unused)
+{
+	struct ossl_proc_stats st = { .size = sizeof(st) };
+	bool freed;
+
+	(void)unused;
+	/* OpenSSL refuses to initialise again once its cleanup has run, on
+	 * every version: the one way to know that its state is gone. */
+	freed = OPENSSL_init_crypto(INIT_BASE_ONLY, NULL) == 0;
+	ossl_proc_get_stats(&st);
+	if (!freed) {
+		fprintf(stderr, "osslproc: pid %ld at exit: %llu blocks, %llu "
+			"bytes still allocated; OpenSSL kept its own state "
+			"(4.0: no OPENSSL_cleanup() call; 3.x: "
+			"OPENSSL_INIT_NO_ATEXIT), so leaks cannot be told "
+			"from it\n", (long)getpid(),
+			(unsigned long long)st.live_blocks,
+			(unsigned long long)st.live_bytes);
+		return;
+	}
+	fprintf(stderr, "osslproc: pid %ld at exit, after OpenSSL freed its "
+		"state: leaks: %llu blocks, %llu bytes\n", (long)getpid(),
+		(unsigned long long)st.live_blocks,
+		(unsigned long long)st.live_bytes);
+	if (st.live_blocks)
+		alloc_leak_sites(stderr);
+}
+
+__attribute__((destructor)) static void
+exit_leaks_arm(void)
+{
+	if (alloc_exit_leaks_wanted())
+		__cxa_atexit(exit_leaks, NULL, NULL);
 }

@@ -247,7 +247,8 @@ void blk_to_backend(void *user);
 /* The live list of OSSL_PROC_F_TRACK_SITES, under proc_mut.site_lock. */
 void site_link(struct blk *h, const char *file, int line);
 void site_unlink(struct blk *h, const char *file, int line);
-void sites_report(FILE *out);
+/* Each live block's site, as "  @label: N bytes at P, allocated at f:l". */
+void sites_report(FILE *out, const char *label);
 /* In a child: forget parked chunks of a shared backend (the parent's). */
 void park_forget_shared(struct tstate *t);
 /* Give every parked chunk of @t back. */
@@ -278,7 +279,8 @@ void large_free(void *p, const char *file, int line);
  * one freed (in the window); -1 when it is none. */
 int large_size(void *p, size_t *n);
 /* The live large blocks, for the leak listing (TRACK_SITES). */
-void large_report(FILE *out, size_t *shown, size_t *total);
+void large_report(FILE *out, const char *label, size_t *shown,
+		  size_t *total);
 
 /* cache.c */
 /* Empty lists for a new @t. */

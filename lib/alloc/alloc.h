@@ -44,6 +44,11 @@ unsigned alloc_other_threads(void);
 bool alloc_shared_worker(void);
 /* The part of ossl_proc_report() that is the allocator's. */
 void alloc_report(FILE *out);
+/* This copy installed the allocator (it is the owner, not attached) with
+ * OSSL_PROC_F_EXIT_LEAKS. */
+bool alloc_exit_leaks_wanted(void);
+/* The allocation sites of the live blocks (OSSL_PROC_F_TRACK_SITES). */
+void alloc_leak_sites(FILE *out);
 
 #pragma GCC visibility pop
 

@@ -214,7 +214,7 @@ park_flush(struct tstate *t)
 }
 
 void
-sites_report(FILE *out)
+sites_report(FILE *out, const char *label)
 {
 	size_t shown = 0, total = 0;
 	struct list *l;
@@ -226,13 +226,13 @@ sites_report(FILE *out)
 
 		total++;
 		if (shown++ < 50)
-			fprintf(out, "  leak: %zu bytes at %p, allocated at "
-				"%s:%d\n", blk_size(h), (void *)(h + 1),
+			fprintf(out, "  %s: %zu bytes at %p, allocated at "
+				"%s:%d\n", label, blk_size(h), (void *)(h + 1),
 				s->alloc_file ? s->alloc_file : "?",
 				s->alloc_line);
 	}
 	proc_unlock(&proc_mut.site_lock);
-	large_report(out, &shown, &total);
+	large_report(out, label, &shown, &total);
 	if (total > shown)
 		fprintf(out, "  ... and %zu more\n", total - shown);
 }

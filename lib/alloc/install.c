@@ -295,3 +295,17 @@ alloc_report(FILE *out)
 		aconf.quarantine_bytes, aconf.cache_bytes,
 		aconf.cache_total_bytes);
 }
+
+bool
+alloc_exit_leaks_wanted(void)
+{
+	return installed && atomic_load(&mode) == OSSL_PROC_ALLOC_TRACKED &&
+	       (aconf.flags & OSSL_PROC_F_EXIT_LEAKS);
+}
+
+void
+alloc_leak_sites(FILE *out)
+{
+	if (installed)
+		sites_report(out, "leak");
+}

@@ -301,7 +301,7 @@ large_size(void *p, size_t *n)
 }
 
 void
-large_report(FILE *out, size_t *shown, size_t *total)
+large_report(FILE *out, const char *label, size_t *shown, size_t *total)
 {
 	proc_lock(&proc_mut.large_lock);
 	for (size_t i = 0; i < table_cap; i++) {
@@ -315,8 +315,8 @@ large_report(FILE *out, size_t *shown, size_t *total)
 			continue;
 		(*total)++;
 		if ((*shown)++ < 50)
-			fprintf(out, "  leak: %zu bytes at %p, allocated at "
-				"%s:%d\n", blk_size(h), table[i].user,
+			fprintf(out, "  %s: %zu bytes at %p, allocated at "
+				"%s:%d\n", label, blk_size(h), table[i].user,
 				table[i].file ? table[i].file : "?",
 				table[i].line);
 	}

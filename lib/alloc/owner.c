@@ -151,5 +151,8 @@ void
 owner_report(FILE *out)
 {
 	fprintf(out, "allocator owner: %s\n", owner_object);
-	sites_report(out);
+	/* On 4.0 OpenSSL's own state is among them until after main
+	 * (report.c): not leaks yet. */
+	sites_report(out, OpenSSL_version_num() >= 0x40000000L ?
+		     "still allocated" : "leak");
 }

@@ -915,11 +915,19 @@ print_memory(const struct demo *d, const struct parent_end *pe)
 {
 	char who[24];
 
+	/* On 4.0 OpenSSL's state is still allocated at this point (its
+	 * destructor frees it after main): what is live is not all leaked. */
+	bool v4 = OpenSSL_version_num() >= 0x40000000L;
+
 	printf("\nOpenSSL memory per process (ossl_proc_get_stats() after "
-	       "ossl_proc_teardown()\nand OPENSSL_cleanup(): what is still "
-	       "live leaked; a worker's frees include what\nit inherited)\n"
-	       "  process      allocs     frees  peak live   leaked double "
-	       "invalid foreign inherited\n");
+	       "ossl_proc_teardown()\nand OPENSSL_cleanup(): %s; a worker's "
+	       "frees include what\nit inherited)\n"
+	       "  process      allocs     frees  peak live %8s double "
+	       "invalid foreign inherited\n",
+	       v4 ? "what is still live includes OpenSSL 4's own state,\n"
+		    "freed only after main returns" :
+		    "what is still live leaked",
+	       v4 ? "live" : "leaked");
 	print_memory_row("parent", &pe->fin, true);
 	print_memory_row("client", &d->client.last.u.c.fin,
 			 has(&d->client, R_FINAL) > 0);
