@@ -530,15 +530,21 @@ struct ossl_proc_module;
  * connections created while the plugin was loaded keep calling the
  * trampoline, which calls the newest open module's callback, or, once all
  * modules that set one are closed, the callback that was on the context
- * before.  Closing waits for callbacks in flight (a read-write lock), so
- * after it returns no callback runs in the plugin.  Do not close a scope
- * from inside one of its own callbacks.
+ * before.  Closing waits for the scope's callbacks already in flight
+ * (not for those of other scopes, nor for callbacks that start after it),
+ * so after it returns no callback runs in the plugin.
  *
  * All module functions are thread-safe (one internal lock; they are meant
  * for load and unload time), and refuse a NULL or closed module with
- * -EINVAL and an ERROR, without dereferencing it.  Every failure is
- * logged.  Scopes and bindings are inherited by a child like any other
- * memory; only the process that closes a scope runs its undo steps.
+ * -EINVAL and an ERROR, without dereferencing it: a handle is refused
+ * after close even when the memory of its scope is reused.  Every
+ * failure is logged.  No lock is held while a callback runs, so every
+ * module function may be called from inside a callback, with one
+ * exception: closing the scope whose callback is running returns
+ * -EDEADLK.  Scopes and bindings are inherited by a child like any other
+ * memory; only the process that closes a scope runs its undo steps, and
+ * a child's close does not wait for callbacks that other threads of the
+ * parent were in at the fork.
  */
 
 /**
@@ -549,7 +555,7 @@ struct ossl_proc_module;
  * @return the scope, or NULL with errno EINVAL (before ossl_proc_init())
  *         or ENOMEM.
  *
- * Thread-safety: safe.
+ * Thread-safety: safe, from inside a callback too.
  */
 struct ossl_proc_module *ossl_proc_module_open(const char *name);
 
@@ -569,9 +575,16 @@ struct ossl_proc_module *ossl_proc_module_open(const char *name);
  *         plugin (a vendored static copy) and the scope set callbacks,
  *         whose trampolines live objects still reach, or the plugin holds
  *         its own static libcrypto; -EINVAL for a NULL or already closed
- *         module.
+ *         module; -EDEADLK (logged, nothing undone) when called from
+ *         inside one of @p m's own callbacks, or when the wait would close
+ *         a cycle: another thread, inside a callback of @p m, is itself
+ *         closing a scope whose callback this thread is in.
  *
- * Thread-safety: safe; never from inside one of the scope's callbacks.
+ * Thread-safety: safe, from inside a callback of another scope too.
+ * From the moment close starts, registrations through @p m are refused;
+ * ossl_proc_module_libctx() still returns the context it created before,
+ * for the callbacks in flight.  The wait holds no lock: it lasts as long
+ * as the slowest of @p m's callbacks already running.
  */
 int ossl_proc_module_close(struct ossl_proc_module *m);
 
@@ -593,7 +606,7 @@ int ossl_proc_module_close(struct ossl_proc_module *m);
  *         (the index is freed again); -EIO if CRYPTO_get_ex_new_index()
  *         failed.
  *
- * Thread-safety: safe.
+ * Thread-safety: safe, from inside a callback too.
  */
 int ossl_proc_module_ex_new_index(struct ossl_proc_module *m,
 				  int class_index, long argl, void *argp,
@@ -611,7 +624,8 @@ int ossl_proc_module_ex_new_index(struct ossl_proc_module *m,
  * @return 0, -EINVAL (NULL @p ctx or @p cb, NULL or closed module) or
  *         -ENOMEM.
  *
- * Thread-safety: safe, also while connections of @p ctx run handshakes.
+ * Thread-safety: safe, also while connections of @p ctx run handshakes,
+ * and from inside a callback (a servername callback setting up a context).
  */
 int ossl_proc_module_set_info_callback(struct ossl_proc_module *m,
 				       SSL_CTX *ctx,
@@ -630,7 +644,8 @@ int ossl_proc_module_set_info_callback(struct ossl_proc_module *m,
  * @return 0, -EINVAL (NULL @p ctx or @p cb, NULL or closed module) or
  *         -ENOMEM.
  *
- * Thread-safety: safe, also while connections of @p ctx run handshakes.
+ * Thread-safety: safe, also while connections of @p ctx run handshakes,
+ * and from inside a callback (a servername callback setting up a context).
  */
 int ossl_proc_module_set_verify(struct ossl_proc_module *m, SSL_CTX *ctx,
 				int mode, SSL_verify_cb cb);
@@ -647,7 +662,8 @@ int ossl_proc_module_set_verify(struct ossl_proc_module *m, SSL_CTX *ctx,
  * @return 0, -EINVAL (NULL @p ctx or @p cb, NULL or closed module) or
  *         -ENOMEM.
  *
- * Thread-safety: safe, also while connections of @p ctx run handshakes.
+ * Thread-safety: safe, also while connections of @p ctx run handshakes,
+ * and from inside a callback (a servername callback setting up a context).
  */
 int ossl_proc_module_set_msg_callback(struct ossl_proc_module *m,
 				      SSL_CTX *ctx,
@@ -666,7 +682,8 @@ int ossl_proc_module_set_msg_callback(struct ossl_proc_module *m,
  * @return 0, -EINVAL (NULL @p ctx or @p cb, NULL or closed module) or
  *         -ENOMEM.
  *
- * Thread-safety: safe, also while connections of @p ctx run handshakes.
+ * Thread-safety: safe, also while connections of @p ctx run handshakes,
+ * and from inside a callback (a servername callback setting up a context).
  */
 int ossl_proc_module_set_keylog_callback(struct ossl_proc_module *m,
 					 SSL_CTX *ctx,
@@ -686,7 +703,8 @@ int ossl_proc_module_set_keylog_callback(struct ossl_proc_module *m,
  * @return 0, -EINVAL (NULL @p ctx or @p cb, NULL or closed module) or
  *         -ENOMEM.
  *
- * Thread-safety: safe, also while connections of @p ctx run handshakes.
+ * Thread-safety: safe, also while connections of @p ctx run handshakes,
+ * and from inside a callback (a servername callback setting up a context).
  */
 int ossl_proc_module_set_alpn_select_cb(struct ossl_proc_module *m,
 					SSL_CTX *ctx,
@@ -712,7 +730,8 @@ int ossl_proc_module_set_alpn_select_cb(struct ossl_proc_module *m,
  * @return 0, -EINVAL (NULL @p ctx or @p cb, NULL or closed module) or
  *         -ENOMEM.
  *
- * Thread-safety: safe, also while connections of @p ctx run handshakes.
+ * Thread-safety: safe, also while connections of @p ctx run handshakes,
+ * and from inside a callback (a servername callback setting up a context).
  */
 int ossl_proc_module_set_servername_callback(struct ossl_proc_module *m,
 					     SSL_CTX *ctx,
@@ -730,7 +749,8 @@ int ossl_proc_module_set_servername_callback(struct ossl_proc_module *m,
  * @return 0, -EINVAL (NULL @p ctx or @p cb, NULL or closed module) or
  *         -ENOMEM.
  *
- * Thread-safety: safe, also while connections of @p ctx run handshakes.
+ * Thread-safety: safe, also while connections of @p ctx run handshakes,
+ * and from inside a callback (a servername callback setting up a context).
  */
 int ossl_proc_module_sess_set_new_cb(struct ossl_proc_module *m,
 				     SSL_CTX *ctx,
@@ -746,7 +766,8 @@ int ossl_proc_module_sess_set_new_cb(struct ossl_proc_module *m,
  * @return 0, -EINVAL (NULL @p ctx or @p cb, NULL or closed module) or
  *         -ENOMEM.
  *
- * Thread-safety: safe, also while connections of @p ctx run handshakes.
+ * Thread-safety: safe, also while connections of @p ctx run handshakes,
+ * and from inside a callback (a servername callback setting up a context).
  */
 int ossl_proc_module_sess_set_remove_cb(struct ossl_proc_module *m,
 					SSL_CTX *ctx,
@@ -763,7 +784,8 @@ int ossl_proc_module_sess_set_remove_cb(struct ossl_proc_module *m,
  * @return 0, -EINVAL (NULL @p ctx or @p cb, NULL or closed module) or
  *         -ENOMEM.
  *
- * Thread-safety: safe, also while connections of @p ctx run handshakes.
+ * Thread-safety: safe, also while connections of @p ctx run handshakes,
+ * and from inside a callback (a servername callback setting up a context).
  */
 int ossl_proc_module_set_client_cert_cb(struct ossl_proc_module *m,
 					SSL_CTX *ctx,
@@ -782,7 +804,8 @@ int ossl_proc_module_set_client_cert_cb(struct ossl_proc_module *m,
  * @return 0, -EINVAL (NULL @p ctx or @p cb, NULL or closed module) or
  *         -ENOMEM.
  *
- * Thread-safety: safe, also while connections of @p ctx run handshakes.
+ * Thread-safety: safe, also while connections of @p ctx run handshakes,
+ * and from inside a callback (a servername callback setting up a context).
  */
 int ossl_proc_module_set_psk_client_callback(struct ossl_proc_module *m,
 					     SSL_CTX *ctx,
@@ -800,7 +823,8 @@ int ossl_proc_module_set_psk_client_callback(struct ossl_proc_module *m,
  * @return 0, -EINVAL (NULL @p ctx or @p cb, NULL or closed module) or
  *         -ENOMEM.
  *
- * Thread-safety: safe, also while connections of @p ctx run handshakes.
+ * Thread-safety: safe, also while connections of @p ctx run handshakes,
+ * and from inside a callback (a servername callback setting up a context).
  */
 int ossl_proc_module_set_psk_server_callback(struct ossl_proc_module *m,
 					     SSL_CTX *ctx,
@@ -818,7 +842,7 @@ int ossl_proc_module_set_psk_server_callback(struct ossl_proc_module *m,
  *         if ERR_load_strings() failed; -ENOMEM (the strings are
  *         unloaded again).
  *
- * Thread-safety: safe.
+ * Thread-safety: safe, from inside a callback too.
  */
 int ossl_proc_module_load_strings(struct ossl_proc_module *m, int lib,
 				  ERR_STRING_DATA *str);
@@ -833,10 +857,13 @@ int ossl_proc_module_load_strings(struct ossl_proc_module *m, int lib,
  * @param m The scope.
  * @return the context (owned by the scope), or NULL (logged; errno not
  *         set) for a NULL or closed module or when OSSL_LIB_CTX_new()
- *         fails.
+ *         fails.  While the scope closes, the context created before is
+ *         still returned (to its callbacks in flight), but none is
+ *         created.
  *
- * Thread-safety: safe.  Other threads must have stopped using the context
- * before the scope is closed.
+ * Thread-safety: safe, from inside a callback too, also while another
+ * thread closes the scope.  Other threads must have stopped using the
+ * context before the scope's close returns.
  */
 OSSL_LIB_CTX *ossl_proc_module_libctx(struct ossl_proc_module *m);
 
@@ -844,15 +871,15 @@ OSSL_LIB_CTX *ossl_proc_module_libctx(struct ossl_proc_module *m);
  * Run @p undo(@p arg) at close, in reverse order of registration with the
  * other undo steps: for anything else the plugin gives OpenSSL.  The hook
  * runs in the closing thread, after the scope's callbacks were unlinked
- * and before its library context is freed, with the (recursive) module
- * lock held.
+ * and those in flight returned, and before its library context is freed,
+ * with no lock of osslproc held (a hook may call any module function).
  *
  * @param m    The scope.
  * @param undo The function; must not be NULL.
  * @param arg  Passed to @p undo.
  * @return 0, -EINVAL (NULL @p undo, NULL or closed module) or -ENOMEM.
  *
- * Thread-safety: safe.
+ * Thread-safety: safe, from inside a callback too.
  */
 int ossl_proc_module_on_close(struct ossl_proc_module *m,
 			      void (*undo)(void *arg), void *arg);

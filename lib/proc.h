@@ -48,7 +48,7 @@ struct proc_child_handler {
 	void (*callout)(uintptr_t arg, bool forker, bool raw);
 };
 
-#define PROC_CHILD_HANDLERS 2
+#define PROC_CHILD_HANDLERS 3
 
 /*
  * Everything a forked child must write to re-initialise osslproc, in one

@@ -12,6 +12,7 @@
 #include <limits.h>
 #include <stdio.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "common/testlog.h"
 #include "common/tls-util.h"
@@ -484,6 +485,412 @@ START_TEST(two_vendored_last_out_first)
 }
 END_TEST
 
+/* ---- callbacks that call module functions (issue 14) ----
+ * Each of these hung before per-scope in-flight counts: a dispatch held
+ * one global lock for reading across the callback.  alarm() bounds them:
+ * a hang ends the test with SIGALRM. */
+
+static struct ossl_proc_module *scope_a, *scope_b;
+static SSL_CTX *sni_ctx;
+static atomic_int inner_rc = 1, calls_sni;
+
+static void
+info_sni(const SSL *ssl, int where, int ret)
+{
+	(void)ssl, (void)where, (void)ret;
+	atomic_fetch_add(&calls_sni, 1);
+}
+
+/* A servername callback that sets up its SNI context lazily. */
+static int
+lazy_sni(SSL *ssl, int *al, void *arg)
+{
+	(void)ssl, (void)al, (void)arg;
+	if (!sni_ctx) {
+		sni_ctx = tls_server_ctx(pki);
+		atomic_store(&inner_rc, ossl_proc_module_set_info_callback(
+			scope_a, sni_ctx, info_sni));
+	}
+	return SSL_TLSEXT_ERR_OK;
+}
+
+START_TEST(callback_registers_on_other_ctx)
+{
+	alarm(20);
+	scope_a = ossl_proc_module_open("sni");
+	ck_assert_int_eq(ossl_proc_module_set_servername_callback(scope_a,
+			 server, lazy_sni, NULL), 0);
+	ck_assert_int_eq(tls_handshakes(client, server, 1), 1);
+	ck_assert_int_eq(atomic_load(&inner_rc), 0);
+	ck_assert_ptr_nonnull(sni_ctx);
+	ck_assert_int_eq(tls_handshakes(client, sni_ctx, 1), 1);
+	ck_assert_int_gt(atomic_load(&calls_sni), 0);
+	ck_assert_int_eq(ossl_proc_module_close(scope_a), OSSL_PROC_UNLOAD_SAFE);
+	SSL_CTX_free(sni_ctx);
+	sni_ctx = NULL;
+}
+END_TEST
+
+/* Closes the other plugin's scope, once. */
+static void
+info_closes_b(const SSL *ssl, int where, int ret)
+{
+	(void)ssl, (void)ret;
+	if ((where & SSL_CB_HANDSHAKE_START) && scope_b) {
+		atomic_store(&inner_rc, ossl_proc_module_close(scope_b));
+		scope_b = NULL;
+	}
+}
+
+START_TEST(callback_closes_other_scope)
+{
+	alarm(20);
+	scope_a = ossl_proc_module_open("a");
+	scope_b = ossl_proc_module_open("b");
+	ck_assert_int_eq(ossl_proc_module_set_info_callback(scope_b, server,
+			 info_b), 0);
+	ck_assert_int_eq(ossl_proc_module_set_info_callback(scope_a, client,
+			 info_closes_b), 0);
+	ck_assert_int_eq(tls_handshakes(client, server, 1), 1);
+	ck_assert_int_eq(atomic_load(&inner_rc), OSSL_PROC_UNLOAD_SAFE);
+	calls_b = 0;
+	ck_assert_int_eq(tls_handshakes(client, server, 1), 1);
+	ck_assert_int_eq(calls_b, 0);
+	ck_assert_int_eq(ossl_proc_module_close(scope_a), OSSL_PROC_UNLOAD_SAFE);
+}
+END_TEST
+
+static atomic_int self_close_rc = 1;
+
+static void
+info_closes_self(const SSL *ssl, int where, int ret)
+{
+	(void)ssl, (void)ret;
+	if (where & SSL_CB_HANDSHAKE_START)
+		atomic_store(&self_close_rc, ossl_proc_module_close(scope_a));
+}
+
+/* Documented as a hang before; now refused, saying what to do. */
+START_TEST(callback_closes_own_scope)
+{
+	alarm(20);
+	scope_a = ossl_proc_module_open("self");
+	ck_assert_int_eq(ossl_proc_module_set_info_callback(scope_a, client,
+			 info_closes_self), 0);
+	tl_expect(OSSL_PROC_LOG_ERROR, "own callbacks");
+	ck_assert_int_eq(tls_handshakes(client, server, 1), 1);
+	ck_assert_int_eq(atomic_load(&self_close_rc), -EDEADLK);
+	ck_assert_int_gt(tl_count(OSSL_PROC_LOG_ERROR, "after the callback "
+				  "returns"), 0);
+	tl_expect(0, NULL);
+	ck_assert_int_eq(ossl_proc_module_close(scope_a), OSSL_PROC_UNLOAD_SAFE);
+}
+END_TEST
+
+/* Thread 1 in a callback asks for its scope's libctx while thread 2
+ * closes that scope: the close once held the module lock while waiting
+ * for the callback, which waited for the module lock. */
+static atomic_int entered, closing;
+static atomic_uintptr_t seen_libctx;
+
+static void
+info_wants_libctx(const SSL *ssl, int where, int ret)
+{
+	(void)ssl, (void)ret;
+	if (!(where & SSL_CB_HANDSHAKE_START) || atomic_exchange(&entered, 1))
+		return;
+	while (!atomic_load(&closing))
+		sched_yield();
+	/* Long enough for the close to reach its wait, which is what this
+	 * test is about; the result does not depend on it. */
+	usleep(100 * 1000);
+	atomic_store(&seen_libctx,
+		     (uintptr_t)ossl_proc_module_libctx(scope_a));
+}
+
+static void *
+handshake_once(void *arg)
+{
+	(void)arg;
+	return (void *)(intptr_t)tls_handshakes(client, server, 1);
+}
+
+START_TEST(libctx_during_close)
+{
+	OSSL_LIB_CTX *lc;
+	pthread_t t;
+	void *ok;
+
+	alarm(20);
+	scope_a = ossl_proc_module_open("libctx");
+	lc = ossl_proc_module_libctx(scope_a);
+	ck_assert_ptr_nonnull(lc);
+	ck_assert_int_eq(ossl_proc_module_set_info_callback(scope_a, client,
+			 info_wants_libctx), 0);
+	pthread_create(&t, NULL, handshake_once, NULL);
+	while (!atomic_load(&entered))
+		sched_yield();
+	atomic_store(&closing, 1);
+	ck_assert_int_eq(ossl_proc_module_close(scope_a), OSSL_PROC_UNLOAD_SAFE);
+	/* Close returned only after the callback did. */
+	ck_assert_uint_eq(atomic_load(&seen_libctx), (uintptr_t)lc);
+	pthread_join(t, &ok);
+	ck_assert_int_eq((int)(intptr_t)ok, 1);
+}
+END_TEST
+
+/* Close on a busy server: it waits for the callbacks in flight in its
+ * scope, not for the load to stop.  LOAD threads handshake in a loop
+ * (at most LOAD_MAX each, or LOAD_SECONDS), each handshake's callback
+ * taking SLOW_MS. */
+#define LOAD 8
+#define LOAD_MAX 2000
+#define LOAD_SECONDS 8
+#define SLOW_MS 20
+
+static atomic_int stop_load, load_started, slow_calls;
+
+static double
+now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void
+info_slow(const SSL *ssl, int where, int ret)
+{
+	(void)ssl, (void)ret;
+	if (where & SSL_CB_HANDSHAKE_START) {
+		atomic_fetch_add(&slow_calls, 1);
+		usleep(SLOW_MS * 1000);
+	}
+}
+
+static void *
+load_loop(void *arg)
+{
+	double end = now_s() + LOAD_SECONDS;
+	intptr_t failed = 0;
+
+	(void)arg;
+	for (int i = 0; i < LOAD_MAX && !atomic_load(&stop_load) &&
+	     now_s() < end; i++) {
+		failed += tls_handshakes(client, server, 1) != 1;
+		if (i == 0)
+			atomic_fetch_add(&load_started, 1);
+	}
+	return (void *)failed;
+}
+
+START_TEST(close_under_load)
+{
+	pthread_t t[LOAD];
+	double t0, took;
+	int after;
+
+	alarm(60);
+	scope_a = ossl_proc_module_open("slow");
+	ck_assert_int_eq(ossl_proc_module_set_info_callback(scope_a, client,
+			 info_slow), 0);
+	for (int i = 0; i < LOAD; i++)
+		pthread_create(&t[i], NULL, load_loop, NULL);
+	while (atomic_load(&load_started) < LOAD)
+		sched_yield();
+	t0 = now_s();
+	ck_assert_int_eq(ossl_proc_module_close(scope_a), OSSL_PROC_UNLOAD_SAFE);
+	took = now_s() - t0;
+	after = atomic_load(&slow_calls);
+	/* The load goes on without the module's callback. */
+	for (int i = 0; i < 20; i++)
+		sched_yield();
+	usleep(3 * SLOW_MS * 1000);
+	ck_assert_int_le(atomic_load(&slow_calls), after);
+	atomic_store(&stop_load, 1);
+	for (int i = 0; i < LOAD; i++) {
+		void *failed;
+
+		pthread_join(t[i], &failed);
+		ck_assert_ptr_null(failed);
+	}
+	fprintf(stderr, "close under load: %.1f ms\n", took * 1e3);
+	/* The slowest callback in flight (SLOW_MS), with room for 8 threads
+	 * on a 2-CPU VM and valgrind; the old lock took the load duration. */
+	ck_assert_msg(took < 25 * SLOW_MS / 1e3, "close took %.3f s", took);
+}
+END_TEST
+
+/* Two threads, each in a callback of one scope, close each other's:
+ * one close is refused rather than both waiting forever. */
+static pthread_barrier_t both_in;
+static atomic_int cross_rc[2] = { 1, 1 };
+static SSL_CTX *client2;
+
+static void
+cross_close(int me, const SSL *ssl, int where)
+{
+	(void)ssl;
+	if (!(where & SSL_CB_HANDSHAKE_START) || atomic_load(&cross_rc[me]) != 1)
+		return;
+	pthread_barrier_wait(&both_in);
+	atomic_store(&cross_rc[me],
+		     ossl_proc_module_close(me ? scope_a : scope_b));
+}
+
+static void
+info_cross_a(const SSL *ssl, int where, int ret)
+{
+	(void)ret;
+	cross_close(0, ssl, where);
+}
+
+static void
+info_cross_b(const SSL *ssl, int where, int ret)
+{
+	(void)ret;
+	cross_close(1, ssl, where);
+}
+
+static void *
+handshake_client2(void *arg)
+{
+	(void)arg;
+	return (void *)(intptr_t)tls_handshakes(client2, server, 1);
+}
+
+START_TEST(mutual_close_refused)
+{
+	pthread_t t;
+	void *ok;
+	int rc0, rc1;
+
+	alarm(20);
+	client2 = tls_client_ctx(pki);
+	pthread_barrier_init(&both_in, NULL, 2);
+	scope_a = ossl_proc_module_open("a");
+	scope_b = ossl_proc_module_open("b");
+	ck_assert_int_eq(ossl_proc_module_set_info_callback(scope_a, client,
+			 info_cross_a), 0);
+	ck_assert_int_eq(ossl_proc_module_set_info_callback(scope_b, client2,
+			 info_cross_b), 0);
+	tl_expect(OSSL_PROC_LOG_ERROR, "would wait for a callback");
+	pthread_create(&t, NULL, handshake_client2, NULL);
+	ck_assert_int_eq(tls_handshakes(client, server, 1), 1);
+	pthread_join(t, &ok);
+	ck_assert_int_eq((int)(intptr_t)ok, 1);
+	tl_expect(0, NULL);
+	rc0 = atomic_load(&cross_rc[0]);
+	rc1 = atomic_load(&cross_rc[1]);
+	ck_assert_msg((rc0 == 0 && rc1 == -EDEADLK) ||
+		      (rc1 == 0 && rc0 == -EDEADLK), "rc %d %d", rc0, rc1);
+	ck_assert_int_eq(ossl_proc_module_close(rc0 ? scope_b : scope_a),
+			 OSSL_PROC_UNLOAD_SAFE);
+	SSL_CTX_free(client2);
+}
+END_TEST
+
+/* Whether @h is one of the @n handles at @v. */
+static bool
+among(struct ossl_proc_module *h, struct ossl_proc_module **v, int n)
+{
+	for (int i = 0; i < n; i++)
+		if (v[i] == h)
+			return true;
+	return false;
+}
+
+/* A closed handle stays refused when its scope's address is reused.
+ * Sixteen scopes are closed (more than glibc's per-thread cache holds,
+ * so that calloc reuses their memory), then scopes opened until one
+ * lands where a closed one was, or 64 of them. */
+START_TEST(stale_handle_refused)
+{
+	struct ossl_proc_module *old[16], *now[64], *stale = NULL;
+	int n = 0;
+
+	for (int i = 0; i < 16; i++)
+		old[i] = ossl_proc_module_open("old");
+	for (int i = 0; i < 16; i++)
+		ck_assert_int_eq(ossl_proc_module_close(old[i]),
+				 OSSL_PROC_UNLOAD_SAFE);
+	while (!stale && n < 64) {
+		now[n] = ossl_proc_module_open("new");
+		ck_assert_ptr_nonnull(now[n]);
+		if (among(now[n++], old, 16))
+			stale = now[n - 1];
+	}
+	fprintf(stderr, "stale handle: %s\n", stale ? "address reused" :
+		"no handle value reused");
+	if (!stale)
+		stale = old[0];
+	ck_assert_int_eq(ossl_proc_module_set_info_callback(now[n - 1],
+			 client, info_a), 0);
+	tl_expect(OSSL_PROC_LOG_ERROR, "not an open module");
+	ck_assert_int_eq(ossl_proc_module_close(stale), -EINVAL);
+	ck_assert_int_eq(ossl_proc_module_on_close(stale, undo_hook, NULL),
+			 -EINVAL);
+	tl_expect(0, NULL);
+	/* The new scopes are untouched: the last one's callback runs. */
+	calls_a = 0;
+	ck_assert_int_eq(tls_handshakes(client, server, 1), 1);
+	ck_assert_int_gt(calls_a, 0);
+	while (n-- > 0)
+		ck_assert_int_eq(ossl_proc_module_close(now[n]),
+				 OSSL_PROC_UNLOAD_SAFE);
+}
+END_TEST
+
+/* A child forked while another thread is inside a callback: that thread
+ * is not in the child, so its callback never returns there, and the
+ * child's close does not wait for it. */
+static atomic_int hold_in_cb;
+
+static void
+info_holds(const SSL *ssl, int where, int ret)
+{
+	(void)ssl, (void)ret;
+	if (!(where & SSL_CB_HANDSHAKE_START) || atomic_exchange(&entered, 1))
+		return;
+	while (atomic_load(&hold_in_cb))
+		sched_yield();
+}
+
+START_TEST(fork_during_callback)
+{
+	pthread_t t;
+	pid_t pid;
+	int status;
+	void *ok;
+
+	alarm(30);
+	scope_a = ossl_proc_module_open("forked");
+	ck_assert_int_eq(ossl_proc_module_set_info_callback(scope_a, client,
+			 info_holds), 0);
+	atomic_store(&hold_in_cb, 1);
+	pthread_create(&t, NULL, handshake_once, NULL);
+	while (!atomic_load(&entered))
+		sched_yield();
+	/* That is the point here: the other thread holds no OpenSSL lock. */
+	tl_expect(OSSL_PROC_LOG_WARNING, "fork with");
+	pid = fork();
+	if (pid == 0) {
+		alarm(5);
+		_exit(ossl_proc_module_close(scope_a) == OSSL_PROC_UNLOAD_SAFE &&
+		      tls_handshakes(client, server, 1) == 1 ? 0 : 1);
+	}
+	ck_assert_int_gt(pid, 0);
+	status = tl_reap(pid);
+	atomic_store(&hold_in_cb, 0);
+	pthread_join(t, &ok);
+	/* 128 + SIGALRM: the child's close waited for the other thread. */
+	ck_assert_int_eq(status, 0);
+	ck_assert_int_eq((int)(intptr_t)ok, 1);
+	ck_assert_int_eq(ossl_proc_module_close(scope_a), OSSL_PROC_UNLOAD_SAFE);
+}
+END_TEST
+
 int
 main(void)
 {
@@ -511,6 +918,19 @@ main(void)
 	tcase_add_test(tc, misuse);
 	tcase_add_test(tc, close_while_registering);
 	tcase_add_test(tc, same_kind_twice);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("reentry");
+	tcase_set_timeout(tc, 120);
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_test(tc, callback_registers_on_other_ctx);
+	tcase_add_test(tc, callback_closes_other_scope);
+	tcase_add_test(tc, callback_closes_own_scope);
+	tcase_add_test(tc, libctx_during_close);
+	tcase_add_test(tc, close_under_load);
+	tcase_add_test(tc, mutual_close_refused);
+	tcase_add_test(tc, stale_handle_refused);
+	tcase_add_test(tc, fork_during_callback);
 	suite_add_tcase(s, tc);
 	return tl_run(s);
 }

@@ -68,7 +68,8 @@ plugin_unload(void)
 	int rc = 0;
 
 	if (scope) {
-		/* Waits for callbacks in flight: do not call it from one. */
+		/* Waits for this scope's callbacks in flight; from one of
+		 * them it would wait for itself, and returns -EDEADLK. */
 		rc = ossl_proc_module_close(scope);
 		scope = NULL;
 	}

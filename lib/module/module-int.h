@@ -1,4 +1,4 @@
-/* Internals shared by module.c and trampoline.c. */
+/* Internals shared by scope.c and trampoline.c. */
 #ifndef OSSLPROC_MODULE_INT_H
 #define OSSLPROC_MODULE_INT_H
 
@@ -35,19 +35,41 @@ typedef int (*sess_new_fn)(SSL *ssl, SSL_SESSION *sess);
 typedef void (*sess_remove_fn)(SSL_CTX *ctx, SSL_SESSION *sess);
 typedef int (*client_cert_fn)(SSL *ssl, X509 **x509, EVP_PKEY **pkey);
 
+/* What a scope's close waits on: the number of its callbacks running,
+ * in any thread, and a bit its closer sets to be woken at zero. */
+struct tramp_gate {
+	_Atomic unsigned inflight;
+};
+
 /* One callback a module set on a context, until the module closes. */
 struct cb_node {
 	any_fn fn;
 	void *arg;           /* for the kinds that take one */
+	struct tramp_gate *gate; /* its scope's */
 	SSL_CTX *ctx;        /* NULL once the context was freed */
 	enum cb_kind kind;
-	struct cb_node *below;
+	struct cb_node *below; /* on the stack, then on the retired list */
+};
+
+/* A dispatch in progress in this thread (a frame on its stack). */
+struct tramp_frame {
+	struct tramp_gate *gate;
+	struct tramp_frame *up;
+};
+
+/* A close waiting for a gate to drain, visible to the other closers so
+ * that a cycle of closes waiting on each other is refused. */
+struct tramp_waiter {
+	struct tramp_gate *gate;
+	struct tramp_frame *frames; /* the closing thread's */
+	struct tramp_waiter *next;
 };
 
 /* trampoline.c: the scopes call down into it, never the other way. */
 
-/* A node for @fn with @arg, not yet bound; NULL when out of memory. */
-struct cb_node *tramp_node_new(any_fn fn, void *arg);
+/* A node for @fn with @arg, counted on @gate, not yet bound; NULL when
+ * out of memory. */
+struct cb_node *tramp_node_new(any_fn fn, void *arg, struct tramp_gate *g);
 /* Free a node that is not bound (never bound, or unbound). */
 void tramp_node_free(struct cb_node *n);
 /* Push @n on @ctx's stack for @kind and put the trampoline on @ctx;
@@ -57,15 +79,27 @@ int tramp_bind(SSL_CTX *ctx, enum cb_kind kind, struct cb_node *n, int mode);
  * binding is freed, and a node's ctx stays what it is. */
 void tramp_lock(void);
 void tramp_unlock(void);
-/* Unlink nodes between begin and end, under the binding lock: no
- * dispatch runs meanwhile, and none reaches an unlinked node afterwards.
- * A node whose context was freed is left alone. */
-void tramp_unbind_begin(void);
+/* Unlink @n, under the binding lock: no dispatch that starts afterwards
+ * reaches it; those that found it before are counted on its gate.  A
+ * node whose context was freed is left alone. */
 void tramp_unbind(struct cb_node *n);
-void tramp_unbind_end(void);
-/* With no module left on @n's context for its kind: put back what was
- * there, if the trampoline is still on the context (else WARNING). */
+/* After its gate drained: with no module left on @n's context for its
+ * kind, put back what was there, if the trampoline is still on the
+ * context (else WARNING).  Takes the binding lock. */
 void tramp_restore(const char *module, struct cb_node *n);
+/* Before unlinking a scope's nodes: register @w as waiting for @g, or
+ * -EDEADLK (logged, naming @module) when the calling thread is inside a
+ * callback counted on @g, or the wait would close a cycle of closes
+ * waiting for each other.  0: call tramp_drain(@w) next. */
+int tramp_close_begin(struct tramp_gate *g, struct tramp_waiter *w,
+		      const char *module);
+/* Wait for the callbacks counted on @w's gate to return; no lock of
+ * osslproc may be held (a callback may need it). */
+void tramp_drain(struct tramp_waiter *w);
+/* In a child, with only the forking thread left: the other threads'
+ * dispatches and closes are gone; their locks and counts are reset. */
+void tramp_child_reset(void);
+void tramp_gate_reset(struct tramp_gate *g);
 /* An address inside the trampolines' code, for dladdr(). */
 const void *tramp_code(void);
 

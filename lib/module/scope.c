@@ -6,8 +6,10 @@
  * logs and the close.
  */
 #include <dlfcn.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/err.h>
 #include <openssl/provider.h>
@@ -30,8 +32,17 @@ struct undo {
 	} u;
 };
 
-struct ossl_proc_module {
+/*
+ * A scope.  What the user holds is not its address but a handle, its
+ * slot in the table below and the generation it was opened with: once
+ * closed, a handle is refused even when calloc hands the same address
+ * to another scope, which would otherwise be closed in its place.
+ */
+struct scope {
 	char name[64];
+	uintptr_t handle;
+	bool closing;      /* registrations refused, callbacks unlinked */
+	struct tramp_gate gate;
 	struct undo *undo;
 	size_t n, cap;
 	OSSL_LIB_CTX *libctx;
@@ -41,40 +52,124 @@ struct ossl_proc_module {
 
 /* All module operations are rare (load and unload time): one lock,
  * recursive because an on_close hook may call them.  Taken before the
- * trampolines' binding lock, never after it. */
+ * trampolines' binding lock, never after it, and never held while a
+ * close waits for callbacks, which may take it. */
 static pthread_mutex_t modules_lock = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
-static struct ossl_proc_module **open_modules;
-static size_t n_open, cap_open;
+static struct scope **slots;
+static size_t n_slots, cap_slots, n_live;
+static uintptr_t next_gen;
 
-/* ---- the registry of open modules ---- */
+/* A handle: the slot + 1 in the low bits (never 0), the generation above. */
+#define SLOT_BITS (UINTPTR_MAX > 0xffffffffu ? 20 : 10)
+#define SLOT_MAX (((uintptr_t)1 << SLOT_BITS) - 1)
 
-static bool
-is_open(const struct ossl_proc_module *m)
+/* ---- the registry of scopes ---- */
+
+/* Start the generations at a value of this copy of osslproc (its address
+ * and the time), so that another copy's handle is refused too. */
+static uintptr_t
+first_gen(void)
 {
-	for (size_t i = 0; i < n_open; i++)
-		if (open_modules[i] == m)
-			return true;
-	return false;
+	struct timespec ts;
+	uint64_t x;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	x = (uint64_t)(uintptr_t)&next_gen ^ (uint64_t)ts.tv_nsec ^
+	    ((uint64_t)ts.tv_sec << 30);
+	return (uintptr_t)(x * 0x9e3779b97f4a7c15ull >> 16);
 }
 
-/* Under modules_lock: @m is an open module, else a logged -EINVAL. */
-static int
-check_open(const struct ossl_proc_module *m, const char *fn)
+/* Under modules_lock: the scope of handle @h, open (or closing, when
+ * @closing_ok), else NULL. */
+static struct scope *
+lookup(const struct ossl_proc_module *h, bool closing_ok)
 {
-	if (!m) {
+	uintptr_t v = (uintptr_t)h;
+	size_t i = (size_t)(v & SLOT_MAX);
+	struct scope *m;
+
+	if (i == 0 || i > n_slots)
+		return NULL;
+	m = slots[i - 1];
+	if (!m || m->handle != v || (m->closing && !closing_ok))
+		return NULL;
+	return m;
+}
+
+/* Under modules_lock: the scope of @h, else a logged NULL. */
+static struct scope *
+find(const struct ossl_proc_module *h, bool closing_ok, const char *fn)
+{
+	struct scope *m;
+
+	if (!h) {
 		log_bug_client("%s: module is NULL", fn);
-		return -EINVAL;
+		return NULL;
 	}
-	if (!is_open(m)) {
+	m = lookup(h, closing_ok);
+	if (!m)
 		log_bug_client("%s: %p is not an open module (closed already?)",
-			       fn, (const void *)m);
-		return -EINVAL;
+			       fn, (const void *)h);
+	return m;
+}
+
+/* Under modules_lock: give @m a slot and a handle; -ENOMEM (logged). */
+static int
+remember(struct scope *m)
+{
+	size_t i = 0;
+
+	while (i < n_slots && slots[i])
+		i++;
+	if (i == n_slots) {
+		if (n_slots >= SLOT_MAX ||
+		    array_reserve((void **)&slots, &cap_slots, n_slots,
+				  sizeof(*slots))) {
+			log_error("ossl_proc_module_open: out of memory for "
+				  "the table of open scopes");
+			return -ENOMEM;
+		}
+		n_slots++;
 	}
+	if (!next_gen)
+		next_gen = first_gen();
+	m->handle = (next_gen++ << SLOT_BITS) | (i + 1);
+	slots[i] = m;
+	n_live++;
 	return 0;
 }
 
+/* Under modules_lock: @m's handle is refused from now on. */
+static void
+forget(struct scope *m)
+{
+	slots[(m->handle & SLOT_MAX) - 1] = NULL;
+	/* A vendored copy may be unloaded next: leave nothing allocated. */
+	if (--n_live == 0) {
+		free(slots);
+		slots = NULL;
+		n_slots = cap_slots = 0;
+	}
+}
+
+/* In a child, alone: the callbacks other threads were in never return
+ * here.  No lock: the thread that held one is gone too. */
+CHILD_PATH static uintptr_t
+child_locked(void)
+{
+	tramp_child_reset();
+	for (size_t i = 0; i < n_slots; i++)
+		if (slots[i])
+			tramp_gate_reset(&slots[i]->gate);
+	return 0;
+}
+
+static const struct proc_child_handler child_handler = {
+	.locked = child_locked,
+};
+
 static int
-undo_push(struct ossl_proc_module *m, struct undo u)
+undo_push(struct scope *m, struct undo u)
 {
 	if (array_reserve((void **)&m->undo, &m->cap, m->n,
 			  sizeof(*m->undo))) {
@@ -89,7 +184,8 @@ undo_push(struct ossl_proc_module *m, struct undo u)
 OSSL_PROC_EXPORT struct ossl_proc_module *
 ossl_proc_module_open(const char *name)
 {
-	struct ossl_proc_module *m;
+	struct scope *m;
+	int rc;
 
 	alloc_check();
 	if (!proc_initialised()) {
@@ -107,31 +203,39 @@ ossl_proc_module_open(const char *name)
 	}
 	snprintf(m->name, sizeof(m->name), "%s", name ? name : "(unnamed)");
 	pthread_mutex_lock(&modules_lock);
-	if (array_reserve((void **)&open_modules, &cap_open, n_open,
-			  sizeof(*open_modules))) {
-		pthread_mutex_unlock(&modules_lock);
+	/* Only once a scope exists does a child have counts to reset. */
+	proc_on_child(&child_handler);
+	rc = remember(m);
+	pthread_mutex_unlock(&modules_lock);
+	if (rc) {
 		free(m);
-		log_error("ossl_proc_module_open: out of memory for the table "
-			  "of open scopes");
-		errno = ENOMEM;
+		errno = -rc;
 		return NULL;
 	}
-	open_modules[n_open++] = m;
-	pthread_mutex_unlock(&modules_lock);
-	return m;
+	return (struct ossl_proc_module *)m->handle;
+}
+
+/* Under modules_lock: *@m the open scope of @h, else -EINVAL (logged). */
+static int
+check_open(const struct ossl_proc_module *h, const char *fn,
+	   struct scope **m)
+{
+	*m = find(h, false, fn);
+	return *m ? 0 : -EINVAL;
 }
 
 /* ---- registrations ---- */
 
 OSSL_PROC_EXPORT int
-ossl_proc_module_ex_new_index(struct ossl_proc_module *m, int class_index,
+ossl_proc_module_ex_new_index(struct ossl_proc_module *h, int class_index,
 			      long argl, void *argp, CRYPTO_EX_new *new_func,
 			      CRYPTO_EX_dup *dup_func, CRYPTO_EX_free *free_func)
 {
+	struct scope *m;
 	int idx, rc;
 
 	pthread_mutex_lock(&modules_lock);
-	rc = check_open(m, __func__);
+	rc = check_open(h, __func__, &m);
 	if (!rc) {
 		idx = CRYPTO_get_ex_new_index(class_index, argl, argp,
 					      new_func, dup_func, free_func);
@@ -153,20 +257,21 @@ ossl_proc_module_ex_new_index(struct ossl_proc_module *m, int class_index,
 }
 
 static int
-set_callback(struct ossl_proc_module *m, SSL_CTX *ctx, enum cb_kind kind,
+set_callback(struct ossl_proc_module *h, SSL_CTX *ctx, enum cb_kind kind,
 	     any_fn fn, void *arg, int verify_mode, const char *name)
 {
 	struct cb_node *n = NULL;
+	struct scope *m;
 	int rc;
 
 	pthread_mutex_lock(&modules_lock);
-	rc = check_open(m, name);
+	rc = check_open(h, name, &m);
 	if (!rc && (!ctx || !fn)) {
 		log_bug_client("%s: ctx and cb must not be NULL", name);
 		rc = -EINVAL;
 	}
 	if (!rc) {
-		n = tramp_node_new(fn, arg);
+		n = tramp_node_new(fn, arg, &m->gate);
 		rc = n ? 0 : -ENOMEM;
 	}
 	if (!rc)
@@ -291,13 +396,14 @@ ossl_proc_module_set_psk_server_callback(struct ossl_proc_module *m,
 }
 
 OSSL_PROC_EXPORT int
-ossl_proc_module_load_strings(struct ossl_proc_module *m, int lib,
+ossl_proc_module_load_strings(struct ossl_proc_module *h, int lib,
 			      ERR_STRING_DATA *str)
 {
+	struct scope *m;
 	int rc;
 
 	pthread_mutex_lock(&modules_lock);
-	rc = check_open(m, __func__);
+	rc = check_open(h, __func__, &m);
 	if (!rc && !str) {
 		log_bug_client("%s: str is NULL", __func__);
 		rc = -EINVAL;
@@ -317,13 +423,14 @@ ossl_proc_module_load_strings(struct ossl_proc_module *m, int lib,
 }
 
 OSSL_PROC_EXPORT int
-ossl_proc_module_on_close(struct ossl_proc_module *m,
+ossl_proc_module_on_close(struct ossl_proc_module *h,
 			  void (*undo)(void *arg), void *arg)
 {
+	struct scope *m;
 	int rc;
 
 	pthread_mutex_lock(&modules_lock);
-	rc = check_open(m, __func__);
+	rc = check_open(h, __func__, &m);
 	if (!rc && !undo) {
 		log_bug_client("%s: undo is NULL", __func__);
 		rc = -EINVAL;
@@ -335,24 +442,40 @@ ossl_proc_module_on_close(struct ossl_proc_module *m,
 	return rc;
 }
 
+/* Under modules_lock: @m's context, created now if it has none. */
+static OSSL_LIB_CTX *
+libctx_of(struct scope *m)
+{
+	if (!m->libctx) {
+		m->libctx = OSSL_LIB_CTX_new();
+		/* Provider loads in it must not read OPENSSL_MODULES. */
+		if (m->libctx && env_modules_dir())
+			OSSL_PROVIDER_set_default_search_path(m->libctx,
+							      env_modules_dir());
+	}
+	if (!m->libctx)
+		log_error("module %s: OSSL_LIB_CTX_new failed", m->name);
+	return m->libctx;
+}
+
+/* While the scope closes, its callbacks in flight still get the
+ * context, which is freed only once they have returned. */
 OSSL_PROC_EXPORT OSSL_LIB_CTX *
-ossl_proc_module_libctx(struct ossl_proc_module *m)
+ossl_proc_module_libctx(struct ossl_proc_module *h)
 {
 	OSSL_LIB_CTX *lc = NULL;
+	struct scope *m;
 
 	pthread_mutex_lock(&modules_lock);
-	if (!check_open(m, __func__)) {
-		if (!m->libctx) {
-			m->libctx = OSSL_LIB_CTX_new();
-			/* Provider loads in it must not read OPENSSL_MODULES. */
-			if (m->libctx && env_modules_dir())
-				OSSL_PROVIDER_set_default_search_path(
-					m->libctx, env_modules_dir());
-		}
+	m = find(h, true, __func__);
+	if (m && !m->closing)
+		lc = libctx_of(m);
+	else if (m && m->libctx)
 		lc = m->libctx;
-		if (!lc)
-			log_error("module %s: OSSL_LIB_CTX_new failed", m->name);
-	}
+	else if (m)
+		log_error("module %s: closing, so no library context is "
+			  "created any more; create it before the module "
+			  "closes", m->name);
 	pthread_mutex_unlock(&modules_lock);
 	return lc;
 }
@@ -360,7 +483,7 @@ ossl_proc_module_libctx(struct ossl_proc_module *m)
 /* ---- close ---- */
 
 static void
-undo_one(struct ossl_proc_module *m, struct undo *u)
+undo_one(struct scope *m, struct undo *u)
 {
 	switch (u->kind) {
 	case U_EX_INDEX:
@@ -379,15 +502,13 @@ undo_one(struct ossl_proc_module *m, struct undo *u)
 	}
 }
 
-/* No callback of @m can run any more: its entries are unlinked. */
+/* No dispatch that starts from now on reaches a callback of @m. */
 static void
-detach_callbacks(struct ossl_proc_module *m)
+detach_callbacks(struct scope *m)
 {
-	tramp_unbind_begin();
 	for (size_t i = 0; i < m->n; i++)
 		if (m->undo[i].kind == U_CALLBACK)
 			tramp_unbind(m->undo[i].u.cb);
-	tramp_unbind_end();
 }
 
 /* Whether the plugin must stay mapped: osslproc's trampolines stay
@@ -396,7 +517,7 @@ detach_callbacks(struct ossl_proc_module *m)
  * into it must stay too (pin_own_libcrypto), whether or not the
  * module registered a callback. */
 static int
-unload_verdict(struct ossl_proc_module *m)
+unload_verdict(struct scope *m)
 {
 	Dl_info mine, theirs;
 
@@ -411,24 +532,7 @@ unload_verdict(struct ossl_proc_module *m)
 }
 
 static void
-forget(struct ossl_proc_module *m)
-{
-	for (size_t i = 0; i < n_open; i++) {
-		if (open_modules[i] == m) {
-			open_modules[i] = open_modules[--n_open];
-			break;
-		}
-	}
-	/* A vendored copy may be unloaded next: leave nothing allocated. */
-	if (n_open == 0) {
-		free(open_modules);
-		open_modules = NULL;
-		cap_open = 0;
-	}
-}
-
-static void
-module_free(struct ossl_proc_module *m)
+module_free(struct scope *m)
 {
 	for (size_t i = 0; i < m->n; i++)
 		if (m->undo[i].kind == U_CALLBACK)
@@ -437,30 +541,55 @@ module_free(struct ossl_proc_module *m)
 	free(m);
 }
 
-OSSL_PROC_EXPORT int
-ossl_proc_module_close(struct ossl_proc_module *m)
+/* Refuse registrations and unlink the callbacks of the open scope of
+ * @h; then @w waits for those in flight.  -EINVAL or -EDEADLK, logged. */
+static int
+close_begin(struct ossl_proc_module *h, struct tramp_waiter *w,
+	    struct scope **out)
 {
+	struct scope *m;
+	int rc;
+
+	pthread_mutex_lock(&modules_lock);
+	rc = check_open(h, "ossl_proc_module_close", &m);
+	if (!rc)
+		rc = tramp_close_begin(&m->gate, w, m->name);
+	if (!rc) {
+		m->closing = true;
+		detach_callbacks(m);
+	}
+	pthread_mutex_unlock(&modules_lock);
+	*out = m;
+	return rc;
+}
+
+/* The wait runs with no lock of ours held: the callbacks it waits for
+ * may call any module function (ossl_proc_module_libctx(), a callback
+ * on another context, another scope's close). */
+OSSL_PROC_EXPORT int
+ossl_proc_module_close(struct ossl_proc_module *h)
+{
+	struct tramp_waiter w;
+	struct scope *m;
 	int rc;
 
 	alloc_check();
-	pthread_mutex_lock(&modules_lock);
-	rc = check_open(m, __func__);
-	if (rc) {
-		pthread_mutex_unlock(&modules_lock);
+	rc = close_begin(h, &w, &m);
+	if (rc)
 		return rc;
-	}
+	tramp_drain(&w);
+	pthread_mutex_lock(&modules_lock);
 	forget(m);
-	/* No context with one of the module's callbacks is freed until the
-	 * undo is complete. */
-	tramp_lock();
-	detach_callbacks(m);
+	pthread_mutex_unlock(&modules_lock);
+	/* The scope is nobody's but ours now; the hooks run unlocked, so
+	 * they may call any module function. */
 	for (size_t i = m->n; i-- > 0;)
 		undo_one(m, &m->undo[i]);
 	if (m->libctx) {
 		OPENSSL_thread_stop_ex(m->libctx);
 		OSSL_LIB_CTX_free(m->libctx);
 	}
-	tramp_unlock();
+	pthread_mutex_lock(&modules_lock);
 	rc = unload_verdict(m);
 	pthread_mutex_unlock(&modules_lock);
 	log_debug("module %s closed (%zu registrations undone)", m->name,

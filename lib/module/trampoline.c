@@ -7,12 +7,20 @@
  * callback goes on a per-context stack (a binding, kept in an SSL_CTX
  * ex_data slot of ours).  A trampoline calls the newest callback on the
  * stack of the SSL's context; with the stack empty, the callback that was
- * on the context before, or OpenSSL's behaviour without one.  Entries are
- * pushed and unlinked under a write lock that every dispatch holds for
- * reading, so once a module's entries are unlinked none of its callbacks
- * is running or can start.  The nodes belong to this file: a context
- * freed before the module closed only marks its nodes, which the
- * module's close then frees.
+ * on the context before, or OpenSSL's behaviour without one.
+ *
+ * No lock is held while a callback runs, so that a callback may call any
+ * module function.  A dispatch reads the stack under the binding's own
+ * mutex, held for a few loads, and counts itself on the gate of the
+ * node's scope before letting go; a close unlinks its scope's nodes under
+ * the same mutex, after which no dispatch reaches them, and then waits
+ * for its gate alone to drain: callbacks of other scopes, and callbacks
+ * that start after the unlink, do not hold it up.  Each thread keeps its
+ * dispatches in progress on a list of frames, so that a close from inside
+ * one of its own scope's callbacks is refused rather than waiting for
+ * itself.  The nodes belong to this file: a context freed before the
+ * module closed only marks its nodes, which the module's close then
+ * frees.
  */
 #include <stdlib.h>
 
@@ -20,16 +28,35 @@
 
 /* Per SSL_CTX: the stack of module callbacks above what was there. */
 struct binding {
+	/* Dispatches read top[] and base[] under it; writers hold the
+	 * binding lock as well.  Never held across a call. */
+	pthread_mutex_t lock;
 	struct cb_node *top[CB_COUNT];
 	any_fn base[CB_COUNT];
 	int base_verify_mode;
+	/* Unlinked nodes whose scope has not restored them yet: marked too
+	 * when the context goes first. */
+	struct cb_node *retired;
+	/* All bindings, for a child to reset their locks. */
+	struct binding *next, **pprev;
 };
 
-static pthread_rwlock_t dispatch_lock = PTHREAD_RWLOCK_INITIALIZER;
-/* Recursive: a module's close holds it while its on_close hooks run, and
- * a hook may free a context. */
+/* Recursive: a context freed from inside a section that holds it (an
+ * on_close hook, a callback's SSL_CTX_free) takes it again. */
 static pthread_mutex_t bind_lock = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
 static int bind_index = -1;
+static struct binding *bindings;
+
+/* Closers wait on it; a dispatch takes it only to wake one. */
+static pthread_mutex_t wait_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t drained = PTHREAD_COND_INITIALIZER;
+static struct tramp_waiter *waiters;
+
+#define GATE_WAITING 0x80000000u
+
+/* This thread's dispatches in progress, innermost first. */
+static __thread struct tramp_frame *frames
+	__attribute__((tls_model("initial-exec")));
 
 void
 tramp_lock(void)
@@ -43,8 +70,15 @@ tramp_unlock(void)
 	pthread_mutex_unlock(&bind_lock);
 }
 
+static void
+mark_freed(struct cb_node *n)
+{
+	for (; n; n = n->below)
+		n->ctx = NULL;
+}
+
 /* The context is going away before the modules of its nodes closed:
- * their close must not touch it. */
+ * their close must not touch it.  No dispatch runs on it any more. */
 static void
 binding_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx,
 	     long argl, void *argp)
@@ -56,9 +90,13 @@ binding_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx,
 		return;
 	tramp_lock();
 	for (int k = 0; k < CB_COUNT; k++)
-		for (struct cb_node *n = b->top[k]; n; n = n->below)
-			n->ctx = NULL;
+		mark_freed(b->top[k]);
+	mark_freed(b->retired);
+	*b->pprev = b->next;
+	if (b->next)
+		b->next->pprev = b->pprev;
 	tramp_unlock();
+	pthread_mutex_destroy(&b->lock);
 	free(b);
 }
 
@@ -71,29 +109,65 @@ binding_get(const SSL_CTX *ctx)
 
 /* ---- dispatch ---- */
 
-/* Take the read lock and find what to call for @kind on @ctx: the newest
- * module entry (*arg set), else the base callback (*arg untouched); NULL
- * when there is neither.  The caller calls tramp_done() afterwards. */
+/* Find what to call for @kind on @ctx: the newest module entry (*arg
+ * set, counted on its gate and pushed on this thread's frames), else the
+ * base callback (*arg untouched); NULL when there is neither.  The
+ * caller calls tramp_done(@f) afterwards. */
 static any_fn
-lookup(const SSL_CTX *ctx, enum cb_kind kind, void **arg)
+lookup(const SSL_CTX *ctx, enum cb_kind kind, void **arg,
+       struct tramp_frame *f)
 {
-	struct binding *b;
+	struct binding *b = binding_get(ctx);
+	struct cb_node *n;
+	any_fn fn;
 
-	pthread_rwlock_rdlock(&dispatch_lock);
-	b = binding_get(ctx);
+	f->gate = NULL;
 	if (!b)
 		return NULL;
-	if (b->top[kind]) {
-		*arg = b->top[kind]->arg;
-		return b->top[kind]->fn;
+	pthread_mutex_lock(&b->lock);
+	n = b->top[kind];
+	if (n) {
+		*arg = n->arg;
+		fn = n->fn;
+		f->gate = n->gate;
+		/* The unlock orders it before the closer's unlink and so
+		 * before its wait reads the count. */
+		atomic_fetch_add_explicit(&f->gate->inflight, 1,
+					  memory_order_relaxed);
+	} else {
+		fn = b->base[kind];
 	}
-	return b->base[kind];
+	pthread_mutex_unlock(&b->lock);
+	if (f->gate) {
+		f->up = frames;
+		frames = f;
+	}
+	return fn;
+}
+
+/* Wake the closers: one of them waits for a gate that just drained.
+ * The gate is not touched: its scope may be freed by now. */
+static void
+wake_closers(void)
+{
+	pthread_mutex_lock(&wait_lock);
+	pthread_cond_broadcast(&drained);
+	pthread_mutex_unlock(&wait_lock);
 }
 
 static void
-tramp_done(void)
+tramp_done(struct tramp_frame *f)
 {
-	pthread_rwlock_unlock(&dispatch_lock);
+	unsigned was;
+
+	if (!f->gate)
+		return;
+	frames = f->up;
+	/* Release: what the callback did happens before the close. */
+	was = atomic_fetch_sub_explicit(&f->gate->inflight, 1,
+					memory_order_release);
+	if (unlikely(was == (GATE_WAITING | 1)))
+		wake_closers();
 }
 
 #define CTX(ssl) SSL_get_SSL_CTX(ssl)
@@ -101,12 +175,13 @@ tramp_done(void)
 static void
 t_info(const SSL *ssl, int where, int ret)
 {
+	struct tramp_frame fr;
 	void *arg = NULL;
-	any_fn f = lookup(CTX(ssl), CB_INFO, &arg);
+	any_fn f = lookup(CTX(ssl), CB_INFO, &arg, &fr);
 
 	if (f)
 		((info_fn)f)(ssl, where, ret);
-	tramp_done();
+	tramp_done(&fr);
 }
 
 static int
@@ -114,12 +189,13 @@ t_verify(int ok, X509_STORE_CTX *store)
 {
 	SSL *ssl = X509_STORE_CTX_get_ex_data(store,
 		SSL_get_ex_data_X509_STORE_CTX_idx());
+	struct tramp_frame fr;
 	void *arg = NULL;
-	any_fn f = lookup(ssl ? CTX(ssl) : NULL, CB_VERIFY, &arg);
+	any_fn f = lookup(ssl ? CTX(ssl) : NULL, CB_VERIFY, &arg, &fr);
 
 	if (f)
 		ok = ((SSL_verify_cb)f)(ok, store);
-	tramp_done();
+	tramp_done(&fr);
 	return ok;
 }
 
@@ -127,23 +203,25 @@ static void
 t_msg(int write_p, int version, int type, const void *buf, size_t len,
       SSL *ssl, void *arg)
 {
+	struct tramp_frame fr;
 	void *unused = NULL;
-	any_fn f = lookup(CTX(ssl), CB_MSG, &unused);
+	any_fn f = lookup(CTX(ssl), CB_MSG, &unused, &fr);
 
 	if (f)
 		((msg_fn)f)(write_p, version, type, buf, len, ssl, arg);
-	tramp_done();
+	tramp_done(&fr);
 }
 
 static void
 t_keylog(const SSL *ssl, const char *line)
 {
+	struct tramp_frame fr;
 	void *arg = NULL;
-	any_fn f = lookup(CTX(ssl), CB_KEYLOG, &arg);
+	any_fn f = lookup(CTX(ssl), CB_KEYLOG, &arg, &fr);
 
 	if (f)
 		((SSL_CTX_keylog_cb_func)f)(ssl, line);
-	tramp_done();
+	tramp_done(&fr);
 }
 
 /* Without a callback: no ALPN, as if none had been set. */
@@ -151,14 +229,15 @@ static int
 t_alpn(SSL *ssl, const unsigned char **out, unsigned char *outlen,
        const unsigned char *in, unsigned int inlen, void *unused)
 {
+	struct tramp_frame fr;
 	void *arg = NULL;
-	any_fn f = lookup(CTX(ssl), CB_ALPN, &arg);
+	any_fn f = lookup(CTX(ssl), CB_ALPN, &arg, &fr);
 	int rc = SSL_TLSEXT_ERR_NOACK;
 
 	(void)unused;
 	if (f)
 		rc = ((alpn_fn)f)(ssl, out, outlen, in, inlen, arg);
-	tramp_done();
+	tramp_done(&fr);
 	return rc;
 }
 
@@ -166,14 +245,15 @@ t_alpn(SSL *ssl, const unsigned char **out, unsigned char *outlen,
 static int
 t_servername(SSL *ssl, int *al, void *unused)
 {
+	struct tramp_frame fr;
 	void *arg = NULL;
-	any_fn f = lookup(CTX(ssl), CB_SERVERNAME, &arg);
+	any_fn f = lookup(CTX(ssl), CB_SERVERNAME, &arg, &fr);
 	int rc = SSL_TLSEXT_ERR_OK;
 
 	(void)unused;
 	if (f)
 		rc = ((servername_fn)f)(ssl, al, arg);
-	tramp_done();
+	tramp_done(&fr);
 	return rc;
 }
 
@@ -181,38 +261,41 @@ t_servername(SSL *ssl, int *al, void *unused)
 static int
 t_sess_new(SSL *ssl, SSL_SESSION *sess)
 {
+	struct tramp_frame fr;
 	void *arg = NULL;
-	any_fn f = lookup(CTX(ssl), CB_SESS_NEW, &arg);
+	any_fn f = lookup(CTX(ssl), CB_SESS_NEW, &arg, &fr);
 	int rc = 0;
 
 	if (f)
 		rc = ((sess_new_fn)f)(ssl, sess);
-	tramp_done();
+	tramp_done(&fr);
 	return rc;
 }
 
 static void
 t_sess_remove(SSL_CTX *ctx, SSL_SESSION *sess)
 {
+	struct tramp_frame fr;
 	void *arg = NULL;
-	any_fn f = lookup(ctx, CB_SESS_REMOVE, &arg);
+	any_fn f = lookup(ctx, CB_SESS_REMOVE, &arg, &fr);
 
 	if (f)
 		((sess_remove_fn)f)(ctx, sess);
-	tramp_done();
+	tramp_done(&fr);
 }
 
 /* Without a callback: no client certificate. */
 static int
 t_client_cert(SSL *ssl, X509 **x509, EVP_PKEY **pkey)
 {
+	struct tramp_frame fr;
 	void *arg = NULL;
-	any_fn f = lookup(CTX(ssl), CB_CLIENT_CERT, &arg);
+	any_fn f = lookup(CTX(ssl), CB_CLIENT_CERT, &arg, &fr);
 	int rc = 0;
 
 	if (f)
 		rc = ((client_cert_fn)f)(ssl, x509, pkey);
-	tramp_done();
+	tramp_done(&fr);
 	return rc;
 }
 
@@ -222,15 +305,16 @@ t_psk_client(SSL *ssl, const char *hint, char *identity,
 	     unsigned int max_identity_len, unsigned char *psk,
 	     unsigned int max_psk_len)
 {
+	struct tramp_frame fr;
 	void *arg = NULL;
-	any_fn f = lookup(CTX(ssl), CB_PSK_CLIENT, &arg);
+	any_fn f = lookup(CTX(ssl), CB_PSK_CLIENT, &arg, &fr);
 	unsigned int rc = 0;
 
 	if (f)
 		rc = ((SSL_psk_client_cb_func)f)(ssl, hint, identity,
 						 max_identity_len, psk,
 						 max_psk_len);
-	tramp_done();
+	tramp_done(&fr);
 	return rc;
 }
 
@@ -238,14 +322,15 @@ static unsigned int
 t_psk_server(SSL *ssl, const char *identity, unsigned char *psk,
 	     unsigned int max_psk_len)
 {
+	struct tramp_frame fr;
 	void *arg = NULL;
-	any_fn f = lookup(CTX(ssl), CB_PSK_SERVER, &arg);
+	any_fn f = lookup(CTX(ssl), CB_PSK_SERVER, &arg, &fr);
 	unsigned int rc = 0;
 
 	if (f)
 		rc = ((SSL_psk_server_cb_func)f)(ssl, identity, psk,
 						 max_psk_len);
-	tramp_done();
+	tramp_done(&fr);
 	return rc;
 }
 
@@ -301,6 +386,7 @@ static const struct kind_ops ops[CB_COUNT] = {
 
 /* ---- binding, unbinding, restoring ---- */
 
+/* Under the binding lock. */
 static struct binding *
 binding_for(SSL_CTX *ctx)
 {
@@ -316,21 +402,31 @@ binding_for(SSL_CTX *ctx)
 	if (b)
 		return b;
 	b = calloc(1, sizeof(*b));
-	if (b && !SSL_CTX_set_ex_data(ctx, bind_index, b)) {
+	if (!b)
+		return NULL;
+	pthread_mutex_init(&b->lock, NULL);
+	if (!SSL_CTX_set_ex_data(ctx, bind_index, b)) {
+		pthread_mutex_destroy(&b->lock);
 		free(b);
-		b = NULL;
+		return NULL;
 	}
+	b->next = bindings;
+	if (bindings)
+		bindings->pprev = &b->next;
+	b->pprev = &bindings;
+	bindings = b;
 	return b;
 }
 
 struct cb_node *
-tramp_node_new(any_fn fn, void *arg)
+tramp_node_new(any_fn fn, void *arg, struct tramp_gate *g)
 {
 	struct cb_node *n = calloc(1, sizeof(*n));
 
 	if (n) {
 		n->fn = fn;
 		n->arg = arg;
+		n->gate = g;
 	}
 	return n;
 }
@@ -355,10 +451,10 @@ tramp_bind(SSL_CTX *ctx, enum cb_kind kind, struct cb_node *n, int mode)
 	}
 	n->ctx = ctx;
 	n->kind = kind;
-	pthread_rwlock_wrlock(&dispatch_lock);
+	pthread_mutex_lock(&b->lock);
 	n->below = b->top[kind];
 	b->top[kind] = n;
-	pthread_rwlock_unlock(&dispatch_lock);
+	pthread_mutex_unlock(&b->lock);
 	/* Whatever is on the context now, if not ours, is what to go back
 	 * to; with no getter, only "none" is known. */
 	if (o->get && o->get(ctx) != o->tramp) {
@@ -371,43 +467,50 @@ tramp_bind(SSL_CTX *ctx, enum cb_kind kind, struct cb_node *n, int mode)
 	return 0;
 }
 
-void
-tramp_unbind_begin(void)
+/* Unlink @n from the list at @p; false when it is not on it. */
+static bool
+unlink_from(struct cb_node **p, struct cb_node *n)
 {
-	pthread_rwlock_wrlock(&dispatch_lock);
+	for (; *p; p = &(*p)->below) {
+		if (*p == n) {
+			*p = n->below;
+			return true;
+		}
+	}
+	return false;
 }
 
 void
 tramp_unbind(struct cb_node *n)
 {
-	struct binding *b = binding_get(n->ctx);
+	struct binding *b;
+	bool found;
 
-	for (struct cb_node **p = b ? &b->top[n->kind] : NULL; p && *p;
-	     p = &(*p)->below) {
-		if (*p == n) {
-			*p = n->below;
-			return;
+	tramp_lock();
+	b = binding_get(n->ctx);
+	if (b) {
+		pthread_mutex_lock(&b->lock);
+		found = unlink_from(&b->top[n->kind], n);
+		pthread_mutex_unlock(&b->lock);
+		if (found) {
+			n->below = b->retired;
+			b->retired = n;
 		}
 	}
+	tramp_unlock();
 }
 
-void
-tramp_unbind_end(void)
-{
-	pthread_rwlock_unlock(&dispatch_lock);
-}
-
-void
-tramp_restore(const char *module, struct cb_node *n)
+/* Under the binding lock, @n retired from @b. */
+static void
+restore_locked(const char *module, struct cb_node *n, struct binding *b)
 {
 	SSL_CTX *ctx = n->ctx;
 	enum cb_kind kind = n->kind;
 	const struct kind_ops *o = &ops[kind];
-	struct binding *b = binding_get(ctx);
 
 	/* Another module still needs the trampoline; without a getter, it
 	 * cannot be told whether it is still ours, so it stays. */
-	if (!b || b->top[kind] || !o->get)
+	if (b->top[kind] || !o->get)
 		return;
 	/* Put back already (an earlier entry of the same module and kind). */
 	if (o->get(ctx) == b->base[kind] &&
@@ -423,8 +526,142 @@ tramp_restore(const char *module, struct cb_node *n)
 	o->set(ctx, b->base[kind], b->base_verify_mode);
 }
 
+void
+tramp_restore(const char *module, struct cb_node *n)
+{
+	struct binding *b;
+
+	tramp_lock();
+	b = binding_get(n->ctx);
+	if (b && unlink_from(&b->retired, n))
+		restore_locked(module, n, b);
+	tramp_unlock();
+}
+
 const void *
 tramp_code(void)
 {
 	return (const void *)t_info;
+}
+
+/* ---- closing: waiting for a scope's callbacks in flight ---- */
+
+static bool
+frames_hold(const struct tramp_frame *f, const struct tramp_gate *g)
+{
+	for (; f; f = f->up)
+		if (f->gate == g)
+			return true;
+	return false;
+}
+
+/*
+ * Under wait_lock: whether a thread with @mine on its stack would wait
+ * for itself by waiting for @g.  It waits for every thread counted on
+ * @g; a closer counted there waits in turn for its own gate, and so on:
+ * the gates reached so far are those of the waiters whose frames hold
+ * one of them.  Few closes run at a time, so this is a small fixpoint.
+ */
+static bool
+closes_cycle(struct tramp_gate *g, const struct tramp_frame *mine)
+{
+	struct tramp_gate *reached[64] = { g };
+	size_t n = 1;
+	bool grew = true;
+
+	while (grew && n < ARRAY_SIZE(reached)) {
+		grew = false;
+		for (struct tramp_waiter *w = waiters; w; w = w->next) {
+			bool known = false, held = false;
+
+			for (size_t i = 0; i < n; i++) {
+				known |= w->gate == reached[i];
+				held |= frames_hold(w->frames, reached[i]);
+			}
+			if (held && !known && n < ARRAY_SIZE(reached)) {
+				reached[n++] = w->gate;
+				grew = true;
+			}
+		}
+	}
+	for (size_t i = 0; i < n; i++)
+		if (frames_hold(mine, reached[i]))
+			return true;
+	return false;
+}
+
+int
+tramp_close_begin(struct tramp_gate *g, struct tramp_waiter *w,
+		  const char *module)
+{
+	int rc = 0;
+
+	if (frames_hold(frames, g)) {
+		log_error("ossl_proc_module_close: module %s was closed from "
+			  "inside one of its own callbacks, which close would "
+			  "wait for; close it after the callback returns "
+			  "(from the host's loop, or another thread)", module);
+		return -EDEADLK;
+	}
+	pthread_mutex_lock(&wait_lock);
+	if (closes_cycle(g, frames)) {
+		log_error("ossl_proc_module_close: closing module %s here "
+			  "would wait for a callback that is itself waiting "
+			  "for a close of a module whose callback this thread "
+			  "is in; close it after this callback returns", module);
+		rc = -EDEADLK;
+	} else {
+		*w = (struct tramp_waiter){ .gate = g, .frames = frames,
+					    .next = waiters };
+		waiters = w;
+	}
+	pthread_mutex_unlock(&wait_lock);
+	return rc;
+}
+
+void
+tramp_drain(struct tramp_waiter *w)
+{
+	struct tramp_gate *g = w->gate;
+
+	pthread_mutex_lock(&wait_lock);
+	/* A dispatch that brings the count to zero after this sees the
+	 * bit and wakes us under wait_lock: no wake-up is lost. */
+	atomic_fetch_or(&g->inflight, GATE_WAITING);
+	while (atomic_load_explicit(&g->inflight, memory_order_acquire) &
+	       ~GATE_WAITING)
+		pthread_cond_wait(&drained, &wait_lock);
+	for (struct tramp_waiter **p = &waiters; *p; p = &(*p)->next) {
+		if (*p == w) {
+			*p = w->next;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&wait_lock);
+}
+
+/* Locks as at load: their holders are gone.  What a binding lock guards
+ * is consistent, since it is held only for a few loads and stores. */
+CHILD_PATH void
+tramp_child_reset(void)
+{
+	static const pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
+	static const pthread_cond_t fresh_cond = PTHREAD_COND_INITIALIZER;
+
+	wait_lock = fresh;
+	drained = fresh_cond;
+	waiters = NULL;
+	for (struct binding *b = bindings; b; b = b->next)
+		b->lock = fresh;
+}
+
+/* Only the forking thread's own dispatches will return in the child. */
+CHILD_PATH void
+tramp_gate_reset(struct tramp_gate *g)
+{
+	unsigned n = 0;
+
+	for (const struct tramp_frame *f = frames; f; f = f->up)
+		n += f->gate == g;
+	atomic_store(&g->inflight, n);
 }
