@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -650,6 +651,15 @@ END_TEST
 
 static atomic_int stop_load, load_started, slow_calls;
 
+/* How much slower than usual this run is (valgrind sets it to 20). */
+static int
+slowdown(void)
+{
+	const char *m = getenv("CK_TIMEOUT_MULTIPLIER");
+
+	return m && atoi(m) > 1 ? atoi(m) : 1;
+}
+
 static double
 now_s(void)
 {
@@ -672,7 +682,7 @@ info_slow(const SSL *ssl, int where, int ret)
 static void *
 load_loop(void *arg)
 {
-	double end = now_s() + LOAD_SECONDS;
+	double end = now_s() + LOAD_SECONDS * slowdown();
 	intptr_t failed = 0;
 
 	(void)arg;
@@ -687,11 +697,12 @@ load_loop(void *arg)
 
 START_TEST(close_under_load)
 {
+	double bound = 25 * SLOW_MS / 1e3;
 	pthread_t t[LOAD];
 	double t0, took;
 	int after;
 
-	alarm(60);
+	alarm(60 * slowdown());
 	scope_a = ossl_proc_module_open("slow");
 	ck_assert_int_eq(ossl_proc_module_set_info_callback(scope_a, client,
 			 info_slow), 0);
@@ -717,8 +728,11 @@ START_TEST(close_under_load)
 	}
 	fprintf(stderr, "close under load: %.1f ms\n", took * 1e3);
 	/* The slowest callback in flight (SLOW_MS), with room for 8 threads
-	 * on a 2-CPU VM and valgrind; the old lock took the load duration. */
-	ck_assert_msg(took < 25 * SLOW_MS / 1e3, "close took %.3f s", took);
+	 * on a 2-CPU VM; the old lock took the load duration. */
+	/* valgrind runs one thread at a time, by its own scheduler, and
+	 * took 15 s here: what it checks is memory, not this bound. */
+	if (slowdown() == 1)
+		ck_assert_msg(took < bound, "close took %.3f s", took);
 }
 END_TEST
 
@@ -860,8 +874,9 @@ info_holds(const SSL *ssl, int where, int ret)
 START_TEST(fork_during_callback)
 {
 	pthread_t t;
+	int status, fds[2];
+	char got;
 	pid_t pid;
-	int status;
 	void *ok;
 
 	alarm(30);
@@ -874,18 +889,30 @@ START_TEST(fork_during_callback)
 		sched_yield();
 	/* That is the point here: the other thread holds no OpenSSL lock. */
 	tl_expect(OSSL_PROC_LOG_WARNING, "fork with");
+	ck_assert_int_eq(pipe(fds), 0);
 	pid = fork();
 	if (pid == 0) {
+		char ok_byte;
+
 		alarm(5);
-		_exit(ossl_proc_module_close(scope_a) == OSSL_PROC_UNLOAD_SAFE &&
-		      tls_handshakes(client, server, 1) == 1 ? 0 : 1);
+		ok_byte = ossl_proc_module_close(scope_a) ==
+			  OSSL_PROC_UNLOAD_SAFE &&
+			  tls_handshakes(client, server, 1) == 1 ? 'y' : 'n';
+		_exit(write(fds[1], &ok_byte, 1) == 1 ? 0 : 1);
 	}
 	ck_assert_int_gt(pid, 0);
+	close(fds[1]);
+	/* Not the exit status: valgrind sets it for the other thread's
+	 * objects, which the child cannot free. */
+	if (read(fds[0], &got, 1) != 1)
+		got = 0;
 	status = tl_reap(pid);
 	atomic_store(&hold_in_cb, 0);
 	pthread_join(t, &ok);
-	/* 128 + SIGALRM: the child's close waited for the other thread. */
-	ck_assert_int_eq(status, 0);
+	/* Nothing read: the child's close waited for the other thread until
+	 * its alarm. */
+	ck_assert_msg(got == 'y', "child: '%c', status %d", got ? got : '-',
+		      status);
 	ck_assert_int_eq((int)(intptr_t)ok, 1);
 	ck_assert_int_eq(ossl_proc_module_close(scope_a), OSSL_PROC_UNLOAD_SAFE);
 }
