@@ -148,7 +148,7 @@ struct ossl_proc_config {
 	/** Bytes of freed blocks, past the quarantine, each thread keeps
 	 * for reuse instead of returning them to the backend; 0: 512 KiB;
 	 * 1: none (every block goes back).  A worker of a shared
-	 * allocator keeps none. */
+	 * allocator keeps its own shared blocks (since 0.3). */
 	size_t cache_bytes;
 	/* Added in 0.3. */
 	/** The options ossl_proc_init() initialises OpenSSL with; 0:

@@ -550,8 +550,8 @@ END_TEST
 #define SIZING "allocate from it"
 
 /*
- * A 1 MiB arena holds the quarantines (64 KiB and an eighth each) of 8
- * workers and a handshake's peak, not of 9: the ninth worker's first
+ * A 1 MiB arena holds the quarantines (64 KiB and an eighth each, no
+ * cache) of 8 workers and a handshake's peak, not of 9: the ninth worker's first
  * allocation logs one WARNING saying how to size it; the others none.
  */
 START_TEST(arena_sizing_warns_once)
@@ -564,6 +564,7 @@ START_TEST(arena_sizing_warns_once)
 	ck_assert_ptr_nonnull(a);
 	c.allocator = ossl_proc_arena_allocator(a);
 	c.quarantine_bytes = 64 * 1024;
+	c.cache_bytes = 1; /* no cache: the quarantine is all a worker holds */
 	ck_assert_int_eq(ossl_proc_init(&c), 0);
 	ck_assert_int_eq(pipe(go), 0);
 	for (int i = 0; i < 10; i++) {

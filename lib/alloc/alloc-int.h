@@ -155,10 +155,12 @@ struct tstate {
 	_Atomic uint64_t cached_bytes;
 	/* At most @budget bytes cached: what this thread drew from the
 	 * process's pool (proc_mut.cache_pool, cache.c: budget_grow), in
-	 * grants, up to @cap: cache_bytes, or 0 in a worker of a shared
-	 * backend, which allocates from the shared backend only (what it
-	 * frees of its private inheritance goes back). */
+	 * grants, up to @cap (cache_bytes). */
 	uint64_t budget, cap;
+	/* The backend whose blocks the lists hold: the private one, or in
+	 * a worker of a shared backend the shared one (its own blocks; what
+	 * it frees of its private inheritance goes back). */
+	uint8_t cache_bk;
 	/* Backend chunks that would have given a page-aligned user pointer,
 	 * held so the backend cannot offer them again (alloc.c: park). */
 	void *parked[PARK_SLOTS];
@@ -626,8 +628,7 @@ cache_pop(struct tstate *t, unsigned c, void *user, uint32_t cached)
 }
 
 /* A cached block of class @c for a block with @word's layout, or NULL.
- * Shared blocks are never cached: they belong to the process that
- * allocated them. */
+ * The caller made sure the cache holds blocks of its backend. */
 static inline void *
 cache_take(struct tstate *t, unsigned c, uint32_t word)
 {
@@ -659,6 +660,23 @@ blk_stamp(void *user, size_t n, unsigned c, uint32_t word)
 	__atomic_store_n(&h->magic, blk_magic(user, size_gen, word),
 			 __ATOMIC_RELAXED);
 	return h;
+}
+
+/* The backend of the quarantined or live block @user. */
+static inline enum backend
+blk_backend(void *user)
+{
+	return (enum backend)((atomic_load_explicit(&hdr_of(user)->word,
+						    memory_order_relaxed) &
+			       BK_MASK) >> BK_SHIFT);
+}
+
+/* Whether @t's cache lists hold blocks of backend @bk: the shared
+ * backend's only in a worker's cache, which holds no private ones. */
+static inline bool
+cache_holds(const struct tstate *t, enum backend bk)
+{
+	return (bk == BK_SHARED) == (t->cache_bk == BK_SHARED);
 }
 
 /* A block of a shared backend that another process allocated. */

@@ -262,7 +262,7 @@ blk_new(struct tstate *t, size_t n, bool reentrant, const char *file,
 		user = large_new(n + sizeof(struct blk), file, line);
 		if (unlikely(!user))
 			return NULL;
-	} else if (total <= CLASS_MAX_TOTAL && bk != BK_SHARED) {
+	} else if (total <= CLASS_MAX_TOTAL && cache_holds(t, bk)) {
 		c = class_of(total);
 		total = class_size(c);
 		user = cache_take(t, c, word);

@@ -130,8 +130,9 @@ struct ossl_proc_arena {
 	/* Counters, under the lock. */
 	struct ossl_proc_arena_stats st;
 	uint64_t live_blocks, owner_deaths, rebuilds, lost_bytes;
-	/* Sizing: processes that allocated here, and what each can hold
-	 * back in its quarantines (set by the tracked allocator). */
+	/* Sizing: processes that allocated here, and what each thread can
+	 * hold back in its quarantine and cache (set by the tracked
+	 * allocator). */
 	uint64_t hold_per_user;
 	uint32_t nusers;
 	pid_t users[ARENA_USERS];
@@ -651,12 +652,13 @@ static void
 log_sizing(struct ossl_proc_arena *a, uint32_t users)
 {
 	log_warn("shared arena %p: %u processes allocate from it, and each "
-		 "can hold up to %llu bytes of it in its quarantine; with a "
-		 "handshake's peak (about %llu bytes) that is more than its "
-		 "%llu bytes, so allocations will fail under load: create "
-		 "it with at least processes x (quarantine + 9/8) + 400 KiB "
-		 "per concurrent handshake, or lower quarantine_bytes "
-		 "(logged once)", (void *)a, users,
+		 "thread of each can hold up to %llu bytes of it in its "
+		 "quarantine and cache; with a handshake's peak (about %llu "
+		 "bytes) that is more than its %llu bytes, so allocations "
+		 "will fail under load: create it with at least threads x "
+		 "(quarantine_bytes x 9/8 + cache_bytes) + 400 KiB per "
+		 "concurrent handshake, or lower quarantine_bytes and "
+		 "cache_bytes (logged once)", (void *)a, users,
 		 (unsigned long long)a->hold_per_user,
 		 (unsigned long long)HANDSHAKE_PEAK,
 		 (unsigned long long)a->st.capacity);

@@ -123,7 +123,7 @@ blk_release(struct tstate *t, void *user, unsigned c)
 {
 	uint64_t held;
 
-	if (!c || !t || t->shared) {
+	if (!c || !t || t->shared || !cache_holds(t, blk_backend(user))) {
 		blk_to_backend(user);
 		return;
 	}
@@ -223,6 +223,8 @@ quarantine_evict(struct tstate *t)
 		unsigned ec = (unsigned)(e.held_class >> QCLASS_SHIFT);
 
 		bytes -= b;
+		if (ec && !cache_holds(t, blk_backend(e.user)))
+			ec = 0;
 		if (ec && cached + b > budget)
 			budget = budget_grow(t, cached + b);
 		if (ec && cached + b <= budget)

@@ -83,7 +83,8 @@ install(const struct init_config *cfg, CRYPTO_malloc_fn m,
 	installed = true;
 	owner_name_object();
 	if (cfg->has_allocator)
-		arena_set_in_use(&aconf.host, true, aconf.quarantine_high);
+		arena_set_in_use(&aconf.host, true,
+				 aconf.quarantine_high + aconf.cache_bytes);
 	if (aconf.prior_m)
 		log_info("custom memory functions were already installed: "
 			 "osslproc tracks on top of them, and blocks they "

@@ -142,7 +142,8 @@ tstate_new(void)
 		return &tstate_retired;
 	}
 	cache_init(t);
-	t->cap = alloc_shared_worker() ? 0 : aconf.cache_bytes;
+	t->cap = aconf.cache_bytes;
+	t->cache_bk = (uint8_t)placement();
 	t->qmask = ring_slots() - 1;
 	t->qring = calloc(t->qmask + 1, sizeof(*t->qring));
 	proc_lock(&proc_mut.reg_lock);
@@ -262,6 +263,29 @@ forget_thread(struct tstate *t)
 	list_add(&forgotten, &t->link);
 }
 
+/* What the forking thread's cache held when a worker of a shared backend
+ * was forked: private copies, or a parent worker's shared blocks, never
+ * this worker's to hand out or release.  Kept reachable, for leak
+ * checkers. */
+static void *inherited_cache[NCLASSES];
+
+/* In a new worker of a shared backend, the forking thread's cache starts
+ * empty and holds the worker's own shared blocks from now on: most
+ * allocations then never reach the shared backend's lock.  Writes one
+ * page of statics besides the thread's state. */
+CHILD_PATH static void
+cache_inherit(struct tstate *t)
+{
+	for (unsigned c = 0; c < NCLASSES; c++) {
+		inherited_cache[c] = t->cache[c];
+		t->cache[c] = CACHE_END;
+	}
+	atomic_store_explicit(&t->cached_bytes, 0, memory_order_relaxed);
+	t->budget = 0;
+	t->cap = aconf.cache_bytes;
+	t->cache_bk = BK_SHARED;
+}
+
 /* The allocator's child handler (proc.h): the threads that do not exist
  * here are set aside, the caches' pool is what their budgets leave, and
  * the counters so far become the baseline of the child's own. */
@@ -281,7 +305,7 @@ alloc_child(void)
 			/* Only a shared backend leaves blocks that are not
 			 * this process's; private ones are its own copies. */
 			quarantine_child(t, false);
-			t->budget = t->cap = 0;
+			cache_inherit(t);
 		}
 		if (t == tls_state)
 			mine = t->budget;
