@@ -743,6 +743,7 @@ header(void)
 	       "default", "osslproc", "ratio", "target");
 	printf("|%s|%s|%s|%s|%s|\n", "------------------------------------",
 	       "------------", "------------", "---------", "-----------");
+	fflush(stdout); /* before any child can inherit the buffer */
 }
 
 static int
