@@ -265,9 +265,9 @@ forget_thread(struct tstate *t)
 
 /* What the forking thread's cache held when a worker of a shared backend
  * was forked: private copies, or a parent worker's shared blocks, never
- * this worker's to hand out or release.  Kept reachable, for leak
- * checkers. */
-static void *inherited_cache[NCLASSES];
+ * this worker's to hand out or release.  Kept reachable for leak
+ * checkers (volatile: stores to a never-read static are dropped). */
+static void *volatile inherited_cache[NCLASSES];
 
 /* In a new worker of a shared backend, the forking thread's cache starts
  * empty and holds the worker's own shared blocks from now on: most
