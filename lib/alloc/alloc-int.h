@@ -662,21 +662,26 @@ blk_stamp(void *user, size_t n, unsigned c, uint32_t word)
 	return h;
 }
 
-/* The backend of the quarantined or live block @user. */
-static inline enum backend
-blk_backend(void *user)
-{
-	return (enum backend)((atomic_load_explicit(&hdr_of(user)->word,
-						    memory_order_relaxed) &
-			       BK_MASK) >> BK_SHIFT);
-}
-
 /* Whether @t's cache lists hold blocks of backend @bk: the shared
  * backend's only in a worker's cache, which holds no private ones. */
 static inline bool
 cache_holds(const struct tstate *t, enum backend bk)
 {
 	return (bk == BK_SHARED) == (t->cache_bk == BK_SHARED);
+}
+
+/* The class under which @t may cache block @h (header word @word) once
+ * it leaves the quarantine: 0 when its backend is not the one @t's cache
+ * holds, which only a shared backend's worker can meet (a block of its
+ * private inheritance).  om_free()'s fast path, never taken with a shared
+ * backend, reads the class directly. */
+static inline unsigned
+blk_cache_class(const struct tstate *t, const struct blk *h, uint32_t word)
+{
+	if (shared_backend() &&
+	    !cache_holds(t, (enum backend)((word & BK_MASK) >> BK_SHIFT)))
+		return 0;
+	return blk_class(h);
 }
 
 /* A block of a shared backend that another process allocated. */

@@ -313,7 +313,7 @@ blk_finish(void *p, uint32_t word, const char *file, int line)
 		OPENSSL_cleanse(p, n);
 	t = tstate_get();
 	tstate_count_free(t, n);
-	quarantine_push(t, p, blk_held(h), blk_class(h));
+	quarantine_push(t, p, blk_held(h), blk_cache_class(t, h, word));
 }
 
 /* Free a block known to be valid, live and ours. */

@@ -123,7 +123,7 @@ blk_release(struct tstate *t, void *user, unsigned c)
 {
 	uint64_t held;
 
-	if (!c || !t || t->shared || !cache_holds(t, blk_backend(user))) {
+	if (!c || !t || t->shared) {
 		blk_to_backend(user);
 		return;
 	}
@@ -187,6 +187,9 @@ quarantine_child(struct tstate *t, bool release)
 			blk_to_backend(e.user);
 			continue;
 		}
+		/* A new worker's cache holds shared blocks only (thread.c:
+		 * cache_inherit): these private ones go back. */
+		e.held_class &= QHELD_MASK;
 		t->qring[tail++ & t->qmask] = e;
 		bytes += e.held_class & QHELD_MASK;
 	}
@@ -223,8 +226,6 @@ quarantine_evict(struct tstate *t)
 		unsigned ec = (unsigned)(e.held_class >> QCLASS_SHIFT);
 
 		bytes -= b;
-		if (ec && !cache_holds(t, blk_backend(e.user)))
-			ec = 0;
 		if (ec && cached + b > budget)
 			budget = budget_grow(t, cached + b);
 		if (ec && cached + b <= budget)
