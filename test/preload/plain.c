@@ -11,8 +11,9 @@
  *   verify CN changes SSL_CERT_FILE after start; the default verify
  *             paths must still hold the CA named CN (the start's file)
  *   badfree   frees one block twice
- *   fork      threads doing handshakes while the main thread forks
- *             children that handshake too
+ *   fork      threads do handshakes, are joined, then the main thread
+ *             forks children that handshake too
+ *   fork-threads  the same, forking while the threads run
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -215,8 +216,10 @@ busy(void *arg)
 	return NULL;
 }
 
+/* Children forked while the threads run, with @threads; else after
+ * they ran and were joined. */
 static int
-forks(void)
+forks(int threads)
 {
 	pthread_t t[FORK_THREADS];
 	int rc = 0;
@@ -225,6 +228,12 @@ forks(void)
 		return 1;
 	for (int i = 0; i < FORK_THREADS; i++)
 		pthread_create(&t[i], NULL, busy, NULL);
+	if (!threads) {
+		usleep(200 * 1000);
+		atomic_store(&stop, true);
+		for (int i = 0; i < FORK_THREADS; i++)
+			pthread_join(t[i], NULL);
+	}
 	for (int i = 0; i < FORK_CHILDREN && !rc; i++) {
 		pid_t pid = fork();
 		int st;
@@ -237,6 +246,8 @@ forks(void)
 		    !WIFEXITED(st) || WEXITSTATUS(st))
 			rc = fail("a forked child failed or hung");
 	}
+	if (!threads)
+		return rc;
 	atomic_store(&stop, true);
 	for (int i = 0; i < FORK_THREADS; i++) {
 		void *r;
@@ -264,7 +275,9 @@ main(int argc, char **argv)
 	if (!strcmp(mode, "badfree"))
 		return badfree();
 	if (!strcmp(mode, "fork"))
-		return forks();
-	fprintf(stderr, "usage: plain tls|memfn|verify CN|badfree|fork\n");
+		return forks(0);
+	if (!strcmp(mode, "fork-threads"))
+		return forks(1);
+	fprintf(stderr, "usage: plain tls|memfn|memfn-shared|verify CN|badfree|fork|fork-threads\n");
 	return 2;
 }
