@@ -34,7 +34,9 @@ static struct {
 	bool no_env;      /* OSSLPROC_DISABLE=env: OpenSSL's own defaults */
 	bool shared;      /* OSSLPROC_SHARED_BACKEND=1 */
 	bool ready;       /* ossl_proc_init() succeeded */
-	const char *report_dir;
+	/* A copy: programs rewrite their environment's memory (nginx puts
+	 * its process title there). */
+	char report_dir[4096];
 	int log_fd;       /* OSSLPROC_LOG=FILE or syslog's socket; -1 */
 	bool syslog;
 } pc = { .log_fd = -1 };
@@ -220,6 +222,7 @@ configure_log(struct ossl_proc_config *cfg)
 static void
 configure(struct ossl_proc_config *cfg)
 {
+	const char *report;
 	unsigned off;
 
 	configure_log(cfg);
@@ -236,9 +239,12 @@ configure(struct ossl_proc_config *cfg)
 	if (off & DISABLE_FORK)
 		cfg->flags |= OSSL_PROC_F_NO_ATFORK;
 	pc.no_env = off & DISABLE_ENV;
-	pc.report_dir = getenv("OSSLPROC_REPORT");
-	if (pc.report_dir && !*pc.report_dir)
-		pc.report_dir = NULL;
+	report = getenv("OSSLPROC_REPORT");
+	if (report && strlen(report) >= sizeof(pc.report_dir))
+		log_warn("OSSLPROC_REPORT: a directory name of %zu bytes is "
+			 "too long; no reports", strlen(report));
+	else if (report)
+		strcpy(pc.report_dir, report);
 	/* Nothing loaded on the program's behalf: its own first
 	 * OPENSSL_init_* call (or implicit initialisation) decides. */
 	cfg->openssl_init_opts = OSSL_PROC_OPENSSL_INIT_NONE;
@@ -252,7 +258,7 @@ extern int __cxa_atexit(void (*fn)(void *), void *arg, void *dso);
 static void
 report_exit(void *unused)
 {
-	char path[4096], exe[1024];
+	char path[4096 + 64], exe[1024];
 	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
 	FILE *f;
 	int fd;
@@ -305,7 +311,7 @@ preload_init(void)
 	resolve_real();
 	configure(&cfg);
 	/* Registered first, so run last: after OpenSSL's own cleanup. */
-	if (pc.report_dir)
+	if (pc.report_dir[0])
 		__cxa_atexit(report_exit, NULL, NULL);
 	rc = ossl_proc_init(&cfg);
 	pc.ready = rc >= 0;
