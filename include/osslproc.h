@@ -56,7 +56,10 @@ extern "C" {
  * to call from several processes at once.
  */
 struct ossl_proc_allocator {
-	/** Returns @p size bytes aligned to alignof(max_align_t), or NULL. */
+	/** Returns @p size bytes aligned to alignof(max_align_t), or NULL.
+	 * Blocks only 8-byte aligned are accepted too (since 0.3): each is
+	 * replaced by one 40 bytes larger and padded, which costs a second
+	 * call and keeps that block out of the per-thread cache. */
 	void *(*malloc)(size_t size, void *arg);
 	/** Reserved: osslproc moves reallocated blocks itself so that the old
 	 * address is quarantined; may be NULL. */

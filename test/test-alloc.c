@@ -1034,6 +1034,68 @@ START_TEST(refused_chunk_not_offered_again)
 }
 END_TEST
 
+/*
+ * A backend like Kamailio's shm allocator: every other block is only
+ * 8-byte aligned.  Each block records where its chunk starts just
+ * before itself.
+ */
+static struct {
+	atomic_uint calls, eight, frees;
+} a8;
+
+static void *
+a8_malloc(size_t n, void *arg)
+{
+	unsigned k = atomic_fetch_add(&a8.calls, 1);
+	char *base = malloc(n + 32), *p;
+
+	(void)arg;
+	if (!base)
+		return NULL;
+	p = base + (k & 1 ? 8 : 16);
+	atomic_fetch_add(&a8.eight, k & 1);
+	((char **)p)[-1] = base;
+	return p;
+}
+
+static void
+a8_free(void *p, void *arg)
+{
+	(void)arg;
+	atomic_fetch_add(&a8.frees, 1);
+	free(((char **)p)[-1]);
+}
+
+/* Accepted and padded: every block handed out is 16-byte aligned, real
+ * handshakes work, and every chunk goes back to the backend. */
+START_TEST(backend_aligned_to_8)
+{
+	struct ossl_proc_allocator eight = { .malloc = a8_malloc,
+					     .free = a8_free };
+	void *ptrs[512];
+
+	init_with(TL_CONFIG(.allocator = &eight, .flags = (unsigned)_i));
+	for (size_t i = 0; i < sizeof(ptrs) / sizeof(ptrs[0]); i++) {
+		size_t n = i < 256 ? i + 1 : (size_t)rand() % 40000 + 1;
+
+		ptrs[i] = OPENSSL_malloc(n);
+		ck_assert_ptr_nonnull(ptrs[i]);
+		ck_assert_uint_eq((uintptr_t)ptrs[i] % 16, 0);
+		memset(ptrs[i], 0xee, n);
+	}
+	for (size_t i = 0; i < sizeof(ptrs) / sizeof(ptrs[0]); i++)
+		OPENSSL_free(ptrs[i]);
+	tls_round(3);
+	ck_assert_uint_gt(atomic_load(&a8.eight), 100);
+	ck_assert_uint_eq(stats().invalid_frees + stats().double_frees, 0);
+	ck_assert_int_eq(tl_count(OSSL_PROC_LOG_ERROR, ""), 0);
+	OPENSSL_cleanup();
+	ossl_proc_thread_release();
+	ck_assert_uint_eq(stats().live_blocks, 0);
+	ck_assert_uint_eq(atomic_load(&a8.frees), atomic_load(&a8.calls));
+}
+END_TEST
+
 /* ---- races ---- */
 
 #define RACE_ROUNDS 5000
@@ -1636,6 +1698,9 @@ alloc_suite(void)
 	tcase_add_test(tc, realloc_semantics);
 	tcase_add_test(tc, alignment);
 	tcase_add_test(tc, refused_chunk_not_offered_again);
+	tcase_add_loop_test(tc, backend_aligned_to_8, 0, 1);
+	tcase_add_loop_test(tc, backend_aligned_to_8, OSSL_PROC_F_TRACK_SITES,
+			    OSSL_PROC_F_TRACK_SITES + 1);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("races");

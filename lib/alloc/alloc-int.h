@@ -96,6 +96,8 @@ class_size(unsigned c)
 #define BK_MASK (0x3u << BK_SHIFT)
 #define W_PADDED (1u << 4)      /* PAD_BYTES of padding before the prefix */
 #define W_SITES (1u << 5)       /* a struct blk_site precedes the header */
+#define W_ALIGN8 (1u << 6)      /* ALIGN8_BYTES first: the backend's chunk
+				   was only 8-byte aligned */
 #define OWNER_SHIFT 8           /* pid of the owning process (shared) */
 /* No block's word: a live one has ST_LIVE, and an owner pid below 2^22
  * (Linux's PID_MAX_LIMIT) leaves the top bits clear.  0 would not do: it
@@ -467,6 +469,9 @@ void owner_report(FILE *out);
 #define LARGE_OFF ((uintptr_t)16)
 #define PAD_BYTES 32
 #define ALIGN_MASK ((uintptr_t)15)
+/* Backends that align to 8 only (Kamailio's shm allocator, half of its
+ * blocks): such a chunk starts with this much padding (block.c). */
+#define ALIGN8_BYTES 8
 
 static inline struct blk *
 hdr_of(void *user)
@@ -525,7 +530,8 @@ prefix_len(uint32_t word)
 {
 	return sizeof(struct blk) +
 	       (word & W_SITES ? sizeof(struct blk_site) : 0) +
-	       (word & W_PADDED ? PAD_BYTES : 0);
+	       (word & W_PADDED ? PAD_BYTES : 0) +
+	       (word & W_ALIGN8 ? ALIGN8_BYTES : 0);
 }
 
 /* The bytes a freed block holds back: its class, or for a block of no
@@ -663,11 +669,13 @@ blk_stamp(void *user, size_t n, unsigned c, uint32_t word)
 }
 
 /* Whether @t's cache lists hold blocks of backend @bk: the shared
- * backend's only in a worker's cache, which holds no private ones. */
+ * backend's only in a worker's cache, which holds no private ones; and
+ * after the program changed the backend (alloc_adopt()), a thread's lists
+ * keep the old backend's blocks, so its new ones bypass them. */
 static inline bool
 cache_holds(const struct tstate *t, enum backend bk)
 {
-	return (bk == BK_SHARED) == (t->cache_bk == BK_SHARED);
+	return bk == t->cache_bk;
 }
 
 /* The class under which @t may cache block @h (header word @word) once

@@ -33,6 +33,11 @@ int alloc_init(const struct init_config *cfg);
 /* Last teardown: the functions stay installed; returns true when OpenSSL
  * can still call into this copy's code. */
 bool alloc_teardown(void);
+/* The program's CRYPTO_set_mem_functions() after install: its functions
+ * become the backend (@shared: between processes).  0, -ENOTSUP when
+ * the tracked allocator is not installed by this copy, -EBUSY when a
+ * backend is already stacked on, -EINVAL. */
+int alloc_adopt(CRYPTO_malloc_fn m, CRYPTO_free_fn f, bool shared);
 enum ossl_proc_alloc_mode alloc_mode(void);
 /* Called by the library's entry points (not a child's re-init, which
  * must run no OpenSSL code): logs one ERROR if someone

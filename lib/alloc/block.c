@@ -122,18 +122,34 @@ park(struct tstate *t, enum backend bk, void *base)
 		bk_free(old_bk, old, OPENSSL_FILE, OPENSSL_LINE);
 }
 
+/*
+ * Take a larger chunk for a block whose first chunk @base was unusable:
+ * room for both paddings, each used if the new chunk needs it.
+ */
 static void *
-realign(struct tstate *t, enum backend bk, void *base, size_t total,
-	uint32_t *word, const char *file, int line)
+refit(struct tstate *t, enum backend bk, void *base, size_t total,
+      uint32_t *word, const char *file, int line)
 {
-	void *nb = bk_alloc(bk, total + PAD_BYTES, file, line);
+	char *nb = bk_alloc(bk, total + PAD_BYTES + ALIGN8_BYTES, file, line);
 
 	park(t, bk, base);
 	if (!nb)
 		return NULL;
-	if (page_reserved((char *)nb + prefix_len(*word)))
+	*word &= ~(W_PADDED | W_ALIGN8);
+	if (((uintptr_t)nb & ALIGN_MASK) == ALIGN8_BYTES)
+		*word |= W_ALIGN8;
+	if (page_reserved(nb + prefix_len(*word)))
 		*word |= W_PADDED;
 	return nb;
+}
+
+/* A chunk that cannot carry a block of @word's layout as it is: at a
+ * reserved page offset, or only 8-byte aligned. */
+static inline bool
+misfit(const char *base, uint32_t word)
+{
+	return ((uintptr_t)base & ALIGN_MASK) == ALIGN8_BYTES ||
+	       page_reserved(base + prefix_len(word));
 }
 
 /*
@@ -154,7 +170,10 @@ blk_peek(void *user, uint32_t *word)
 	return magic == blk_magic(user, size_gen, *word);
 }
 
-/* Fresh memory from the backend for a block with @word's layout. */
+/* Fresh memory from the backend for a block with @word's layout.  A
+ * chunk only 8-byte aligned is replaced by a larger one, padded to 16:
+ * its size is then no longer its class's (@c becomes 0), so it goes back
+ * to the backend when freed instead of waiting in a cache list. */
 char *
 backend_block(struct tstate *t, enum backend bk, size_t total, uint32_t *word,
 	      unsigned *c, const char *file, int line)
@@ -163,15 +182,15 @@ backend_block(struct tstate *t, enum backend bk, size_t total, uint32_t *word,
 
 	if (unlikely(!base))
 		return NULL;
-	if (unlikely(page_reserved(base + prefix_len(*word)))) {
-		base = realign(t, bk, base, total, word, file, line);
-		*c = 0; /* its size is no longer its class's */
+	if (unlikely(misfit(base, *word))) {
+		base = refit(t, bk, base, total, word, file, line);
+		*c = 0;
 		if (!base)
 			return NULL;
 	}
-	if (unlikely((uintptr_t)base & ALIGN_MASK)) {
+	if (unlikely(((uintptr_t)base + prefix_len(*word)) & ALIGN_MASK)) {
 		log_error("the allocator backend returned %p, which is not "
-			  "16-byte aligned; fix the backend", (void *)base);
+			  "even 8-byte aligned; fix the backend", (void *)base);
 		bk_free(bk, base, file, line);
 		return NULL;
 	}

@@ -93,6 +93,88 @@ install(const struct init_config *cfg, CRYPTO_malloc_fn m,
 	return 0;
 }
 
+/*
+ * The program's own CRYPTO_set_mem_functions(), made after osslproc
+ * installed its allocator (the preload, which interposes that call):
+ * the program's functions become the backend, as cfg->allocator would
+ * have been.  Its functions get osslproc's file and line, not the
+ * caller's.
+ */
+static CRYPTO_malloc_fn adopted_m;
+static CRYPTO_free_fn adopted_f;
+
+static void *
+adopted_malloc(size_t n, void *arg)
+{
+	(void)arg;
+	return adopted_m(n, OPENSSL_FILE, OPENSSL_LINE);
+}
+
+static void
+adopted_free(void *p, void *arg)
+{
+	(void)arg;
+	adopted_f(p, OPENSSL_FILE, OPENSSL_LINE);
+}
+
+static int
+adopt_check(CRYPTO_malloc_fn m, CRYPTO_free_fn f)
+{
+	if (!installed || atomic_load(&mode) != OSSL_PROC_ALLOC_TRACKED)
+		return -ENOTSUP;
+	if (!m || !f) {
+		log_bug_client("CRYPTO_set_mem_functions: a NULL malloc or "
+			       "free function; OpenSSL's own functions stay "
+			       "the backend");
+		return -EINVAL;
+	}
+	if (aconf.host.malloc || aconf.prior_m) {
+		log_warn("CRYPTO_set_mem_functions: osslproc already stacks "
+			 "on the %s; the new functions are ignored (install "
+			 "them once, before any other OpenSSL call)",
+			 adopted_m ? "program's functions" : "host allocator");
+		return -EBUSY;
+	}
+	return 0;
+}
+
+/*
+ * Blocks already allocated keep their backend (libc); what this thread
+ * has cached goes back first, and other threads' caches keep libc blocks
+ * (so their new blocks bypass them: cache_holds()).  The program calls
+ * this at start, before its threads use OpenSSL.
+ */
+int
+alloc_adopt(CRYPTO_malloc_fn m, CRYPTO_free_fn f, bool shared)
+{
+	int rc = adopt_check(m, f);
+
+	if (rc)
+		return rc;
+	ossl_proc_thread_release();
+	aconf.fast_word = 0;
+	aconf.free_word = FREE_WORD_NONE;
+	atomic_thread_fence(memory_order_seq_cst);
+	adopted_m = m;
+	adopted_f = f;
+	aconf.host = (struct ossl_proc_allocator){
+		.malloc = adopted_malloc,
+		.free = adopted_free,
+		.shared = shared,
+	};
+	if (!(aconf.flags & OSSL_PROC_F_TRACK_SITES) && !shared)
+		aconf.fast_word = ST_LIVE | (uint32_t)BK_HOST << BK_SHIFT;
+	aconf.free_word = aconf.fast_word && !(aconf.flags & OSSL_PROC_F_SCRUB) ?
+		aconf.fast_word : FREE_WORD_NONE;
+	atomic_thread_fence(memory_order_seq_cst);
+	if (tls_state)
+		tls_state->cache_bk = (uint8_t)placement();
+	log_info("the program installed its own memory functions: osslproc "
+		 "tracks on top of them%s", shared ? " (shared between "
+		 "processes after the first fork)" : "");
+	return 0;
+}
+
 /* Settings are frozen once blocks exist: say so if a new init differs. */
 static void
 warn_frozen(const struct init_config *cfg)
@@ -290,6 +372,7 @@ alloc_report(FILE *out)
 	owner_report(out);
 	fprintf(out, "backend: %s%s, quarantine %zu bytes and cache %zu "
 		"bytes per thread, %zu bytes of cache for all threads\n",
+		adopted_m ? "the program's memory functions" :
 		aconf.host.malloc ? "host allocator" :
 		aconf.prior_m ? "previously installed functions" : "malloc",
 		aconf.host.shared ? " (shared after the first fork)" : "",
