@@ -680,14 +680,15 @@ cache_holds(const struct tstate *t, enum backend bk)
 
 /* The class under which @t may cache block @h (header word @word) once
  * it leaves the quarantine: 0 when its backend is not the one @t's cache
- * holds, which only a shared backend's worker can meet (a block of its
- * private inheritance).  om_free()'s fast path, never taken with a shared
- * backend, reads the class directly. */
+ * holds (a shared backend's worker freeing its private inheritance, or
+ * a block of the backend before the program's own, alloc_adopt()).
+ * om_free()'s fast path reads the class directly: its word is the
+ * current backend's, which every thread's cache holds but those that
+ * existed when the program changed the backend (alloc_adopt()). */
 static inline unsigned
 blk_cache_class(const struct tstate *t, const struct blk *h, uint32_t word)
 {
-	if (shared_backend() &&
-	    !cache_holds(t, (enum backend)((word & BK_MASK) >> BK_SHIFT)))
+	if (!cache_holds(t, (enum backend)((word & BK_MASK) >> BK_SHIFT)))
 		return 0;
 	return blk_class(h);
 }
