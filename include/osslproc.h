@@ -379,7 +379,8 @@ struct ossl_proc_arena;
  * quarter of the memory in use was freed).  Create it before
  * ossl_proc_init() and before forking.
  *
- * @param capacity Usable bytes, from 64 KiB to 2^46, rounded up to pages.
+ * @param capacity Usable bytes, from 64 KiB to 2^35 (32 GiB), rounded up
+ *                 to pages.
  * @return the arena, or NULL with errno set: EINVAL for a bad capacity or
  *         when the robust mutex cannot be created, ENOMEM when the mapping
  *         fails or 64 arenas exist already.
@@ -418,7 +419,8 @@ struct ossl_proc_arena_stats {
 	/* Since 0.3: */
 	uint64_t free_bytes;    /**< bytes in free blocks (payloads) */
 	uint64_t free_blocks;   /**< free blocks (1 when all is free) */
-	uint64_t largest_free;  /**< the largest request that can succeed */
+	uint64_t largest_free;  /**< the largest request that can succeed
+				     (within a quarter, above 1 KiB) */
 	uint64_t lock_ops;      /**< times the arena's lock was taken */
 	uint64_t lock_waits;    /**< of those, times it was held already */
 };

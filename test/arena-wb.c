@@ -266,6 +266,24 @@ wb_smash_header(void *p)
 	memset((char *)p - GRAIN, 0xa5, GRAIN);
 }
 
+uint32_t
+wb_forge_size(void *p, uint32_t grains)
+{
+	struct arena_hdr *h = (struct arena_hdr *)((char *)p - GRAIN);
+	uint32_t old = h->size_g;
+
+	h->size_g = grains;
+	return old;
+}
+
+void
+wb_forge_next(struct ossl_proc_arena *a, void *p, void *to)
+{
+	uint64_t off = (uint64_t)((char *)p - (char *)a) - GRAIN;
+
+	links_of(a, off)->next = (uint64_t)((char *)to - (char *)a) - GRAIN;
+}
+
 int
 wb_lock_busy(struct ossl_proc_arena *a)
 {

@@ -905,6 +905,98 @@ START_TEST(arena_header_overwritten)
 }
 END_TEST
 
+/*
+ * An overflow that forges a plausible size into the header of a free
+ * block at the head of its list (the review's reproduction): the next
+ * free of that class once wrote through it, far outside the arena, or
+ * onto a live block's header so that a later allocation overlapped a
+ * live block.  Now the head is checked first and the arena rebuilt.
+ */
+START_TEST(arena_forged_size_at_list_head)
+{
+	struct ossl_proc_arena *a = wb_arena_new(1 << 20);
+	const struct ossl_proc_allocator *al = wb_arena_allocator(a);
+	char *x = al->malloc(3000, al->arg), *h = al->malloc(3000, al->arg);
+	char *y = al->malloc(100, al->arg), *z = al->malloc(3000, al->arg);
+	char *w = al->malloc(100, al->arg), *n;
+	struct wb_census cs;
+	uint32_t g;
+
+	ck_assert(x && h && y && z && w);
+	memset(y, 0x3c, 100);
+	memset(w, 0x3d, 100);
+	al->free(h, al->arg);
+	g = wb_forge_size(h, 0);
+	wb_forge_size(h, g + 1);                    /* one grain too many */
+	tl_expect(OSSL_PROC_LOG_ERROR, "overwritten");
+	al->free(z, al->arg);                       /* z's class is h's */
+	al->free(y, al->arg);
+	n = al->malloc(100000, al->arg);
+	ck_assert_ptr_nonnull(n);
+	ck_assert_msg(w + 100 <= n || w >= n + 100000,
+		      "a new block overlaps a live one");
+	for (int i = 0; i < 100; i++)
+		ck_assert_uint_eq((unsigned char)w[i], 0x3d);
+	ck_assert_int_le(tl_count(OSSL_PROC_LOG_ERROR, "overwritten"), 1);
+	tl_expect(0, NULL);
+	wb_census(a, &cs);
+	ck_assert_msg(!cs.error, "%s", cs.error);
+	wb_arena_free(a);
+}
+END_TEST
+
+/* A freed block's list link pointed at itself (a use after free): the
+ * stats, which walk the lists, still return, and allocation goes on. */
+START_TEST(arena_looping_link)
+{
+	struct ossl_proc_arena *a = wb_arena_new(1 << 20);
+	const struct ossl_proc_allocator *al = wb_arena_allocator(a);
+	void *p[4];
+
+	for (int i = 0; i < 4; i++)
+		ck_assert_ptr_nonnull(p[i] = al->malloc(5000, al->arg));
+	al->free(p[1], al->arg);
+	wb_forge_next(a, p[1], p[1]);
+	tl_expect(OSSL_PROC_LOG_ERROR, "overwritten");
+	wb_stats(a);
+	for (int i = 0; i < 8; i++)
+		al->free(al->malloc(5000 + (size_t)i * 100, al->arg), al->arg);
+	tl_expect(0, NULL);
+	ck_assert_int_eq(wb_lock_busy(a), 0);
+	wb_arena_free(a);
+}
+END_TEST
+
+/* A fitting free block behind more than a few smaller ones of its class
+ * serves the request (0.3's first version looked at eight). */
+START_TEST(arena_fit_behind_smaller_blocks)
+{
+	struct ossl_proc_arena *a = wb_arena_new(2 << 20);
+	const struct ossl_proc_allocator *al = wb_arena_allocator(a);
+	void *big, *small[9], *sep[10], *rest;
+
+	/* One 81 KiB block, then nine 64 KiB ones, kept apart. */
+	big = al->malloc(81000, al->arg);
+	sep[0] = al->malloc(16, al->arg);
+	for (int i = 0; i < 9; i++) {
+		small[i] = al->malloc(65000, al->arg);
+		sep[i + 1] = al->malloc(16, al->arg);
+	}
+	ck_assert_ptr_nonnull(sep[9]);
+	/* The rest of the arena, so nothing larger is free. */
+	tl_expect(OSSL_PROC_LOG_ERROR, "is full");
+	rest = al->malloc(wb_stats(a).largest_free, al->arg);
+	ck_assert_ptr_nonnull(rest);
+	al->free(big, al->arg);
+	for (int i = 0; i < 9; i++)
+		al->free(small[i], al->arg);
+	ck_assert_ptr_nonnull(al->malloc(70000, al->arg));
+	ck_assert_uint_eq(wb_stats(a).failed, 0);
+	tl_expect(0, NULL);
+	wb_arena_free(a);
+}
+END_TEST
+
 int
 main(void)
 {
@@ -936,6 +1028,9 @@ main(void)
 	tcase_add_test(tc, arena_lock_holder_killed);
 	tcase_add_test(tc, arena_crash_at_each_commit_step);
 	tcase_add_test(tc, arena_header_overwritten);
+	tcase_add_test(tc, arena_forged_size_at_list_head);
+	tcase_add_test(tc, arena_looping_link);
+	tcase_add_test(tc, arena_fit_behind_smaller_blocks);
 	suite_add_tcase(s, tc);
 	return tl_run(s);
 }

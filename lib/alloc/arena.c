@@ -21,16 +21,23 @@
  *
  * Free blocks are on doubly linked lists by size class (16-byte steps up
  * to 1 KiB, then four per power of two), linked through their last 16
- * bytes: the front of the payload is not touched, so the tracked
- * allocator's header inside a released block stays readable.  A request
- * is served by the first fit among a few blocks of its own class, else by
- * the first block of the next non-empty class (a bitmap of non-empty
- * classes finds it with one count-trailing-zeros per 64 classes).
+ * bytes; every block is at least 48 bytes, so the front of a free
+ * block's payload is not touched and the tracked allocator's header
+ * inside a released block stays readable.  A request is served by the
+ * first fit among a few blocks of its own class, else by the first block
+ * of the next non-empty class (a bitmap of non-empty classes finds it
+ * with one count-trailing-zeros per 64 classes), else by the rest of its
+ * own class.  Freed blocks of up to 1 KiB first wait, unmerged, on quick
+ * lists by exact size, which serve the next request of that size with
+ * one pop; they are merged like any free when they hold an eighth of
+ * the arena, when a request finds no fit, and when the stats are read.
  *
  * The start bitmap has one bit per 16-byte granule of the heap, set where
  * a block starts.  It lives outside the heap, where no overflow of a
  * payload reaches: a free of an interior pointer is refused without
- * trusting bytes the payload's owner can write.
+ * trusting bytes the payload's owner can write, and a header whose block
+ * does not end at a marked start (an overflow changed its size) is not
+ * followed, nor written through, by any operation.
  *
  * One robust, process-shared mutex in the control block serialises every
  * operation.  The chain of headers is the arena's truth; lists, bitmap,
@@ -38,16 +45,20 @@
  * operation changes the chain with one store (a block's size, or its
  * state), having written everything that store makes visible first, so
  * every prefix of an operation leaves a walkable chain.  When a process
- * dies holding the lock (EOWNERDEAD), or a list link fails its check, the
- * next holder rebuilds everything derived from one walk of the chain
- * (arena_rebuild): nothing is lost but an allocation in flight (then live
- * and owned by the dead process, so ossl_proc_arena_reclaim() frees it)
- * or a free in flight (the block stays live: one block leaked).
+ * dies holding the lock (EOWNERDEAD), or a link or header fails its
+ * check, the next holder rebuilds everything derived from one walk of
+ * the chain (arena_rebuild): nothing is lost but a free in flight (the
+ * block stays live and its allocator's: if that was the dead process,
+ * ossl_proc_arena_reclaim() frees it), and an allocation in flight is
+ * the dead process's to reclaim.
  *
  * A header that fails its check during that walk (an overflow wrote over
  * it) cannot be followed: the walk resumes at the next granule the bitmap
  * marks whose header is sound, and the bytes in between are fenced off as
- * a lost block that is never handed out or merged (logged once).
+ * a lost block that is never handed out or merged (logged once).  A size
+ * forged larger is cut back at the first marked start inside it whose
+ * header is not free: a death leaves marks inside a block only at free
+ * headers.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -65,7 +76,8 @@
 #define ST_BLK_LOST 0x4c53u               /* fenced off after corruption */
 #define ST_BLK_QUICK 0x5143u              /* freed, on a quick list */
 #define GRAIN 16u
-#define MIN_BLOCK 2u                      /* grains: header + links */
+#define MIN_BLOCK 3u                      /* grains: header, a payload
+					     grain, links */
 #define MIN_CAPACITY ((size_t)64 * 1024)
 #define MAX_CAPACITY ((size_t)1 << 35)    /* sizes in grains fit 32 bits */
 #define SMALL_LIMIT 1024u                 /* 16-byte classes below it */
@@ -127,6 +139,7 @@ struct ossl_proc_arena {
 	uint64_t nonempty[CLASS_WORDS];  /* bit c: head[c] != 0 */
 	uint64_t quick[QUICK_MAX_G + 1]; /* by grains, singly linked */
 	uint64_t quick_bytes;            /* in blocks on the quick lists */
+	uint64_t listed, listed_bytes;   /* on the free lists (payloads) */
 	/* Counters, under the lock. */
 	struct ossl_proc_arena_stats st;
 	uint64_t live_blocks, owner_deaths, rebuilds, lost_bytes;
@@ -248,8 +261,26 @@ hdr_sound(struct ossl_proc_arena *a, uint64_t off)
 
 	return (s == ST_BLK_LIVE || s == ST_BLK_FREE || s == ST_BLK_LOST ||
 		s == ST_BLK_QUICK) &&
-	       h->size_g >= MIN_BLOCK &&
+	       h->size_g >= (s == ST_BLK_LOST ? 1 : MIN_BLOCK) &&
 	       h->size_g <= (a->map_len - off) / GRAIN;
+}
+
+/*
+ * A header ordinary operations may follow: sound, and its block ends
+ * where the bitmap marks the next start (or at the heap's end), so a size
+ * an overflow changed is noticed before anything is written through it.
+ * The rebuild walk trusts sizes alone: a death may have left the bitmap
+ * short of a start.
+ */
+static bool
+hdr_trusted(struct ossl_proc_arena *a, uint64_t off)
+{
+	uint64_t end;
+
+	if (!hdr_sound(a, off))
+		return false;
+	end = off + blk_bytes(hdr_at(a, off));
+	return end == a->map_len || is_block_start(a, end);
 }
 
 /* The header of the block at offset @off (any value), or NULL and why. */
@@ -269,7 +300,7 @@ block_at(struct ossl_proc_arena *a, uint64_t off, enum bad_reason *why)
 		*why = ARENA_BAD_NOT_START;
 		return NULL;
 	}
-	if (!hdr_sound(a, off)) {
+	if (!hdr_trusted(a, off)) {
 		*why = ARENA_BAD_CORRUPT;
 		return NULL;
 	}
@@ -289,8 +320,19 @@ next_of(struct ossl_proc_arena *a, uint64_t off)
 /* Free lists                                                          */
 /* ------------------------------------------------------------------ */
 
+/* A free block that @link may name: false if it cannot be vouched for. */
+static bool
+link_sound(struct ossl_proc_arena *a, uint64_t link)
+{
+	return link >= a->heap_off && link < a->map_len &&
+	       !((link - a->heap_off) % GRAIN) && is_block_start(a, link) &&
+	       hdr_trusted(a, link) && hdr_state(hdr_at(a, link)) == ST_BLK_FREE;
+}
+
+/* Free block @off at the head of its list, trusting the list (the
+ * rebuild's, which it makes from the chain). */
 static void
-list_push(struct ossl_proc_arena *a, uint64_t off)
+list_link(struct ossl_proc_arena *a, uint64_t off)
 {
 	unsigned c = arena_class_of(blk_bytes(hdr_at(a, off)));
 	struct arena_links *l = links_of(a, off);
@@ -302,15 +344,29 @@ list_push(struct ossl_proc_arena *a, uint64_t off)
 		links_of(a, head)->prev = off;
 	a->head[c] = off;
 	a->nonempty[c / 64] |= 1ull << (c % 64);
+	a->listed++;
+	a->listed_bytes += blk_bytes(hdr_at(a, off)) - GRAIN;
 }
 
-/* A free block that @link may name: false if it cannot be vouched for. */
+/* The same after checking the head it writes through; false (nothing
+ * changed) when the list is corrupted. */
 static bool
-link_sound(struct ossl_proc_arena *a, uint64_t link)
+list_push(struct ossl_proc_arena *a, uint64_t off)
 {
-	return link >= a->heap_off && link < a->map_len &&
-	       !((link - a->heap_off) % GRAIN) && is_block_start(a, link) &&
-	       hdr_sound(a, link) && hdr_state(hdr_at(a, link)) == ST_BLK_FREE;
+	uint64_t head = a->head[arena_class_of(blk_bytes(hdr_at(a, off)))];
+
+	if (head && !link_sound(a, head))
+		return false;
+	list_link(a, off);
+	return true;
+}
+
+/* The most blocks the heap can hold: a bound for every list walk, which
+ * a corrupted link could otherwise make endless. */
+static uint64_t
+max_blocks(const struct ossl_proc_arena *a)
+{
+	return (a->map_len - a->heap_off) / (MIN_BLOCK * GRAIN) + 1;
 }
 
 /* Unlinks free block @off; false (nothing changed) when its links or its
@@ -334,6 +390,8 @@ list_unlink(struct ossl_proc_arena *a, uint64_t off)
 		a->head[c] = next;
 	if (!a->head[c])
 		a->nonempty[c / 64] &= ~(1ull << (c % 64));
+	a->listed--;
+	a->listed_bytes -= blk_bytes(hdr_at(a, off)) - GRAIN;
 	return true;
 }
 
@@ -370,13 +428,23 @@ find_fit(struct ossl_proc_arena *a, uint64_t need, bool *corrupt)
 		off = links_of(a, off)->next;
 	}
 	k = class_from(a, c + 1);
-	if (k == ARENA_CLASSES)
-		return 0;
-	if (!link_sound(a, a->head[k])) {
-		*corrupt = true;
-		return 0;
+	if (k < ARENA_CLASSES) {
+		if (!link_sound(a, a->head[k])) {
+			*corrupt = true;
+			return 0;
+		}
+		return a->head[k];
 	}
-	return a->head[k];
+	/* Nothing larger: the rest of its own class may still fit. */
+	for (uint64_t i = 0; off; off = links_of(a, off)->next) {
+		if (!link_sound(a, off) || ++i > max_blocks(a)) {
+			*corrupt = true;
+			return 0;
+		}
+		if (blk_bytes(hdr_at(a, off)) >= need)
+			return off;
+	}
+	return 0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -394,15 +462,16 @@ fix_next_prev(struct ossl_proc_arena *a, uint64_t off)
 }
 
 /* Unlinked free block @off keeps @need bytes; the rest, if it can be a
- * block, becomes a free block of its own (on its list). */
-static void
+ * block, becomes a free block of its own, on its list (false when that
+ * list is corrupted: the rest is then on none). */
+static bool
 split(struct ossl_proc_arena *a, uint64_t off, uint64_t need)
 {
 	struct arena_hdr *h = hdr_at(a, off), *r;
 	uint64_t rest = blk_bytes(h) - need, roff = off + need;
 
 	if (rest < MIN_BLOCK * GRAIN)
-		return;
+		return true;
 	r = hdr_at(a, roff);
 	r->owner = 0;
 	r->size_g = (uint32_t)(rest / GRAIN);
@@ -413,7 +482,7 @@ split(struct ossl_proc_arena *a, uint64_t off, uint64_t need)
 	h->size_g = (uint32_t)(need / GRAIN);   /* the commit */
 	STEP();
 	fix_next_prev(a, roff);
-	list_push(a, roff);
+	return list_push(a, roff);
 }
 
 /* Free block @off (on no list) absorbs the free block after it, if
@@ -424,7 +493,7 @@ merge_next(struct ossl_proc_arena *a, uint64_t off)
 	struct arena_hdr *h = hdr_at(a, off);
 	uint64_t n = next_of(a, off);
 
-	if (!n || !is_block_start(a, n) || !hdr_sound(a, n) ||
+	if (!n || !is_block_start(a, n) || !hdr_trusted(a, n) ||
 	    hdr_state(hdr_at(a, n)) != ST_BLK_FREE ||
 	    hdr_at(a, n)->prev_g != h->size_g)
 		return true;
@@ -447,7 +516,7 @@ free_before(struct ossl_proc_arena *a, uint64_t off)
 	if (!pg || (uint64_t)pg * GRAIN > off - a->heap_off)
 		return 0;
 	p = off - (uint64_t)pg * GRAIN;
-	if (!is_block_start(a, p) || !hdr_sound(a, p) ||
+	if (!is_block_start(a, p) || !hdr_trusted(a, p) ||
 	    hdr_state(hdr_at(a, p)) != ST_BLK_FREE ||
 	    hdr_at(a, p)->size_g != pg)
 		return 0;
@@ -461,6 +530,7 @@ clear_lists(struct ossl_proc_arena *a)
 	memset(a->nonempty, 0, sizeof(a->nonempty));
 	memset(a->quick, 0, sizeof(a->quick));
 	a->quick_bytes = 0;
+	a->listed = a->listed_bytes = 0;
 }
 
 /* The next granule after @off that the bitmap marks with a sound header,
@@ -490,6 +560,54 @@ rebuild_fence(struct ossl_proc_arena *a, uint64_t off, uint32_t prev_g)
 }
 
 /*
+ * The first start the bitmap marks inside the block at @off, up to @end,
+ * whose header is sound and not free; 0 if none.  Outside a rebuild the
+ * bitmap marks no start inside a block, and a death inside the lock
+ * leaves marks inside one only at free headers (a split's remainder, a
+ * merged neighbour): such a mark is an overflow having forged the size
+ * at @off larger.
+ */
+static uint64_t
+span_cut(struct ossl_proc_arena *a, uint64_t off, uint64_t end)
+{
+	uint64_t g = (off - a->heap_off) / GRAIN + 1;
+	uint64_t last = (end - a->heap_off) / GRAIN;
+	const uint64_t *map = (const uint64_t *)((char *)a + a->bitmap_off);
+
+	while (g < last) {
+		uint64_t bits = map[g / 64] & (~0ull << (g % 64)), cand;
+
+		if (!bits) {
+			g = (g / 64 + 1) * 64;
+			continue;
+		}
+		g = g / 64 * 64 + (uint64_t)__builtin_ctzll(bits);
+		if (g >= last)
+			break;
+		cand = a->heap_off + g * GRAIN;
+		if (hdr_sound(a, cand) &&
+		    hdr_state(hdr_at(a, cand)) != ST_BLK_FREE)
+			return cand;
+		g++;
+	}
+	return 0;
+}
+
+/* The block at @off of the rebuild walk cut back to @cut: a forged size
+ * undone (too short to be a block: lost). */
+static void
+rebuild_cut(struct ossl_proc_arena *a, uint64_t off, uint64_t cut)
+{
+	struct arena_hdr *h = hdr_at(a, off);
+
+	h->size_g = (uint32_t)((cut - off) / GRAIN);
+	if (h->size_g < MIN_BLOCK) {
+		set_state(h, ST_BLK_LOST);
+		a->lost_bytes += cut - off;
+	}
+}
+
+/*
  * Under the lock: everything derived from the chain of headers made
  * true again.  One walk: back sizes, the bitmap, adjacent free blocks
  * merged, lists and counters rebuilt.  Returns the bytes fenced off by
@@ -506,8 +624,13 @@ arena_rebuild(struct ossl_proc_arena *a)
 	for (uint64_t off = a->heap_off; off < a->map_len;) {
 		struct arena_hdr *h = hdr_at(a, off);
 
+		uint64_t cut;
+
 		if (!hdr_sound(a, off))
 			rebuild_fence(a, off, prev_g);
+		cut = span_cut(a, off, off + blk_bytes(h));
+		if (cut)
+			rebuild_cut(a, off, cut);
 		if (hdr_state(h) == ST_BLK_QUICK)
 			set_state(h, ST_BLK_FREE);
 		h->prev_g = prev_g;
@@ -532,7 +655,7 @@ arena_rebuild(struct ossl_proc_arena *a)
 	     off += blk_bytes(hdr_at(a, off))) {
 		mark_start(a, off, true);
 		if (hdr_state(hdr_at(a, off)) == ST_BLK_FREE)
-			list_push(a, off);
+			list_link(a, off);
 	}
 	a->st.used_bytes = used;
 	a->live_blocks = live;
@@ -601,13 +724,14 @@ log_lock_outcome(struct ossl_proc_arena *a, int rc, bool died,
 			  "leaks) from now on", (void *)a, strerror(rc));
 }
 
-/* Under the lock: the lists failed a check; rebuilt from the chain. */
-static void
-lists_corrupted(struct ossl_proc_arena *a, bool *log)
+/* Under the lock: the lists failed a check; rebuilt from the chain.
+ * True when that is to be logged (once per arena). */
+static bool
+lists_corrupted(struct ossl_proc_arena *a)
 {
 	a->rebuilds++;
 	arena_rebuild(a);
-	*log = log_once(&a->corrupt_logged);
+	return log_once(&a->corrupt_logged);
 }
 
 static void
@@ -713,7 +837,7 @@ quick_sound(struct ossl_proc_arena *a, uint64_t off, uint32_t g)
 {
 	return off >= a->heap_off && off < a->map_len &&
 	       !((off - a->heap_off) % GRAIN) && is_block_start(a, off) &&
-	       hdr_sound(a, off) && hdr_state(hdr_at(a, off)) == ST_BLK_QUICK &&
+	       hdr_trusted(a, off) && hdr_state(hdr_at(a, off)) == ST_BLK_QUICK &&
 	       hdr_at(a, off)->size_g == g;
 }
 
@@ -745,12 +869,23 @@ quick_push(struct ossl_proc_arena *a, uint64_t off)
 	a->quick_bytes += (uint64_t)g * GRAIN;
 }
 
-/* Under the lock: the quick lists merged back. */
-static void
+static bool merge_free(struct ossl_proc_arena *a, uint64_t off);
+
+/* Under the lock: every quick block merged back as a free would, in time
+ * proportional to their number; false on a corrupted list. */
+static bool
 consolidate(struct ossl_proc_arena *a)
 {
-	if (a->quick_bytes)
-		arena_rebuild(a);
+	for (uint32_t g = 0; g <= QUICK_MAX_G; g++) {
+		while (a->quick[g]) {
+			bool bad = false;
+			uint64_t off = quick_pop(a, g, &bad);
+
+			if (bad || !merge_free(a, off))
+				return false;
+		}
+	}
+	return true;
 }
 
 /* Under the lock: a free block of @need bytes, unlinked, or 0. */
@@ -765,16 +900,18 @@ take_fit(struct ossl_proc_arena *a, uint64_t need, bool *corrupt)
 		return off;
 	off = find_fit(a, need, corrupt);
 	if (!off && !*corrupt && a->quick_bytes) {
-		consolidate(a);
+		if (!consolidate(a)) {
+			*corrupt = true;
+			return 0;
+		}
 		off = find_fit(a, need, corrupt);
 	}
 	if (!off)
 		return 0;
-	if (!list_unlink(a, off)) {
+	if (!list_unlink(a, off) || !split(a, off, need)) {
 		*corrupt = true;
 		return 0;
 	}
-	split(a, off, need);
 	return off;
 }
 
@@ -785,7 +922,7 @@ take_block(struct ossl_proc_arena *a, uint64_t need, bool *corrupt)
 	uint64_t off = take_fit(a, need, corrupt);
 
 	if (!off && *corrupt) {
-		lists_corrupted(a, corrupt);
+		*corrupt = lists_corrupted(a);
 		off = take_fit(a, need, &(bool){ false });
 	}
 	if (!off)
@@ -864,22 +1001,31 @@ static bool
 release_block(struct ossl_proc_arena *a, uint64_t off)
 {
 	struct arena_hdr *h = hdr_at(a, off);
-	uint64_t p;
 
 	a->st.frees++;
 	a->live_blocks--;
 	a->st.used_bytes -= blk_bytes(h) - GRAIN;
 	if (a->st.used_bytes < a->full_rearm_below)
 		atomic_store(&a->full_logged, false);
-	h->owner = 0;
+	/* The owner stays: a death before the commit leaves the block live
+	 * and still its allocator's, for ossl_proc_arena_reclaim(). */
 	if (h->size_g <= QUICK_MAX_G) {
 		set_state(h, ST_BLK_QUICK);         /* the commit */
 		STEP();
 		quick_push(a, off);
-		if (a->quick_bytes > a->st.capacity / 8)
-			consolidate(a);
-		return true;
+		return a->quick_bytes <= a->st.capacity / 8 || consolidate(a);
 	}
+	return merge_free(a, off);
+}
+
+/* Under the lock: block @off, on no list, free, merged with its free
+ * neighbours and on its list; false on a corrupted list. */
+static bool
+merge_free(struct ossl_proc_arena *a, uint64_t off)
+{
+	struct arena_hdr *h = hdr_at(a, off);
+	uint64_t p;
+
 	set_state(h, ST_BLK_FREE);                  /* the commit */
 	STEP();
 	if (!merge_next(a, off))
@@ -894,8 +1040,7 @@ release_block(struct ossl_proc_arena *a, uint64_t off)
 		fix_next_prev(a, p);
 		off = p;
 	}
-	list_push(a, off);
-	return true;
+	return list_push(a, off);
 }
 
 /* Under the lock: the live block @ptr points to, or NULL and why. */
@@ -938,7 +1083,7 @@ arena_free(void *ptr, void *arg)
 	deaths = a->owner_deaths;
 	if (live_block(a, p, &why)) {
 		if (!release_block(a, p - (uintptr_t)a - GRAIN))
-			lists_corrupted(a, &corrupt);
+			corrupt = lists_corrupted(a);
 	} else {
 		a->st.bad_frees++;
 		log_bad = log_once(&a->bad_logged);
@@ -1098,7 +1243,7 @@ arena_format(struct ossl_proc_arena *a, uint64_t bitmap_off,
 	h->size_g = (uint32_t)((map_len - heap_off) / GRAIN);
 	set_state(h, ST_BLK_FREE);
 	mark_start(a, heap_off, true);
-	list_push(a, heap_off);
+	list_link(a, heap_off);
 	a->allocator = (struct ossl_proc_allocator){
 		.malloc = arena_malloc,
 		.realloc = NULL,
@@ -1191,26 +1336,30 @@ ossl_proc_arena_allocator(struct ossl_proc_arena *a)
 	return &a->allocator;
 }
 
-/* Under the lock: free blocks, their bytes and the largest request that
- * can succeed now, from the lists. */
+/* Under the lock, the quick lists merged: free blocks, their bytes and
+ * the largest request that can succeed now, from the counters and the
+ * first blocks of the highest non-empty class (its blocks differ by less
+ * than a quarter, so a bounded look is close and keeps the lock short). */
+#define CENSUS_LOOK 256
 static void
 free_census(struct ossl_proc_arena *a, struct ossl_proc_arena_stats *st)
 {
-	uint64_t largest = 0;
+	uint64_t largest = 0, n = 0;
+	unsigned top = ARENA_CLASSES;
 
-	st->free_blocks = st->free_bytes = 0;
-	for (unsigned c = 0; c < ARENA_CLASSES; c++) {
-		for (uint64_t off = a->head[c]; off;
-		     off = links_of(a, off)->next) {
-			uint64_t b = blk_bytes(hdr_at(a, off));
-
-			if (!link_sound(a, off))
-				break;
-			st->free_blocks++;
-			st->free_bytes += b - GRAIN;
-			if (b - GRAIN > largest)
-				largest = b - GRAIN;
-		}
+	st->free_blocks = a->listed;
+	st->free_bytes = a->listed_bytes;
+	for (unsigned w = CLASS_WORDS; w-- > 0 && top == ARENA_CLASSES;)
+		if (a->nonempty[w])
+			top = w * 64 + 63 -
+			      (unsigned)__builtin_clzll(a->nonempty[w]);
+	if (top == ARENA_CLASSES)
+		return;
+	for (uint64_t off = a->head[top]; off; off = links_of(a, off)->next) {
+		if (!link_sound(a, off) || ++n > CENSUS_LOOK)
+			break;
+		if (blk_bytes(hdr_at(a, off)) - GRAIN > largest)
+			largest = blk_bytes(hdr_at(a, off)) - GRAIN;
 	}
 	st->largest_free = largest;
 }
@@ -1225,7 +1374,7 @@ ossl_proc_arena_get_stats(struct ossl_proc_arena *a,
 {
 	struct ossl_proc_arena_stats st;
 	uint64_t deaths;
-	bool died;
+	bool died, corrupt = false;
 	int rc;
 
 	if (!out) {
@@ -1244,14 +1393,16 @@ ossl_proc_arena_get_stats(struct ossl_proc_arena *a,
 	/* Without the lock (not recoverable), a racy snapshot is better
 	 * than nothing. */
 	deaths = rc ? 0 : a->owner_deaths;
-	if (!rc)
-		consolidate(a);
+	if (!rc && !consolidate(a))
+		corrupt = lists_corrupted(a);
 	st = a->st;
 	if (!rc) {
 		free_census(a, &st);
 		pthread_mutex_unlock(&a->lock);
 	}
 	log_lock_outcome(a, rc, died, deaths);
+	if (corrupt)
+		log_corrupt(a);
 	/* An older caller gets its prefix, a newer caller's tail is left
 	 * alone. */
 	memcpy((char *)out + sizeof(size_t), (char *)&st + sizeof(size_t),
@@ -1290,35 +1441,31 @@ ossl_proc_arena_free(struct ossl_proc_arena *a)
 }
 
 /* Under the lock: every live block allocated by @pid marked free, then
- * one rebuild merges and lists them. */
+ * one rebuild merges and lists them (and recounts: frees = allocs minus
+ * what is live).  *@corrupt when a header had to be fenced off. */
 static uint64_t
-reclaim_locked(struct ossl_proc_arena *a, pid_t pid, uint64_t *bytes)
+reclaim_locked(struct ossl_proc_arena *a, pid_t pid, uint64_t *bytes,
+	       bool *corrupt)
 {
-	uint64_t n = 0, allocs = a->st.allocs, frees = a->st.frees;
+	uint64_t n = 0;
 
 	for (uint64_t off = a->heap_off; off < a->map_len;) {
 		struct arena_hdr *h = hdr_at(a, off);
 
 		if (!hdr_sound(a, off)) {
 			/* Fenced off by a rebuild, the walk goes on. */
-			arena_rebuild(a);
+			*corrupt |= lists_corrupted(a);
 			continue;
 		}
 		if (hdr_state(h) == ST_BLK_LIVE && h->owner == (uint32_t)pid) {
 			*bytes += blk_bytes(h) - GRAIN;
-			h->owner = 0;
 			set_state(h, ST_BLK_FREE);
 			n++;
 		}
 		off += blk_bytes(h);
 	}
-	if (n) {
+	if (n)
 		arena_rebuild(a);
-		/* The rebuild recounted the live blocks; the frees are
-		 * the ones before and these. */
-		a->st.allocs = allocs;
-		a->st.frees = frees + n;
-	}
 	return n;
 }
 
@@ -1326,7 +1473,7 @@ OSSL_PROC_EXPORT int
 ossl_proc_arena_reclaim(struct ossl_proc_arena *a, pid_t pid)
 {
 	uint64_t n, bytes = 0, deaths;
-	bool died;
+	bool died, corrupt = false;
 	int rc;
 
 	if (!arena_valid(a, __func__))
@@ -1347,9 +1494,20 @@ ossl_proc_arena_reclaim(struct ossl_proc_arena *a, pid_t pid)
 		return -rc;
 	}
 	deaths = a->owner_deaths;
-	n = reclaim_locked(a, pid, &bytes);
+	/* Again under the lock: a new process with that pid could have
+	 * started allocating since the check above. */
+	if (kill(pid, 0) == 0 || errno != ESRCH) {
+		pthread_mutex_unlock(&a->lock);
+		log_lock_outcome(a, 0, died, deaths);
+		log_bug_client("ossl_proc_arena_reclaim: process %ld exists "
+			       "again (its pid was reused)", (long)pid);
+		return -EBUSY;
+	}
+	n = reclaim_locked(a, pid, &bytes, &corrupt);
 	pthread_mutex_unlock(&a->lock);
 	log_lock_outcome(a, 0, died, deaths);
+	if (corrupt)
+		log_corrupt(a);
 	if (n)
 		log_info("shared arena: reclaimed %llu blocks (%llu bytes) "
 			 "left by process %ld", (unsigned long long)n,
