@@ -804,6 +804,8 @@ ERR_load_strings_const(const ERR_STRING_DATA *str)
 
 typedef int (*atexit_fn)(void (*)(void));
 
+/* OpenSSL 4.0 has none. */
+#if OPENSSL_VERSION_MAJOR < 4
 PRELOAD_EXPORT int
 OPENSSL_atexit(void (*handler)(void))
 {
@@ -815,6 +817,7 @@ OPENSSL_atexit(void (*handler)(void))
 		real_atexit = (atexit_fn)dlsym(RTLD_NEXT, "OPENSSL_atexit");
 	return real_atexit ? real_atexit(handler) : 0;
 }
+#endif
 
 typedef int (*add_builtin_fn)(OSSL_LIB_CTX *, const char *,
 			      OSSL_provider_init_fn *);
