@@ -27,11 +27,12 @@
 #include "osslproc-int.h"
 #include "alloc/alloc-int.h"
 
-#define PRELOAD_EXPORT __attribute__((visibility("default")))
+#include "preload-int.h"
 
 /* What the program's environment asked for, read once. */
 static struct {
 	bool no_env;      /* OSSLPROC_DISABLE=env: OpenSSL's own defaults */
+	bool no_unload;   /* OSSLPROC_DISABLE=unload: no implicit scopes */
 	bool shared;      /* OSSLPROC_SHARED_BACKEND=1 */
 	bool ready;       /* ossl_proc_init() succeeded */
 	/* A copy: programs rewrite their environment's memory (nginx puts
@@ -239,6 +240,7 @@ configure(struct ossl_proc_config *cfg)
 	if (off & DISABLE_FORK)
 		cfg->flags |= OSSL_PROC_F_NO_ATFORK;
 	pc.no_env = off & DISABLE_ENV;
+	pc.no_unload = off & DISABLE_UNLOAD;
 	report = getenv("OSSLPROC_REPORT");
 	if (report && strlen(report) >= sizeof(pc.report_dir))
 		log_warn("OSSLPROC_REPORT: a directory name of %zu bytes is "
@@ -315,6 +317,8 @@ preload_init(void)
 		__cxa_atexit(report_exit, NULL, NULL);
 	rc = ossl_proc_init(&cfg);
 	pc.ready = rc >= 0;
+	if (pc.ready && !pc.no_unload)
+		unload_start();
 	if (rc < 0)
 		log_error("osslproc-run: ossl_proc_init failed (%s); the "
 			  "program runs without osslproc's protection",

@@ -75,6 +75,15 @@ void tramp_node_free(struct cb_node *n);
 /* Push @n on @ctx's stack for @kind and put the trampoline on @ctx;
  * @mode is the verify mode for CB_VERIFY.  0 or -ENOMEM. */
 int tramp_bind(SSL_CTX *ctx, enum cb_kind kind, struct cb_node *n, int mode);
+/* Give @n, bound, the callback @fn with @arg instead (and @mode for
+ * CB_VERIFY): a scope setting the same kind on the same context again
+ * replaces its entry rather than stacking one more. */
+void tramp_rebind(struct cb_node *n, any_fn fn, void *arg, int mode);
+/* What a getter of @kind on @ctx should report, given @now, what OpenSSL
+ * returns: for our trampoline, the callback it calls (the newest
+ * module's, else the one it replaced), so that code chaining to the
+ * previous callback never chains to the trampoline itself. */
+any_fn tramp_current(const SSL_CTX *ctx, enum cb_kind kind, any_fn now);
 /* The binding lock (recursive): while it is held no context with a
  * binding is freed, and a node's ctx stays what it is. */
 void tramp_lock(void);

@@ -256,6 +256,33 @@ ossl_proc_module_ex_new_index(struct ossl_proc_module *h, int class_index,
 	return rc;
 }
 
+/* Under modules_lock: @m's node for @kind on @ctx, if it has one.  The
+ * nodes of contexts freed since are dropped on the way, so that a scope
+ * that sets a callback on each connection's context stays small. */
+static struct cb_node *
+own_node(struct scope *m, SSL_CTX *ctx, enum cb_kind kind)
+{
+	struct cb_node *found = NULL;
+	size_t j = 0;
+
+	tramp_lock();
+	for (size_t i = 0; i < m->n; i++) {
+		struct undo u = m->undo[i];
+
+		if (u.kind == U_CALLBACK && !u.u.cb->ctx) {
+			tramp_node_free(u.u.cb); /* unreachable since */
+			continue;
+		}
+		if (u.kind == U_CALLBACK && u.u.cb->ctx == ctx &&
+		    u.u.cb->kind == kind)
+			found = u.u.cb;
+		m->undo[j++] = u;
+	}
+	m->n = j;
+	tramp_unlock();
+	return found;
+}
+
 static int
 set_callback(struct ossl_proc_module *h, SSL_CTX *ctx, enum cb_kind kind,
 	     any_fn fn, void *arg, int verify_mode, const char *name)
@@ -269,6 +296,12 @@ set_callback(struct ossl_proc_module *h, SSL_CTX *ctx, enum cb_kind kind,
 	if (!rc && (!ctx || !fn)) {
 		log_bug_client("%s: ctx and cb must not be NULL", name);
 		rc = -EINVAL;
+	}
+	/* Set again (once per connection, say): one entry, replaced. */
+	if (!rc && (n = own_node(m, ctx, kind))) {
+		tramp_rebind(n, fn, arg, verify_mode);
+		pthread_mutex_unlock(&modules_lock);
+		return 0;
 	}
 	if (!rc) {
 		n = tramp_node_new(fn, arg, &m->gate);

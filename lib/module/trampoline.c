@@ -437,10 +437,25 @@ tramp_node_free(struct cb_node *n)
 	free(n);
 }
 
+/* Under the binding lock: the trampoline on @ctx for @kind.  Whatever
+ * is on the context now, if not ours, is what to go back to; with no
+ * getter, only "none" is known. */
+static void
+put_tramp(SSL_CTX *ctx, enum cb_kind kind, struct binding *b, int mode)
+{
+	const struct kind_ops *o = &ops[kind];
+
+	if (o->get && o->get(ctx) != o->tramp) {
+		b->base[kind] = o->get(ctx);
+		if (kind == CB_VERIFY)
+			b->base_verify_mode = SSL_CTX_get_verify_mode(ctx);
+	}
+	o->set(ctx, o->tramp, mode);
+}
+
 int
 tramp_bind(SSL_CTX *ctx, enum cb_kind kind, struct cb_node *n, int mode)
 {
-	const struct kind_ops *o = &ops[kind];
 	struct binding *b;
 
 	tramp_lock();
@@ -455,16 +470,45 @@ tramp_bind(SSL_CTX *ctx, enum cb_kind kind, struct cb_node *n, int mode)
 	n->below = b->top[kind];
 	b->top[kind] = n;
 	pthread_mutex_unlock(&b->lock);
-	/* Whatever is on the context now, if not ours, is what to go back
-	 * to; with no getter, only "none" is known. */
-	if (o->get && o->get(ctx) != o->tramp) {
-		b->base[kind] = o->get(ctx);
-		if (kind == CB_VERIFY)
-			b->base_verify_mode = SSL_CTX_get_verify_mode(ctx);
-	}
-	o->set(ctx, o->tramp, mode);
+	put_tramp(ctx, kind, b, mode);
 	tramp_unlock();
 	return 0;
+}
+
+void
+tramp_rebind(struct cb_node *n, any_fn fn, void *arg, int mode)
+{
+	struct binding *b;
+
+	tramp_lock();
+	b = binding_get(n->ctx);
+	if (b) {
+		pthread_mutex_lock(&b->lock);
+		n->fn = fn;
+		n->arg = arg;
+		pthread_mutex_unlock(&b->lock);
+		put_tramp(n->ctx, n->kind, b, mode);
+	}
+	tramp_unlock();
+}
+
+any_fn
+tramp_current(const SSL_CTX *ctx, enum cb_kind kind, any_fn now)
+{
+	struct binding *b;
+	any_fn fn = now;
+
+	if (now != ops[kind].tramp)
+		return now;
+	tramp_lock();
+	b = binding_get(ctx);
+	if (b) {
+		pthread_mutex_lock(&b->lock);
+		fn = b->top[kind] ? b->top[kind]->fn : b->base[kind];
+		pthread_mutex_unlock(&b->lock);
+	}
+	tramp_unlock();
+	return fn;
 }
 
 /* Unlink @n from the list at @p; false when it is not on it. */
