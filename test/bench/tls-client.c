@@ -48,7 +48,9 @@ one(void)
 		goto out;
 	ssl = SSL_new(ctx);
 	if (!ssl || !SSL_set_fd(ssl, fd) ||
-	    !SSL_set1_host(ssl, "localhost") ||
+	    /* SSL_set1_host() is deprecated in OpenSSL 4.0. */
+	    X509_VERIFY_PARAM_set1_host(SSL_get0_param(ssl), "localhost",
+					0) != 1 ||
 	    !SSL_set_tlsext_host_name(ssl, "localhost") ||
 	    SSL_connect(ssl) != 1 ||
 	    SSL_get_verify_result(ssl) != X509_V_OK ||
