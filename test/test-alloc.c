@@ -1091,8 +1091,12 @@ START_TEST(backend_aligned_to_8)
 	ck_assert_int_eq(tl_count(OSSL_PROC_LOG_ERROR, ""), 0);
 	OPENSSL_cleanup();
 	ossl_proc_thread_release();
-	ck_assert_uint_eq(stats().live_blocks, 0);
-	ck_assert_uint_eq(atomic_load(&a8.frees), atomic_load(&a8.calls));
+	/* Every chunk is a live block or went back; OpenSSL 4.0 frees its
+	 * state only in its destructor, after the test. */
+	ck_assert_uint_eq(atomic_load(&a8.calls) - atomic_load(&a8.frees),
+			  stats().live_blocks);
+	if (OpenSSL_version_num() < 0x40000000L)
+		ck_assert_uint_eq(stats().live_blocks, 0);
 }
 END_TEST
 

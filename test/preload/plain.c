@@ -142,22 +142,55 @@ memfn(int shared)
 
 /* ---- verify ---- */
 
+/* The store's objects: a copy since 3.3 (4.0 deprecates the view). */
+static STACK_OF(X509_OBJECT) *
+store_objects(X509_STORE *st)
+{
+#if OPENSSL_VERSION_NUMBER >= 0x30300000L
+	return X509_STORE_get1_objects(st);
+#else
+	return X509_STORE_get0_objects(st);
+#endif
+}
+
+static void
+store_objects_done(STACK_OF(X509_OBJECT) *objs)
+{
+#if OPENSSL_VERSION_NUMBER >= 0x30300000L
+	sk_X509_OBJECT_pop_free(objs, X509_OBJECT_free);
+#else
+	(void)objs;
+#endif
+}
+
+/* Whether @x's subject common name is @cn (4.0 deprecates
+ * X509_NAME_get_text_by_NID). */
+static int
+cn_is(const X509 *x, const char *cn)
+{
+	const X509_NAME *name = X509_get_subject_name(x);
+	int i = X509_NAME_get_index_by_NID(name, NID_commonName, -1);
+	const X509_NAME_ENTRY *e = i < 0 ? NULL : X509_NAME_get_entry(name, i);
+	const ASN1_STRING *d = e ? X509_NAME_ENTRY_get_data(e) : NULL;
+	size_t len = strlen(cn);
+
+	return d && (size_t)ASN1_STRING_length(d) == len &&
+	       !memcmp(ASN1_STRING_get0_data(d), cn, len);
+}
+
 static int
 store_has(X509_STORE *st, const char *cn)
 {
-	STACK_OF(X509_OBJECT) *objs = X509_STORE_get0_objects(st);
-	char buf[256];
+	STACK_OF(X509_OBJECT) *objs = store_objects(st);
+	int found = 0;
 
-	for (int i = 0; i < sk_X509_OBJECT_num(objs); i++) {
+	for (int i = 0; !found && i < sk_X509_OBJECT_num(objs); i++) {
 		X509 *x = X509_OBJECT_get0_X509(sk_X509_OBJECT_value(objs, i));
 
-		if (x && X509_NAME_get_text_by_NID(X509_get_subject_name(x),
-						   NID_commonName, buf,
-						   sizeof(buf)) > 0 &&
-		    !strcmp(buf, cn))
-			return 1;
+		found = x && cn_is(x, cn);
 	}
-	return 0;
+	store_objects_done(objs);
+	return found;
 }
 
 static int

@@ -12,6 +12,10 @@ cleanup() {
 }
 trap cleanup EXIT
 failed=0
+# The openssl command line tool, on the system's libraries whatever the
+# test's LD_LIBRARY_PATH (scripts/test-matrix points it at an OpenSSL
+# build without a configuration file): it only makes the test PKI.
+ossl_cli() { env -u LD_LIBRARY_PATH openssl "$@"; }
 ok() { echo "ok - $*"; }
 bad() { echo "FAIL - $*"; failed=1; }
 
@@ -32,14 +36,14 @@ need() {
 
 # A CA and a certificate for localhost and 127.0.0.1, signed by it.
 make_pki() {
-	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+	ossl_cli req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
 		-subj /CN=osslproc-test-ca -keyout "$tmp/ca.key" \
 		-out "$tmp/ca.pem" -days 2 >/dev/null 2>&1 &&
-	openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+	ossl_cli req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
 		-subj /CN=localhost -keyout "$tmp/server.key" \
 		-out "$tmp/server.csr" >/dev/null 2>&1 &&
 	printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$tmp/ext" &&
-	openssl x509 -req -in "$tmp/server.csr" -CA "$tmp/ca.pem" \
+	ossl_cli x509 -req -in "$tmp/server.csr" -CA "$tmp/ca.pem" \
 		-CAkey "$tmp/ca.key" -CAcreateserial -days 2 \
 		-extfile "$tmp/ext" -out "$tmp/server.pem" >/dev/null 2>&1
 }

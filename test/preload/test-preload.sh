@@ -14,6 +14,10 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 failed=0
 
+# The openssl command line tool, on the system's libraries whatever the
+# test's LD_LIBRARY_PATH (scripts/test-matrix points it at an OpenSSL
+# build without a configuration file): it only makes the test PKI.
+ossl_cli() { env -u LD_LIBRARY_PATH openssl "$@"; }
 ok() { echo "ok - $*"; }
 bad() { echo "FAIL - $*"; failed=1; }
 
@@ -67,7 +71,7 @@ else bad "memfn shared: $(cat "$tmp/err" "$d"/* 2>/dev/null)"; fi
 
 # 5. default verify paths: the start's SSL_CERT_FILE, not the later one
 cn=osslproc-preload-test-ca
-if openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+if ossl_cli req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
    -subj "/CN=$cn" -keyout "$tmp/ca.key" -out "$tmp/ca.pem" -days 2 \
    >/dev/null 2>&1; then
 	if SSL_CERT_FILE=$tmp/ca.pem "$run" "$plain" verify "$cn" 2>"$tmp/err"

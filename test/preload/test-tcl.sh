@@ -8,7 +8,7 @@ need tcl /usr/bin/tclsh
 need tcl-tls /usr/lib/tcltk/x86_64-linux-gnu/tcltls1.7.22/tcltls.so
 make_pki || { echo "FAIL - openssl could not make the PKI"; exit 1; }
 port=$(free_port)
-openssl s_server -quiet -accept "127.0.0.1:$port" -cert "$tmp/server.pem" \
+ossl_cli s_server -quiet -accept "127.0.0.1:$port" -cert "$tmp/server.pem" \
 	-key "$tmp/server.key" -www >/dev/null 2>&1 &
 srv=$!
 cleanup_hooks+=("kill $srv 2>/dev/null")
