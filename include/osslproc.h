@@ -110,10 +110,13 @@ enum ossl_proc_bad_free {
  * is still allocated: the process's leaks (with their sites under
  * OSSL_PROC_F_TRACK_SITES).  Added in 0.3; see ossl_proc_report(). */
 #define OSSL_PROC_F_EXIT_LEAKS (1u << 4)
+/** Do not quiesce OpenSSL's locks in ossl_proc_fork_prepare() (see
+ * there): a fork then behaves as without osslproc.  Added in 0.3. */
+#define OSSL_PROC_F_NO_FORK_QUIESCE (1u << 5)
 /** All flags this version knows. */
 #define OSSL_PROC_F_ALL (OSSL_PROC_F_NO_ALLOCATOR | OSSL_PROC_F_NO_ATFORK | \
 			 OSSL_PROC_F_SCRUB | OSSL_PROC_F_TRACK_SITES | \
-			 OSSL_PROC_F_EXIT_LEAKS)
+			 OSSL_PROC_F_EXIT_LEAKS | OSSL_PROC_F_NO_FORK_QUIESCE)
 
 /**
  * Configuration for ossl_proc_init().  Start from OSSL_PROC_CONFIG_INIT so
@@ -171,6 +174,10 @@ struct ossl_proc_config {
 	 * and gives its share back when the thread exits or calls
 	 * ossl_proc_thread_release(); 0: 8 MiB. */
 	size_t cache_total_bytes;
+	/** How long ossl_proc_fork_prepare() tries to take every OpenSSL
+	 * lock before it forks without the busy ones (one WARNING names
+	 * the lock), in milliseconds; 0: 200.  Added in 0.3. */
+	unsigned int fork_quiesce_ms;
 };
 
 /** openssl_init_opts: osslproc does not initialise OpenSSL itself. */
@@ -989,6 +996,15 @@ struct ossl_proc_stats {
 	uint64_t cached_bytes;    /**< freed, past the quarantine, kept by
 				       their thread for reuse (at most
 				       cache_bytes per thread) */
+	/* Added in 0.3. */
+	uint64_t locks_registered; /**< live OpenSSL locks the allocator
+					recognised (quiesced at a fork) */
+	uint64_t locks_taken_last_fork; /**< how many of them the last
+					     ossl_proc_fork_prepare() took */
+	uint64_t fork_prepare_ns; /**< how long that prepare spent taking
+				       them (0: no quiesce ran) */
+	uint64_t fork_quiesce_give_ups; /**< prepares that forked with a
+					     lock still held elsewhere */
 };
 
 /**

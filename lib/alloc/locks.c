@@ -1,0 +1,563 @@
+/*
+ * OpenSSL's locks, quiesced around a fork.
+ *
+ * Forking while another thread is inside an OpenSSL critical section
+ * leaves the child a lock that nobody will release (on 3.0, 7-17% of
+ * children of a threaded parent hang in CRYPTO_THREAD_write_lock).  Every
+ * OpenSSL lock on Linux is allocated through the tracked allocator at one
+ * of a few sites, one size each (the shapes below), so the allocator
+ * recognises them: a size compare on every allocation, then a pointer
+ * compare of the file name, learnt at the first match.  Such blocks live
+ * in slabs of their own: the registry is the slabs, and a fork writes each
+ * lock three times (take, release in the parent, re-create in the child),
+ * each page of locks costing a page fault each time after the fork made
+ * it copy-on-write.  Packed, 1,000 locks fill 20 pages instead of being
+ * spread over hundreds.
+ *
+ * Prepare takes every lock with try-locks only (OpenSSL nests some, so
+ * blocking on one while holding others could deadlock): on a busy one it
+ * releases all, backs off and retries, until a deadline; then it forks
+ * with what it could take and says which lock it could not.
+ */
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "alloc-int.h"
+
+/* What an OpenSSL lock is made of, by allocation site. */
+enum lk_kind {
+	LK_RWLOCK, /* CRYPTO_THREAD_lock_new: a pthread_rwlock_t */
+	LK_MUTEX,  /* ossl_crypto_mutex_new (3.2+): a pthread_mutex_t */
+	LK_COND,   /* ossl_crypto_condvar_new (3.2+): re-created only */
+	LK_RCU,    /* ossl_rcu_lock_new (3.3+): struct rcu_lock_st */
+};
+
+/* OpenSSL's struct rcu_lock_st (crypto/threads_pthread.c), the same in
+ * 3.5.7, 3.6.3 and 4.0.2: its write side's mutexes and condvars. */
+struct rcu_mirror {
+	void *cb_items, *ctx, *qp_group;
+	uint32_t id_ctr, group_count, reader_idx, next_to_retire;
+	uint32_t current_alloc_idx, writers_alloced;
+	pthread_mutex_t write_lock, alloc_lock;
+	pthread_cond_t alloc_signal;
+	pthread_mutex_t prior_lock;
+	pthread_cond_t prior_signal;
+};
+
+struct lk_shape {
+	size_t size;           /* what OpenSSL asks for */
+	const char *tail;      /* the end of the allocation's file name */
+	const char *func;      /* for the log */
+	enum lk_kind kind;
+	_Atomic(const char *) file; /* learnt at the first match */
+	_Atomic int line;
+};
+
+static struct lk_shape shapes[] = {
+	{ sizeof(pthread_rwlock_t), "threads_pthread.c",
+	  "CRYPTO_THREAD_lock_new", LK_RWLOCK, NULL, 0 },
+	{ sizeof(pthread_mutex_t), "thread_posix.c", "ossl_crypto_mutex_new",
+	  LK_MUTEX, NULL, 0 },
+	{ sizeof(pthread_cond_t), "thread_posix.c",
+	  "ossl_crypto_condvar_new", LK_COND, NULL, 0 },
+	{ sizeof(struct rcu_mirror), "threads_pthread.c", "ossl_rcu_lock_new",
+	  LK_RCU, NULL, 0 },
+};
+#define NSHAPES ARRAY_SIZE(shapes)
+
+/*
+ * A slab: one mapping of CHUNK_BYTES holding slots of one shape, each
+ * [struct blk][payload][struct lk_tail], 16-aligned.  Slots whose user
+ * pointer would be at a reserved page offset (alloc-int.h) stay unused.
+ */
+#define CHUNK_BYTES ((size_t)64 * 1024)
+
+enum lk_state {
+	LS_FREE,
+	LS_LIVE,    /* not held by prepare */
+	LS_TAKEN,   /* taken by prepare */
+	LS_SELF,    /* write-held by the forking thread itself */
+};
+
+/* After each slot's payload: its state and the free list's link, kept
+ * out of the payload so that a freed lock keeps its bytes (a use after
+ * free of a destroyed lock behaves as without osslproc). */
+struct lk_tail {
+	char *next;
+	uint8_t state;
+	uint8_t pad[7];
+};
+
+struct chunk {
+	struct chunk *next;
+	unsigned shape;
+	unsigned stride;
+	unsigned nslots;
+};
+
+static pthread_mutex_t slab_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct chunk *chunks;
+/* Free slots by shape, first in first out: a freed lock is reused last,
+ * which keeps a double free of it detectable (the slab's quarantine). */
+static char *free_head[NSHAPES], *free_tail[NSHAPES];
+static _Atomic uint64_t registered;  /* live locks */
+static _Atomic uint64_t taken_last, prep_ns_last, give_ups;
+/* Prepare holds slab_lock and the locks it took, for the fork. */
+static bool held;
+
+static inline size_t
+stride_of(const struct lk_shape *s)
+{
+	return (sizeof(struct blk) + s->size + sizeof(struct lk_tail) + 15) &
+	       ~(size_t)15;
+}
+
+static inline char *
+slot_user(const struct chunk *ch, unsigned i)
+{
+	return (char *)ch + 64 + (size_t)i * ch->stride + sizeof(struct blk);
+}
+
+static inline struct lk_tail *
+slot_tail(const struct chunk *ch, char *user)
+{
+	return (struct lk_tail *)(user + shapes[ch->shape].size);
+}
+
+/* The chunk a slot's user pointer lies in: chunks are CHUNK_BYTES
+ * aligned. */
+static inline struct chunk *
+chunk_of(const void *user)
+{
+	return (struct chunk *)((uintptr_t)user & ~(uintptr_t)(CHUNK_BYTES - 1));
+}
+
+/* ---- recognising a lock ---- */
+
+/* Slow half of lk_shape_of(): the first match, by name. */
+static int
+shape_learn(size_t n, const char *file, int line)
+{
+	for (unsigned i = 0; i < NSHAPES; i++) {
+		struct lk_shape *s = &shapes[i];
+		size_t fl, tl;
+
+		if (s->size != n || atomic_load(&s->file) || !file)
+			continue;
+		fl = strlen(file);
+		tl = strlen(s->tail);
+		if (fl < tl || strcmp(file + fl - tl, s->tail) != 0)
+			continue;
+		atomic_store(&s->line, line);
+		atomic_store(&s->file, file);
+		return (int)i;
+	}
+	return -1;
+}
+
+int
+lk_shape_of(size_t n, const char *file, int line)
+{
+	for (unsigned i = 0; i < NSHAPES; i++) {
+		const struct lk_shape *s = &shapes[i];
+
+		if (s->size == n && atomic_load_explicit(&s->file,
+				memory_order_relaxed) == file)
+			return atomic_load_explicit(&s->line,
+					memory_order_relaxed) == line ?
+			       (int)i : -1;
+	}
+	return shape_learn(n, file, line);
+}
+
+/* ---- the slabs ---- */
+
+/* Append a free slot, under slab_lock. */
+static void
+slot_push(struct chunk *ch, char *u)
+{
+	struct lk_tail *tl = slot_tail(ch, u);
+
+	tl->state = LS_FREE;
+	tl->next = NULL;
+	if (free_tail[ch->shape])
+		slot_tail(chunk_of(free_tail[ch->shape]),
+			  free_tail[ch->shape])->next = u;
+	else
+		free_head[ch->shape] = u;
+	free_tail[ch->shape] = u;
+}
+
+static struct chunk *
+chunk_new(unsigned shape)
+{
+	void *p = mmap(NULL, 2 * CHUNK_BYTES, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	uintptr_t a;
+	struct chunk *ch;
+
+	if (p == MAP_FAILED)
+		return NULL;
+	/* Aligned, so that a slot finds its chunk by masking. */
+	a = ((uintptr_t)p + CHUNK_BYTES - 1) & ~(uintptr_t)(CHUNK_BYTES - 1);
+	if (a > (uintptr_t)p)
+		munmap(p, a - (uintptr_t)p);
+	munmap((char *)a + CHUNK_BYTES,
+	       (uintptr_t)p + CHUNK_BYTES - a);
+	ch = (struct chunk *)a;
+	_Static_assert(sizeof(struct chunk) <= 64, "slots start at 64");
+	ch->shape = shape;
+	ch->stride = (unsigned)stride_of(&shapes[shape]);
+	ch->nslots = (unsigned)((CHUNK_BYTES - 64) / ch->stride);
+	for (unsigned i = 0; i < ch->nslots; i++) {
+		char *u = slot_user(ch, i);
+
+		if (!page_reserved(u))
+			slot_push(ch, u);
+	}
+	ch->next = chunks;
+	chunks = ch;
+	return ch;
+}
+
+/* A slot for a lock of shape @shape, under slab_lock. */
+static char *
+slot_take(unsigned shape)
+{
+	char *u = free_head[shape];
+
+	if (!u && chunk_new(shape))
+		u = free_head[shape];
+	if (u) {
+		free_head[shape] = slot_tail(chunk_of(u), u)->next;
+		if (!free_head[shape])
+			free_tail[shape] = NULL;
+	}
+	return u;
+}
+
+static void
+count(size_t n, bool alloc)
+{
+	struct tstate *t = tstate_get();
+
+	if (t->busy)
+		t = &tstate_retired;
+	if (alloc)
+		tstate_count_alloc(t, n);
+	else
+		tstate_count_free(t, n);
+}
+
+void *
+lk_new(int shape, size_t n, const char *file, int line)
+{
+	uint32_t word = ST_LIVE | (uint32_t)BK_LIBC << BK_SHIFT | W_LOCK;
+	char *u;
+
+	(void)file;
+	(void)line;
+	proc_lock(&slab_lock);
+	u = slot_take((unsigned)shape);
+	if (u) {
+		slot_tail(chunk_of(u), u)->state = LS_LIVE;
+		atomic_fetch_add_explicit(&registered, 1, memory_order_relaxed);
+	}
+	proc_unlock(&slab_lock);
+	if (!u)
+		return NULL;
+	blk_stamp(u, n, 0, word);
+	count(n, true);
+	return u;
+}
+
+/* The rest of a free of a lock, claimed (quarantined) already: a lock
+ * slot is reused at once, the slab being its own quarantine no more. */
+void
+lk_free(void *user)
+{
+	struct chunk *ch = chunk_of(user);
+	struct blk *h = hdr_of(user);
+	size_t n = blk_size(h);
+
+	atomic_store_explicit(&h->word, (atomic_load_explicit(&h->word,
+			      memory_order_relaxed) & ~ST_MASK) | ST_RELEASED,
+			      memory_order_release);
+	count(n, false);
+	proc_lock(&slab_lock);
+	slot_push(ch, user);
+	atomic_fetch_sub_explicit(&registered, 1, memory_order_relaxed);
+	proc_unlock(&slab_lock);
+}
+
+/* ---- one lock, by kind ---- */
+
+#ifdef __GLIBC__
+/* glibc records a write lock's owner; a lock this thread holds for
+ * writing is ours to keep, not to wait for. */
+static bool
+rw_mine(pthread_rwlock_t *l, pid_t tid)
+{
+	return __atomic_load_n(&l->__data.__cur_writer, __ATOMIC_RELAXED) ==
+	       tid;
+}
+#else
+static bool
+rw_mine(pthread_rwlock_t *l, pid_t tid)
+{
+	(void)l;
+	(void)tid;
+	return false;
+}
+#endif
+
+/* Take @u's locks: LS_TAKEN, LS_SELF, or LS_LIVE when busy. */
+static enum lk_state
+lock_one(enum lk_kind kind, char *u, pid_t tid)
+{
+	struct rcu_mirror *r = (struct rcu_mirror *)u;
+
+	switch (kind) {
+	case LK_RWLOCK:
+		if (pthread_rwlock_trywrlock((pthread_rwlock_t *)u) == 0)
+			return LS_TAKEN;
+		return rw_mine((pthread_rwlock_t *)u, tid) ? LS_SELF : LS_LIVE;
+	case LK_MUTEX:
+		return pthread_mutex_trylock((pthread_mutex_t *)u) == 0 ?
+		       LS_TAKEN : LS_LIVE;
+	case LK_COND:
+		return LS_TAKEN;
+	case LK_RCU:
+		if (pthread_mutex_trylock(&r->write_lock))
+			return LS_LIVE;
+		if (pthread_mutex_trylock(&r->alloc_lock))
+			goto unlock_write;
+		if (pthread_mutex_trylock(&r->prior_lock))
+			goto unlock_alloc;
+		return LS_TAKEN;
+unlock_alloc:
+		pthread_mutex_unlock(&r->alloc_lock);
+unlock_write:
+		pthread_mutex_unlock(&r->write_lock);
+		return LS_LIVE;
+	}
+	return LS_LIVE;
+}
+
+static void
+unlock_one(enum lk_kind kind, char *u)
+{
+	struct rcu_mirror *r = (struct rcu_mirror *)u;
+
+	switch (kind) {
+	case LK_RWLOCK:
+		pthread_rwlock_unlock((pthread_rwlock_t *)u);
+		break;
+	case LK_MUTEX:
+		pthread_mutex_unlock((pthread_mutex_t *)u);
+		break;
+	case LK_COND:
+		break;
+	case LK_RCU:
+		pthread_mutex_unlock(&r->prior_lock);
+		pthread_mutex_unlock(&r->alloc_lock);
+		pthread_mutex_unlock(&r->write_lock);
+		break;
+	}
+}
+
+/* In the child, which has one thread: a lock prepare took is made anew
+ * (glibc's unlock checks the owner's thread id, which changed), as
+ * OpenSSL created it; one the forker holds gets the child's id. */
+CHILD_PATH static void
+renew_one(enum lk_kind kind, char *u, enum lk_state st, pid_t tid)
+{
+	struct rcu_mirror *r = (struct rcu_mirror *)u;
+
+	switch (kind) {
+	case LK_RWLOCK:
+#ifdef __GLIBC__
+		if (st == LS_SELF) {
+			__atomic_store_n(&((pthread_rwlock_t *)u)->__data
+					 .__cur_writer, tid, __ATOMIC_RELAXED);
+			break;
+		}
+#endif
+		pthread_rwlock_init((pthread_rwlock_t *)u, NULL);
+		break;
+	case LK_MUTEX:
+		pthread_mutex_init((pthread_mutex_t *)u, NULL);
+		break;
+	case LK_COND:
+		pthread_cond_init((pthread_cond_t *)u, NULL);
+		break;
+	case LK_RCU:
+		pthread_mutex_init(&r->write_lock, NULL);
+		pthread_mutex_init(&r->alloc_lock, NULL);
+		pthread_mutex_init(&r->prior_lock, NULL);
+		pthread_cond_init(&r->alloc_signal, NULL);
+		pthread_cond_init(&r->prior_signal, NULL);
+		break;
+	}
+	(void)tid;
+}
+
+/* ---- the whole registry ---- */
+
+/* Each live slot, with its chunk's kind. */
+#define FOR_EACH_SLOT(ch, i, u, tl)                                         \
+	for (struct chunk *ch = chunks; ch; ch = ch->next)                  \
+		for (unsigned i = 0; i < ch->nslots; i++)                   \
+			for (char *u = slot_user(ch, i); u; u = NULL)       \
+				for (struct lk_tail *tl = slot_tail(ch, u);  \
+				     tl && tl->state != LS_FREE; tl = NULL)
+
+/* Release what prepare took. */
+static void
+release_all(void)
+{
+	FOR_EACH_SLOT(ch, i, u, tl) {
+		if (tl->state == LS_TAKEN)
+			unlock_one(shapes[ch->shape].kind, u);
+		tl->state = LS_LIVE;
+	}
+}
+
+/* One pass: take every lock; with @keep_busy skip the busy ones, else
+ * stop at the first (returned, with nothing held).  Counts into @n. */
+static char *
+take_all(bool keep_busy, pid_t tid, uint64_t *n)
+{
+	char *busy = NULL;
+
+	*n = 0;
+	FOR_EACH_SLOT(ch, i, u, tl) {
+		tl->state = lock_one(shapes[ch->shape].kind, u, tid);
+		if (tl->state == LS_TAKEN) {
+			(*n)++;
+		} else if (tl->state == LS_LIVE) {
+			if (!busy)
+				busy = u;
+			if (!keep_busy) {
+				release_all();
+				return busy;
+			}
+		}
+	}
+	return busy;
+}
+
+static uint64_t
+now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void
+back_off(uint64_t ns)
+{
+	struct timespec ts = { 0, (long)ns };
+
+	nanosleep(&ts, NULL);
+}
+
+static void
+warn_busy(char *u, uint64_t budget_ns)
+{
+	const struct lk_shape *s = &shapes[chunk_of(u)->shape];
+	const char *file = atomic_load(&s->file);
+
+	log_warn("fork: OpenSSL lock %p (allocated at %s:%d, %s) stayed "
+		 "held by another thread for %llu ms; forking without it: "
+		 "the child hangs if it needs that lock.  Fork while no "
+		 "other thread is inside OpenSSL, or raise fork_quiesce_ms",
+		 (void *)u, file ? file : "?", atomic_load(&s->line), s->func,
+		 (unsigned long long)(budget_ns / 1000000));
+}
+
+/*
+ * Take every registered lock, retrying until @budget_ns passed (none:
+ * one pass).  True when all were taken; otherwise the child inherits the
+ * locks it could not take, and one WARNING says which.
+ */
+bool
+alloc_fork_quiesce(uint64_t budget_ns)
+{
+	uint64_t start = now_ns(), delay = 2000, n;
+	pid_t tid = gettid();
+	char *busy;
+
+	for (;;) {
+		pthread_mutex_lock(&slab_lock);
+		busy = take_all(false, tid, &n);
+		if (!busy)
+			break;
+		pthread_mutex_unlock(&slab_lock);
+		if (now_ns() - start >= budget_ns) {
+			pthread_mutex_lock(&slab_lock);
+			busy = take_all(true, tid, &n);
+			break;
+		}
+		back_off(delay);
+		delay = delay < 1000000 ? delay * 2 : delay;
+	}
+	held = true;
+	atomic_store(&taken_last, n);
+	atomic_store(&prep_ns_last, now_ns() - start);
+	if (busy) {
+		atomic_fetch_add(&give_ups, 1);
+		warn_busy(busy, budget_ns);
+	}
+	return !busy;
+}
+
+void
+alloc_fork_parent(void)
+{
+	if (!held)
+		return;
+	held = false;
+	release_all();
+	pthread_mutex_unlock(&slab_lock);
+}
+
+/* In the child, before anything else: one thread, so no lock is
+ * taken. */
+CHILD_PATH void
+lk_child(void)
+{
+	pid_t tid = 0;
+
+	pthread_mutex_init(&slab_lock, NULL);
+	if (!held)
+		return;
+	held = false;
+	FOR_EACH_SLOT(ch, i, u, tl) {
+		if (tl->state == LS_SELF && !tid)
+			tid = gettid();
+		if (tl->state == LS_TAKEN || tl->state == LS_SELF)
+			renew_one(shapes[ch->shape].kind, u,
+				  (enum lk_state)tl->state, tid);
+		tl->state = LS_LIVE;
+	}
+}
+
+void
+lk_stats(struct ossl_proc_stats *st)
+{
+	st->locks_registered = atomic_load(&registered);
+	st->locks_taken_last_fork = atomic_load(&taken_last);
+	st->fork_prepare_ns = atomic_load(&prep_ns_last);
+	st->fork_quiesce_give_ups = atomic_load(&give_ups);
+}
+
+uint64_t
+alloc_locks_registered(void)
+{
+	return atomic_load(&registered);
+}
