@@ -19,6 +19,7 @@
  * releases all, backs off and retries, until a deadline; then it forks
  * with what it could take and says which lock it could not.
  */
+#include <sched.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <time.h>
@@ -425,16 +426,95 @@ release_all(void)
 	}
 }
 
+static uint64_t now_ns(void);
+
+/*
+ * A busy lock's holder is most often in a short critical section that
+ * needs none of the locks taken so far: wait for it a little, yielding,
+ * before giving all back (which lets a holder that waits for one of
+ * them go on).  Giving all back at once instead livelocks under load:
+ * with eight threads in OpenSSL some hot lock is nearly always held.
+ */
+#define SPIN_NS 2000000u
+
+static enum lk_state
+lock_wait(enum lk_kind kind, char *u, pid_t tid, uint64_t *spin_end)
+{
+	enum lk_state st = lock_one(kind, u, tid);
+
+	if (st != LS_LIVE || !*spin_end)
+		return st;
+	while (st == LS_LIVE && now_ns() < *spin_end) {
+		sched_yield();
+		st = lock_one(kind, u, tid);
+	}
+	/* The next busy lock in this pass waits no more. */
+	if (st == LS_LIVE)
+		*spin_end = 0;
+	return st;
+}
+
+/*
+ * Locks that stayed busy in an earlier pass, most recent first, taken
+ * before the others: OpenSSL nests some locks, and a thread that holds
+ * an outer one while it waits for an inner one this pass took never
+ * lets go of it.  Taken first, with little held, an outer lock is only
+ * waited for; after a few passes this order approximates OpenSSL's.
+ */
+#define FRONT 32
+static char *front[FRONT];
+
+static void
+front_add(char *u)
+{
+	unsigned i = 0;
+
+	while (i < FRONT - 1 && front[i] != u)
+		i++;
+	memmove(&front[1], &front[0], i * sizeof(front[0]));
+	front[0] = u;
+}
+
+/* Take the front locks: false (with @busy set) when one stays busy. */
+static bool
+take_front(pid_t tid, uint64_t *spin_end, uint64_t *n, char **busy)
+{
+	for (unsigned i = 0; i < FRONT && front[i]; i++) {
+		struct chunk *ch = chunk_of(front[i]);
+		struct lk_tail *tl = slot_tail(ch, front[i]);
+
+		if (tl->state != LS_LIVE)
+			continue;
+		tl->state = lock_wait(shapes[ch->shape].kind, front[i], tid,
+				      spin_end);
+		if (tl->state == LS_TAKEN)
+			(*n)++;
+		else if (tl->state == LS_LIVE && !*busy)
+			*busy = front[i];
+	}
+	return !*busy;
+}
+
 /* One pass: take every lock; with @keep_busy skip the busy ones, else
- * stop at the first (returned, with nothing held).  Counts into @n. */
+ * stop at the first that stays busy (returned, with nothing held).
+ * Counts into @n. */
 static char *
 take_all(bool keep_busy, pid_t tid, uint64_t *n)
 {
+	uint64_t spin_end = keep_busy ? 0 : now_ns() + SPIN_NS;
 	char *busy = NULL;
 
 	*n = 0;
+	if (!take_front(tid, &spin_end, n, &busy) && !keep_busy) {
+		release_all();
+		front_add(busy);
+		return busy;
+	}
 	FOR_EACH_SLOT(ch, i, u, tl) {
-		tl->state = lock_one(shapes[ch->shape].kind, u, tid);
+		if (tl->state != LS_LIVE || u == busy)
+			continue;
+		tl->state = lock_wait(shapes[ch->shape].kind, u, tid,
+				      &spin_end);
 		if (tl->state == LS_TAKEN) {
 			(*n)++;
 		} else if (tl->state == LS_LIVE) {
@@ -442,6 +522,7 @@ take_all(bool keep_busy, pid_t tid, uint64_t *n)
 				busy = u;
 			if (!keep_busy) {
 				release_all();
+				front_add(busy);
 				return busy;
 			}
 		}
