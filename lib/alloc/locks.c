@@ -80,6 +80,8 @@ enum lk_state {
 	LS_LIVE,    /* not held by prepare */
 	LS_TAKEN,   /* taken by prepare */
 	LS_SELF,    /* write-held by the forking thread itself */
+	LS_NEW,     /* allocated while prepare runs: maybe not initialised
+		       yet, so not taken */
 };
 
 /* After each slot's payload: its state and the free list's link, kept
@@ -98,8 +100,21 @@ struct chunk {
 	unsigned nslots;
 };
 
+/*
+ * slab_lock guards the free lists and the chunk list; its holders wait
+ * for nothing.  Prepare's passes run without it: a thread inside an
+ * OpenSSL critical section may create or free a lock (a fetch builds a
+ * method under its store's lock), and must not wait for prepare, which
+ * waits for it.  While prepare runs (@quiescing) a free is deferred to
+ * @pending, so no slot a pass may touch is reused, and a new lock is
+ * LS_NEW, which passes leave alone.  Slot states are atomic: a pass reads
+ * them while lk_new() marks new ones.
+ */
 static pthread_mutex_t slab_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct chunk *chunks;
+static _Atomic(struct chunk *) chunks;
+static bool quiescing;
+static pid_t quiesce_tid; /* the thread that quiesces */
+static char *pending;
 /* Free slots by shape, first in first out: a freed lock is reused last,
  * which keeps a double free of it detectable (the slab's quarantine). */
 static char *free_head[NSHAPES], *free_tail[NSHAPES];
@@ -125,6 +140,18 @@ static inline struct lk_tail *
 slot_tail(const struct chunk *ch, char *user)
 {
 	return (struct lk_tail *)(user + shapes[ch->shape].size);
+}
+
+static inline enum lk_state
+st_get(const struct lk_tail *tl)
+{
+	return (enum lk_state)__atomic_load_n(&tl->state, __ATOMIC_ACQUIRE);
+}
+
+static inline void
+st_set(struct lk_tail *tl, enum lk_state st)
+{
+	__atomic_store_n(&tl->state, (uint8_t)st, __ATOMIC_RELEASE);
 }
 
 /* The chunk a slot's user pointer lies in: chunks are CHUNK_BYTES
@@ -181,7 +208,7 @@ slot_push(struct chunk *ch, char *u)
 {
 	struct lk_tail *tl = slot_tail(ch, u);
 
-	tl->state = LS_FREE;
+	st_set(tl, LS_FREE);
 	tl->next = NULL;
 	if (free_tail[ch->shape])
 		slot_tail(chunk_of(free_tail[ch->shape]),
@@ -218,8 +245,8 @@ chunk_new(unsigned shape)
 		if (!page_reserved(u))
 			slot_push(ch, u);
 	}
-	ch->next = chunks;
-	chunks = ch;
+	ch->next = atomic_load(&chunks);
+	atomic_store(&chunks, ch);
 	return ch;
 }
 
@@ -263,7 +290,8 @@ lk_new(int shape, size_t n, const char *file, int line)
 	proc_lock(&slab_lock);
 	u = slot_take((unsigned)shape);
 	if (u) {
-		slot_tail(chunk_of(u), u)->state = LS_LIVE;
+		st_set(slot_tail(chunk_of(u), u),
+		       quiescing ? LS_NEW : LS_LIVE);
 		atomic_fetch_add_explicit(&registered, 1, memory_order_relaxed);
 	}
 	proc_unlock(&slab_lock);
@@ -288,7 +316,12 @@ lk_free(void *user)
 			      memory_order_release);
 	count(n, false);
 	proc_lock(&slab_lock);
-	slot_push(ch, user);
+	if (quiescing) {
+		slot_tail(ch, user)->next = pending;
+		pending = user;
+	} else {
+		slot_push(ch, user);
+	}
 	atomic_fetch_sub_explicit(&registered, 1, memory_order_relaxed);
 	proc_unlock(&slab_lock);
 }
@@ -347,24 +380,72 @@ unlock_write:
 	return LS_LIVE;
 }
 
+/*
+ * Whether this thread (@tid) still write-holds @u.  A lock's block is
+ * handed to OpenSSL before OpenSSL initialises it, and initialising an
+ * rwlock or mutex with default attributes writes the zeroes of an
+ * unlocked one: a pass that took a lock whose creator had not finished
+ * initialising it holds nothing afterwards, and unlocking it then would
+ * corrupt it (glibc would count a reader leaving).  glibc records the
+ * owner of a write lock and of a mutex; elsewhere the lock is trusted.
+ */
+#ifdef __GLIBC__
+static bool
+rw_held(pthread_rwlock_t *l, pid_t tid)
+{
+	return __atomic_load_n(&l->__data.__cur_writer, __ATOMIC_RELAXED) ==
+	       tid;
+}
+
+static bool
+mutex_held(pthread_mutex_t *m, pid_t tid)
+{
+	return __atomic_load_n(&m->__data.__owner, __ATOMIC_RELAXED) == tid;
+}
+#else
+static bool
+rw_held(pthread_rwlock_t *l, pid_t tid)
+{
+	(void)l;
+	(void)tid;
+	return true;
+}
+
+static bool
+mutex_held(pthread_mutex_t *m, pid_t tid)
+{
+	(void)m;
+	(void)tid;
+	return true;
+}
+#endif
+
 static void
-unlock_one(enum lk_kind kind, char *u)
+mutex_release(pthread_mutex_t *m, pid_t tid)
+{
+	if (mutex_held(m, tid))
+		pthread_mutex_unlock(m);
+}
+
+static void
+unlock_one(enum lk_kind kind, char *u, pid_t tid)
 {
 	struct rcu_mirror *r = (struct rcu_mirror *)u;
 
 	switch (kind) {
 	case LK_RWLOCK:
-		pthread_rwlock_unlock((pthread_rwlock_t *)u);
+		if (rw_held((pthread_rwlock_t *)u, tid))
+			pthread_rwlock_unlock((pthread_rwlock_t *)u);
 		break;
 	case LK_MUTEX:
-		pthread_mutex_unlock((pthread_mutex_t *)u);
+		mutex_release((pthread_mutex_t *)u, tid);
 		break;
 	case LK_COND:
 		break;
 	case LK_RCU:
-		pthread_mutex_unlock(&r->prior_lock);
-		pthread_mutex_unlock(&r->alloc_lock);
-		pthread_mutex_unlock(&r->write_lock);
+		mutex_release(&r->prior_lock, tid);
+		mutex_release(&r->alloc_lock, tid);
+		mutex_release(&r->write_lock, tid);
 		break;
 	}
 }
@@ -409,20 +490,37 @@ renew_one(enum lk_kind kind, char *u, enum lk_state st, pid_t tid)
 
 /* Each live slot, with its chunk's kind. */
 #define FOR_EACH_SLOT(ch, i, u, tl)                                         \
-	for (struct chunk *ch = chunks; ch; ch = ch->next)                  \
+	for (struct chunk *ch = atomic_load(&chunks); ch; ch = ch->next)    \
 		for (unsigned i = 0; i < ch->nslots; i++)                   \
 			for (char *u = slot_user(ch, i); u; u = NULL)       \
 				for (struct lk_tail *tl = slot_tail(ch, u);  \
-				     tl && tl->state != LS_FREE; tl = NULL)
+				     tl && st_get(tl) != LS_FREE; tl = NULL)
 
-/* Release what prepare took. */
+/* Release what prepare took; @done: prepare is over, new locks become
+ * ordinary ones. */
 static void
-release_all(void)
+release_all(bool done)
 {
 	FOR_EACH_SLOT(ch, i, u, tl) {
-		if (tl->state == LS_TAKEN)
-			unlock_one(shapes[ch->shape].kind, u);
-		tl->state = LS_LIVE;
+		enum lk_state st = st_get(tl);
+
+		if (st == LS_TAKEN)
+			unlock_one(shapes[ch->shape].kind, u, quiesce_tid);
+		if (st != LS_NEW || done)
+			st_set(tl, LS_LIVE);
+	}
+}
+
+/* The end of prepare, under slab_lock: the frees it deferred. */
+static void
+quiesce_end(void)
+{
+	quiescing = false;
+	while (pending) {
+		char *u = pending;
+
+		pending = slot_tail(chunk_of(u), u)->next;
+		slot_push(chunk_of(u), u);
 	}
 }
 
@@ -483,13 +581,16 @@ take_front(pid_t tid, uint64_t *spin_end, uint64_t *n, char **busy)
 		struct chunk *ch = chunk_of(front[i]);
 		struct lk_tail *tl = slot_tail(ch, front[i]);
 
-		if (tl->state != LS_LIVE)
+		enum lk_state st;
+
+		if (st_get(tl) != LS_LIVE)
 			continue;
-		tl->state = lock_wait(shapes[ch->shape].kind, front[i], tid,
-				      spin_end);
-		if (tl->state == LS_TAKEN)
+		st = lock_wait(shapes[ch->shape].kind, front[i], tid,
+			       spin_end);
+		st_set(tl, st);
+		if (st == LS_TAKEN)
 			(*n)++;
-		else if (tl->state == LS_LIVE && !*busy)
+		else if (st == LS_LIVE && !*busy)
 			*busy = front[i];
 	}
 	return !*busy;
@@ -506,22 +607,24 @@ take_all(bool keep_busy, pid_t tid, uint64_t *n)
 
 	*n = 0;
 	if (!take_front(tid, &spin_end, n, &busy) && !keep_busy) {
-		release_all();
+		release_all(false);
 		front_add(busy);
 		return busy;
 	}
 	FOR_EACH_SLOT(ch, i, u, tl) {
-		if (tl->state != LS_LIVE || u == busy)
+		enum lk_state st;
+
+		if (st_get(tl) != LS_LIVE || u == busy)
 			continue;
-		tl->state = lock_wait(shapes[ch->shape].kind, u, tid,
-				      &spin_end);
-		if (tl->state == LS_TAKEN) {
+		st = lock_wait(shapes[ch->shape].kind, u, tid, &spin_end);
+		st_set(tl, st);
+		if (st == LS_TAKEN) {
 			(*n)++;
-		} else if (tl->state == LS_LIVE) {
+		} else if (st == LS_LIVE) {
 			if (!busy)
 				busy = u;
 			if (!keep_busy) {
-				release_all();
+				release_all(false);
 				front_add(busy);
 				return busy;
 			}
@@ -573,20 +676,26 @@ alloc_fork_quiesce(uint64_t budget_ns)
 	pid_t tid = gettid();
 	char *busy;
 
+	/* Frees wait from here (under the lock: one that saw the flag
+	 * clear has finished). */
+	pthread_mutex_lock(&slab_lock);
+	quiescing = true;
+	quiesce_tid = tid;
+	pthread_mutex_unlock(&slab_lock);
 	for (;;) {
-		pthread_mutex_lock(&slab_lock);
 		busy = take_all(false, tid, &n);
 		if (!busy)
 			break;
-		pthread_mutex_unlock(&slab_lock);
 		if (now_ns() - start >= budget_ns) {
-			pthread_mutex_lock(&slab_lock);
 			busy = take_all(true, tid, &n);
 			break;
 		}
 		back_off(delay);
 		delay = delay < 1000000 ? delay * 2 : delay;
 	}
+	/* Held until the fork is over: its holders wait for nothing, and a
+	 * thread that would create or free a lock now waits for the fork. */
+	pthread_mutex_lock(&slab_lock);
 	held = true;
 	atomic_store(&taken_last, n);
 	atomic_store(&prep_ns_last, now_ns() - start);
@@ -603,7 +712,8 @@ alloc_fork_parent(void)
 	if (!held)
 		return;
 	held = false;
-	release_all();
+	release_all(true);
+	quiesce_end();
 	pthread_mutex_unlock(&slab_lock);
 }
 
@@ -619,13 +729,15 @@ lk_child(void)
 		return;
 	held = false;
 	FOR_EACH_SLOT(ch, i, u, tl) {
-		if (tl->state == LS_SELF && !tid)
+		enum lk_state st = st_get(tl);
+
+		if (st == LS_SELF && !tid)
 			tid = gettid();
-		if (tl->state == LS_TAKEN || tl->state == LS_SELF)
-			renew_one(shapes[ch->shape].kind, u,
-				  (enum lk_state)tl->state, tid);
-		tl->state = LS_LIVE;
+		if (st == LS_TAKEN || st == LS_SELF)
+			renew_one(shapes[ch->shape].kind, u, st, tid);
+		st_set(tl, LS_LIVE);
 	}
+	quiesce_end();
 }
 
 void
