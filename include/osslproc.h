@@ -276,12 +276,15 @@ int ossl_proc_teardown(void);
  * ossl_proc_init() unless OSSL_PROC_F_NO_ATFORK (then the host calls it
  * right before fork()).
  *
- * Calls OPENSSL_thread_stop() so the forking thread leaves no OpenSSL
- * thread-local state (error queue, DRBGs) for the child to inherit (the
- * parent's thread gets fresh state on its next OpenSSL call), and holds
- * osslproc's locks across the fork.  Logs a WARNING, once, when other
- * threads have used OpenSSL (forking while one of them holds an OpenSSL
- * lock can hang the child), and when a worker of the shared backend forks
+ * When other threads have used OpenSSL, takes every OpenSSL lock the
+ * tracked allocator registered (try-locks, retried until fork_quiesce_ms
+ * of the config, 200 ms by default) and holds them across the fork, so
+ * that the child inherits none held by a thread it does not have; INFO
+ * once when that succeeded, a WARNING naming the lock when one stayed
+ * held (ossl_proc_fork_prepare(3) lists what is not quiesced).  Notes
+ * whether the forking thread's error queue holds errors, and holds
+ * osslproc's locks across the fork; touches none of the parent's OpenSSL
+ * state.  Logs a WARNING when a worker of the shared backend forks
  * again.  Calls nest per thread: calling it by hand as well as
  * automatically is harmless, only the outermost pair does any work.  Does
  * nothing before init or after the last teardown.
@@ -292,8 +295,10 @@ int ossl_proc_teardown(void);
  * child handlers oldest first); the thread that holds them does not take
  * them again, so those handlers may call OpenSSL and osslproc.  They must
  * not wait for another thread that does.
- * Fork-safety: this is the fork point; fork from a quiescent,
- * single-threaded parent (osslproc can only warn otherwise).
+ * Fork-safety: this is the fork point.  With OSSL_PROC_F_NO_ATFORK call
+ * it right before fork(), ossl_proc_fork_parent() right after in the
+ * parent and ossl_proc_child_reinit() in the child before any OpenSSL
+ * call (the child's OpenSSL locks are held until then).
  */
 void ossl_proc_fork_prepare(void);
 
