@@ -17,6 +17,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
@@ -148,7 +149,16 @@ teardown(void)
 	ossl_proc_teardown();
 }
 
-/* What each child does: 0 when all of it worked. */
+/* A child's exit status when it worked: 0, or under valgrind also 1,
+ * valgrind's verdict on the objects the other threads were building at
+ * the fork, reachable only from stacks the child does not have. */
+static bool
+child_ok(int st)
+{
+	return st == 0 || (st == 1 && slowdown() > 1);
+}
+
+/* What each child does: 0 when all of it worked, else 2. */
 static int
 child_work(void)
 {
@@ -164,7 +174,7 @@ child_work(void)
 	md = EVP_MD_fetch(NULL, "SHA2-256", NULL);
 	ok = ok && md;
 	EVP_MD_free(md);
-	return ok ? 0 : 1;
+	return ok ? 0 : 2;
 }
 
 struct tally {
@@ -192,7 +202,7 @@ fork_children(int n, int until_hang)
 		t.forks++;
 		if (st == 128 + SIGALRM)
 			t.hangs++;
-		else if (st)
+		else if (!child_ok(st))
 			t.failures++;
 	}
 	return t;
@@ -283,7 +293,7 @@ START_TEST(fork_inside_callback)
 	load_stop();
 	ck_assert_int_ge(atomic_load(&cb_forks), 1);
 	ck_assert_int_gt(cb_child, 0);
-	ck_assert_int_eq(tl_reap(cb_child), 0);
+	ck_assert(child_ok(tl_reap(cb_child)));
 	ck_assert_int_eq(ossl_proc_get_stats(&st), 0);
 	s = (double)(b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) / 1e9;
 	/* Well under the quiesce's deadline: it did not wait for itself. */
