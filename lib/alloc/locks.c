@@ -112,6 +112,10 @@ struct chunk {
  */
 static pthread_mutex_t slab_lock = PTHREAD_MUTEX_INITIALIZER;
 static _Atomic(struct chunk *) chunks;
+/* One prepare at a time: two threads forking at once would each take
+ * for busy what the other holds.  Taken before any OpenSSL lock and only
+ * by forking threads, so waiting for it cannot deadlock. */
+static pthread_mutex_t quiesce_mutex = PTHREAD_MUTEX_INITIALIZER;
 static bool quiescing;
 static pid_t quiesce_tid; /* the thread that quiesces */
 static char *pending;
@@ -676,6 +680,7 @@ alloc_fork_quiesce(uint64_t budget_ns)
 	pid_t tid = gettid();
 	char *busy;
 
+	pthread_mutex_lock(&quiesce_mutex);
 	/* Frees wait from here (under the lock: one that saw the flag
 	 * clear has finished). */
 	pthread_mutex_lock(&slab_lock);
@@ -715,6 +720,7 @@ alloc_fork_parent(void)
 	release_all(true);
 	quiesce_end();
 	pthread_mutex_unlock(&slab_lock);
+	pthread_mutex_unlock(&quiesce_mutex);
 }
 
 /* In the child, before anything else: one thread, so no lock is
@@ -725,6 +731,7 @@ lk_child(void)
 	pid_t tid = 0;
 
 	pthread_mutex_init(&slab_lock, NULL);
+	pthread_mutex_init(&quiesce_mutex, NULL);
 	if (!held)
 		return;
 	held = false;
