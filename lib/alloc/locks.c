@@ -82,6 +82,8 @@ enum lk_state {
 	LS_SELF,    /* write-held by the forking thread itself */
 	LS_NEW,     /* allocated while prepare runs: maybe not initialised
 		       yet, so not taken */
+	LS_DEAD,    /* freed while prepare runs, or not a lock any more
+		       (glibc's destroy marks a mutex): left alone */
 };
 
 /* After each slot's payload: its state and the free list's link, kept
@@ -156,6 +158,24 @@ static inline void
 st_set(struct lk_tail *tl, enum lk_state st)
 {
 	__atomic_store_n(&tl->state, (uint8_t)st, __ATOMIC_RELEASE);
+}
+
+static void unlock_one(enum lk_kind kind, char *u, pid_t tid);
+
+/* A pass's verdict on a slot it found LS_LIVE: unless a free marked it
+ * LS_DEAD meanwhile (then what was taken of it is given back). */
+static enum lk_state
+st_settle(struct lk_tail *tl, enum lk_kind kind, char *u, enum lk_state st,
+	  pid_t tid)
+{
+	uint8_t live = LS_LIVE;
+
+	if (__atomic_compare_exchange_n(&tl->state, &live, (uint8_t)st, false,
+					__ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+		return st;
+	if (st == LS_TAKEN)
+		unlock_one(kind, u, tid);
+	return LS_DEAD;
 }
 
 /* The chunk a slot's user pointer lies in: chunks are CHUNK_BYTES
@@ -321,6 +341,7 @@ lk_free(void *user)
 	count(n, false);
 	proc_lock(&slab_lock);
 	if (quiescing) {
+		st_set(slot_tail(ch, user), LS_DEAD);
 		slot_tail(ch, user)->next = pending;
 		pending = user;
 	} else {
@@ -356,20 +377,25 @@ static enum lk_state
 lock_one(enum lk_kind kind, char *u, pid_t tid)
 {
 	struct rcu_mirror *r = (struct rcu_mirror *)u;
+	int rc;
 
 	switch (kind) {
 	case LK_RWLOCK:
-		if (pthread_rwlock_trywrlock((pthread_rwlock_t *)u) == 0)
+		rc = pthread_rwlock_trywrlock((pthread_rwlock_t *)u);
+		if (rc == 0)
 			return LS_TAKEN;
+		if (rc != EBUSY)
+			return LS_DEAD;
 		return rw_mine((pthread_rwlock_t *)u, tid) ? LS_SELF : LS_LIVE;
 	case LK_MUTEX:
-		return pthread_mutex_trylock((pthread_mutex_t *)u) == 0 ?
-		       LS_TAKEN : LS_LIVE;
+		rc = pthread_mutex_trylock((pthread_mutex_t *)u);
+		return rc == 0 ? LS_TAKEN : rc == EBUSY ? LS_LIVE : LS_DEAD;
 	case LK_COND:
 		return LS_TAKEN;
 	case LK_RCU:
-		if (pthread_mutex_trylock(&r->write_lock))
-			return LS_LIVE;
+		rc = pthread_mutex_trylock(&r->write_lock);
+		if (rc)
+			return rc == EBUSY ? LS_LIVE : LS_DEAD;
 		if (pthread_mutex_trylock(&r->alloc_lock))
 			goto unlock_write;
 		if (pthread_mutex_trylock(&r->prior_lock))
@@ -508,10 +534,15 @@ release_all(bool done)
 	FOR_EACH_SLOT(ch, i, u, tl) {
 		enum lk_state st = st_get(tl);
 
+		uint8_t from = (uint8_t)st;
+
 		if (st == LS_TAKEN)
 			unlock_one(shapes[ch->shape].kind, u, quiesce_tid);
-		if (st != LS_NEW || done)
-			st_set(tl, LS_LIVE);
+		/* Not over a free's LS_DEAD, which only the end undoes. */
+		if (done || (st != LS_NEW && st != LS_DEAD))
+			__atomic_compare_exchange_n(&tl->state, &from, LS_LIVE,
+						    false, __ATOMIC_ACQ_REL,
+						    __ATOMIC_ACQUIRE);
 	}
 }
 
@@ -591,7 +622,7 @@ take_front(pid_t tid, uint64_t *spin_end, uint64_t *n, char **busy)
 			continue;
 		st = lock_wait(shapes[ch->shape].kind, front[i], tid,
 			       spin_end);
-		st_set(tl, st);
+		st = st_settle(tl, shapes[ch->shape].kind, front[i], st, tid);
 		if (st == LS_TAKEN)
 			(*n)++;
 		else if (st == LS_LIVE && !*busy)
@@ -621,7 +652,7 @@ take_all(bool keep_busy, pid_t tid, uint64_t *n)
 		if (st_get(tl) != LS_LIVE || u == busy)
 			continue;
 		st = lock_wait(shapes[ch->shape].kind, u, tid, &spin_end);
-		st_set(tl, st);
+		st = st_settle(tl, shapes[ch->shape].kind, u, st, tid);
 		if (st == LS_TAKEN) {
 			(*n)++;
 		} else if (st == LS_LIVE) {
