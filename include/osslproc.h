@@ -113,10 +113,13 @@ enum ossl_proc_bad_free {
  * is still allocated: the process's leaks (with their sites under
  * OSSL_PROC_F_TRACK_SITES).  Added in 0.3; see ossl_proc_report(). */
 #define OSSL_PROC_F_EXIT_LEAKS (1u << 4)
+/** Do not quiesce OpenSSL's locks in ossl_proc_fork_prepare() (see
+ * there): a fork then behaves as without osslproc.  Added in 0.3. */
+#define OSSL_PROC_F_NO_FORK_QUIESCE (1u << 5)
 /** All flags this version knows. */
 #define OSSL_PROC_F_ALL (OSSL_PROC_F_NO_ALLOCATOR | OSSL_PROC_F_NO_ATFORK | \
 			 OSSL_PROC_F_SCRUB | OSSL_PROC_F_TRACK_SITES | \
-			 OSSL_PROC_F_EXIT_LEAKS)
+			 OSSL_PROC_F_EXIT_LEAKS | OSSL_PROC_F_NO_FORK_QUIESCE)
 
 /**
  * Configuration for ossl_proc_init().  Start from OSSL_PROC_CONFIG_INIT so
@@ -174,6 +177,10 @@ struct ossl_proc_config {
 	 * and gives its share back when the thread exits or calls
 	 * ossl_proc_thread_release(); 0: 8 MiB. */
 	size_t cache_total_bytes;
+	/** How long ossl_proc_fork_prepare() tries to take every OpenSSL
+	 * lock before it forks without the busy ones (one WARNING names
+	 * the lock), in milliseconds; 0: 200.  Added in 0.3. */
+	unsigned int fork_quiesce_ms;
 };
 
 /** openssl_init_opts: osslproc does not initialise OpenSSL itself. */
@@ -272,12 +279,15 @@ int ossl_proc_teardown(void);
  * ossl_proc_init() unless OSSL_PROC_F_NO_ATFORK (then the host calls it
  * right before fork()).
  *
- * Calls OPENSSL_thread_stop() so the forking thread leaves no OpenSSL
- * thread-local state (error queue, DRBGs) for the child to inherit (the
- * parent's thread gets fresh state on its next OpenSSL call), and holds
- * osslproc's locks across the fork.  Logs a WARNING, once, when other
- * threads have used OpenSSL (forking while one of them holds an OpenSSL
- * lock can hang the child), and when a worker of the shared backend forks
+ * When other threads have used OpenSSL, takes every OpenSSL lock the
+ * tracked allocator registered (try-locks, retried until fork_quiesce_ms
+ * of the config, 200 ms by default) and holds them across the fork, so
+ * that the child inherits none held by a thread it does not have; INFO
+ * once when that succeeded, a WARNING naming the lock when one stayed
+ * held (ossl_proc_fork_prepare(3) lists what is not quiesced).  Notes
+ * whether the forking thread's error queue holds errors, and holds
+ * osslproc's locks across the fork; touches none of the parent's OpenSSL
+ * state.  Logs a WARNING when a worker of the shared backend forks
  * again.  Calls nest per thread: calling it by hand as well as
  * automatically is harmless, only the outermost pair does any work.  Does
  * nothing before init or after the last teardown.
@@ -288,8 +298,10 @@ int ossl_proc_teardown(void);
  * child handlers oldest first); the thread that holds them does not take
  * them again, so those handlers may call OpenSSL and osslproc.  They must
  * not wait for another thread that does.
- * Fork-safety: this is the fork point; fork from a quiescent,
- * single-threaded parent (osslproc can only warn otherwise).
+ * Fork-safety: this is the fork point.  With OSSL_PROC_F_NO_ATFORK call
+ * it right before fork(), ossl_proc_fork_parent() right after in the
+ * parent and ossl_proc_child_reinit() in the child before any OpenSSL
+ * call (the child's OpenSSL locks are held until then).
  */
 void ossl_proc_fork_prepare(void);
 
@@ -994,6 +1006,15 @@ struct ossl_proc_stats {
 	uint64_t cached_bytes;    /**< freed, past the quarantine, kept by
 				       their thread for reuse (at most
 				       cache_bytes per thread) */
+	/* Added in 0.3. */
+	uint64_t locks_registered; /**< live OpenSSL locks the allocator
+					recognised (quiesced at a fork) */
+	uint64_t locks_taken_last_fork; /**< how many of them the last
+					     ossl_proc_fork_prepare() took */
+	uint64_t fork_prepare_ns; /**< how long that prepare spent taking
+				       them (0: no quiesce ran) */
+	uint64_t fork_quiesce_give_ups; /**< prepares that forked with a
+					     lock still held elsewhere */
 };
 
 /**

@@ -2,10 +2,14 @@
  * The fork point.  OpenSSL 3 registers no fork handlers of its own: a
  * child inherits the forking thread's thread-locals (error queue, DRBGs),
  * and forking while another thread holds an OpenSSL lock can leave the
- * child hanging.  The handlers here hold osslproc's own locks across the
- * fork; in the child, proc.c starts a new generation and runs the child
- * handlers: the allocator's, and this file's, which empties the forking
- * thread's inherited error queue and runs the host's hooks.
+ * child hanging.  So prepare first quiesces OpenSSL: it takes every
+ * OpenSSL lock the allocator registered (alloc/locks.c), which waits out
+ * the other threads' critical sections, then osslproc's own locks (in
+ * that order: a thread inside OpenSSL may need the allocator's locks to
+ * leave it).  In the child, proc.c starts a new generation and runs the
+ * child handlers: the allocator's, which re-creates the OpenSSL locks,
+ * and this file's, which empties the forking thread's inherited error
+ * queue and runs the host's hooks.
  *
  * Nothing of the parent's OpenSSL state is touched: its DRBGs reseed by
  * themselves in the child (every OpenSSL 3.x and 4.0 DRBG compares the
@@ -33,17 +37,44 @@ static int nhooks;
 static bool errors_at_fork;
 
 static atomic_bool atfork_registered;
-static atomic_bool warned_threads, warned_shared;
+static atomic_bool told_threads, warned_threads, warned_shared;
+static bool quiesce = true;
+static uint64_t quiesce_ns = FORK_QUIESCE_MS_DEFAULT * 1000000ull;
+
+/*
+ * With other threads that used OpenSSL, take OpenSSL's locks.  A
+ * single-threaded parent needs none taken (no other thread can hold
+ * one), and a busy lock there is the forking thread's own: a fork from
+ * inside an OpenSSL callback must not wait for itself.
+ */
+static void
+quiesce_openssl(void)
+{
+	unsigned others = alloc_other_threads();
+	bool ok;
+
+	if (!others)
+		return;
+	if (!quiesce || !alloc_locks_registered()) {
+		if (log_once(&warned_threads))
+			log_warn("fork with %u other thread(s) that used "
+				 "OpenSSL and %s: if one holds an OpenSSL lock "
+				 "at that moment the child hangs; fork from a "
+				 "single-threaded parent", others, quiesce ?
+				 "no OpenSSL lock known to the allocator" :
+				 "OSSL_PROC_F_NO_FORK_QUIESCE");
+		return;
+	}
+	ok = alloc_fork_quiesce(quiesce_ns);
+	if (ok && log_once(&told_threads))
+		log_info("fork with %u other thread(s) that used OpenSSL: "
+			 "osslproc held every OpenSSL lock across it (logged "
+			 "once)", others);
+}
 
 static void
 warn_hazards(void)
 {
-	unsigned others = alloc_other_threads();
-
-	if (others && log_once(&warned_threads))
-		log_warn("fork with %u other thread(s) that used OpenSSL: if "
-			 "one holds an OpenSSL lock at that moment the child "
-			 "hangs; fork from a single-threaded parent", others);
 	if (alloc_shared_worker() && log_once(&warned_shared))
 		log_warn("a worker of the shared backend forks again: its live "
 			 "shared blocks are now visible to its child, which "
@@ -57,6 +88,7 @@ ossl_proc_fork_prepare(void)
 {
 	if (proc_prepare_nested())
 		return;
+	quiesce_openssl();
 	warn_hazards();
 	errors_at_fork = ERR_peek_error() != 0;
 	proc_prepare();
@@ -65,7 +97,8 @@ ossl_proc_fork_prepare(void)
 OSSL_PROC_EXPORT void
 ossl_proc_fork_parent(void)
 {
-	proc_parent();
+	if (proc_parent())
+		alloc_fork_parent();
 }
 
 /* In the child, under the locks: how many hooks to run, and whether the
@@ -109,10 +142,12 @@ ossl_proc_child_reinit(void)
 }
 
 int
-fork_init(unsigned int flags)
+fork_init(const struct init_config *cfg)
 {
+	quiesce = !(cfg->flags & OSSL_PROC_F_NO_FORK_QUIESCE);
+	quiesce_ns = cfg->fork_quiesce_ns;
 	proc_on_child(&child_handler);
-	if (flags & OSSL_PROC_F_NO_ATFORK)
+	if (cfg->flags & OSSL_PROC_F_NO_ATFORK)
 		return 0;
 	if (atomic_exchange(&atfork_registered, true))
 		return 0;

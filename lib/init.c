@@ -136,6 +136,8 @@ config_warn_conflicts(const struct ossl_proc_config *c)
 		what = "cache_bytes";
 	else if (c->cache_total_bytes != first.cache_total_bytes)
 		what = "cache_total_bytes";
+	else if (c->fork_quiesce_ms != first.fork_quiesce_ms)
+		what = "fork_quiesce_ms";
 	else if (c->openssl_init_opts != first.openssl_init_opts)
 		what = "openssl_init_opts";
 	else if (c->log != first.log || c->log_arg != first.log_arg ||
@@ -184,6 +186,8 @@ active_set(const struct ossl_proc_config *c)
 	active.cache_bytes = c->cache_bytes ? c->cache_bytes : CACHE_DEFAULT;
 	active.cache_total_bytes = c->cache_total_bytes ? c->cache_total_bytes
 							: CACHE_TOTAL_DEFAULT;
+	active.fork_quiesce_ns = (uint64_t)(c->fork_quiesce_ms ?
+		c->fork_quiesce_ms : FORK_QUIESCE_MS_DEFAULT) * 1000000u;
 	if (dup_str(c->ca_file, &active.ca_file) ||
 	    dup_str(c->ca_dir, &active.ca_dir)) {
 		active_clear();
@@ -247,7 +251,7 @@ first_init(const struct ossl_proc_config *c)
 	if (!rc)
 		rc = openssl_load(c->openssl_init_opts);
 	if (!rc)
-		rc = fork_init(active.flags);
+		rc = fork_init(&active);
 	if (rc) {
 		env_teardown();
 		active_clear();

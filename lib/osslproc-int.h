@@ -36,6 +36,7 @@ struct init_config {
 	size_t quarantine_bytes;
 	size_t cache_bytes;
 	size_t cache_total_bytes;
+	uint64_t fork_quiesce_ns;
 	const char *ca_file; /* owned copies (libc malloc) */
 	const char *ca_dir;
 };

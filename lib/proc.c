@@ -146,11 +146,13 @@ prepare_unwound(void)
 	return true;
 }
 
-void
+bool
 proc_parent(void)
 {
-	if (prepare_unwound())
-		unlock_all(FORK_PARENT);
+	if (!prepare_unwound())
+		return false;
+	unlock_all(FORK_PARENT);
+	return true;
 }
 
 /* ---- child re-initialisation ---- */

@@ -123,7 +123,7 @@ void proc_unlock(pthread_mutex_t *m);
  * counts one more level, when this thread prepared already. */
 bool proc_prepare_nested(void);
 void proc_prepare(void);
-void proc_parent(void);
+bool proc_parent(void); /* true: the outermost prepare was matched */
 /* pthread_atfork's child handler. */
 void proc_atfork_child(void);
 /* ossl_proc_child_reinit(): idempotent per process. */

@@ -27,7 +27,9 @@ print_counters(FILE *out, const struct ossl_proc_stats *st)
 		"quarantined %llu blocks, %llu bytes; cached %llu bytes\n"
 		"bad frees: double %llu, invalid %llu, foreign %llu, "
 		"inherited %llu; passed to the previous allocator %llu\n"
-		"fork generation %llu\n",
+		"fork generation %llu\n"
+		"OpenSSL locks: %llu registered, %llu taken at the last fork "
+		"in %llu us; %llu forks without every lock\n",
 		(unsigned long long)st->allocs, (unsigned long long)st->frees,
 		(unsigned long long)st->reallocs,
 		(unsigned long long)st->live_blocks,
@@ -41,7 +43,11 @@ print_counters(FILE *out, const struct ossl_proc_stats *st)
 		(unsigned long long)st->foreign_frees,
 		(unsigned long long)st->inherited_frees,
 		(unsigned long long)st->prior_frees,
-		(unsigned long long)st->generation);
+		(unsigned long long)st->generation,
+		(unsigned long long)st->locks_registered,
+		(unsigned long long)st->locks_taken_last_fork,
+		(unsigned long long)(st->fork_prepare_ns / 1000),
+		(unsigned long long)st->fork_quiesce_give_ups);
 }
 
 OSSL_PROC_EXPORT int

@@ -1330,7 +1330,10 @@ START_TEST(stacks_on_host_functions)
 	m0 = atomic_load(&host_m);
 	frees0 = stats().frees;
 	fresh = OPENSSL_malloc(3000);
-	ck_assert_int_eq(atomic_load(&host_m), m0 + 1);
+	/* Two calls when the first chunk put the block at a reserved page
+	 * offset (block.c: refit), which depends on the heap's layout. */
+	ck_assert_int_ge(atomic_load(&host_m), m0 + 1);
+	ck_assert_int_le(atomic_load(&host_m), m0 + 2);
 	OPENSSL_free(fresh);
 	ck_assert_uint_eq(stats().frees, frees0 + 1);
 	ossl_proc_teardown();

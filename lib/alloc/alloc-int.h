@@ -98,6 +98,7 @@ class_size(unsigned c)
 #define W_SITES (1u << 5)       /* a struct blk_site precedes the header */
 #define W_ALIGN8 (1u << 6)      /* ALIGN8_BYTES first: the backend's chunk
 				   was only 8-byte aligned */
+#define W_LOCK (1u << 7)        /* an OpenSSL lock, in a slab (locks.c) */
 #define OWNER_SHIFT 8           /* pid of the owning process (shared) */
 /* No block's word: a live one has ST_LIVE, and an owner pid below 2^22
  * (Linux's PID_MAX_LIMIT) leaves the top bits clear.  0 would not do: it
@@ -257,6 +258,24 @@ void sites_report(FILE *out, const char *label);
 void park_forget_shared(struct tstate *t);
 /* Give every parked chunk of @t back. */
 void park_flush(struct tstate *t);
+
+/* locks.c: OpenSSL's locks, registered for the fork.  Only sizes that
+ * lk_size_maybe() accepts can be one. */
+static inline bool
+lk_size_maybe(size_t n)
+{
+	return (n - 40 <= 16 && !(n & 7)) || n == 264;
+}
+/* The shape of a lock allocated with these arguments, or -1. */
+int lk_shape_of(size_t n, const char *file, int line);
+/* A live block for a lock of @shape, in its slab, or NULL. */
+void *lk_new(int shape, size_t n, const char *file, int line);
+/* The end of a lock's free, once claimed. */
+void lk_free(void *user);
+/* In a child, under no lock (thread.c: alloc_child). */
+void lk_child(void);
+/* The registry's counters, into @st. */
+void lk_stats(struct ossl_proc_stats *st);
 
 /* bad-free.c */
 enum bad_kind { BAD_DOUBLE, BAD_INVALID, BAD_FOREIGN, BAD_INHERITED };

@@ -40,8 +40,8 @@ static void free_reentrant(struct tstate *t, void *p);
  * site tracking.  Every other case is one tail call away, so this path
  * saves no registers.
  */
-void *
-om_malloc(size_t n, const char *file, int line)
+static inline void *
+malloc_fast(size_t n, const char *file, int line)
 {
 	struct tstate *t = tls_state;
 	uint32_t word = aconf.fast_word;
@@ -69,6 +69,33 @@ om_malloc(size_t n, const char *file, int line)
 					  memory_order_relaxed)))
 		return malloc_deferred(t, user);
 	return user;
+}
+
+/* A size an OpenSSL lock has: it may be one (locks.c). */
+__attribute__((noinline)) static void *
+malloc_lock_size(size_t n, const char *file, int line)
+{
+	struct tstate *t = tls_state;
+	int shape = lk_shape_of(n, file, line);
+	void *user;
+
+	/* A worker of a shared backend puts its locks there, with its
+	 * other blocks: they must be refused, not reused, if another
+	 * process frees them (a host sharing live objects). */
+	if (likely(shape < 0) || (t && t->busy) || placement() == BK_SHARED)
+		return malloc_fast(n, file, line);
+	if (unlikely(!*proc_fork_flag))
+		proc_unnoticed_fork(true);
+	user = lk_new(shape, n, file, line);
+	return user ? user : malloc_slow(n, file, line);
+}
+
+void *
+om_malloc(size_t n, const char *file, int line)
+{
+	if (unlikely(lk_size_maybe(n)))
+		return malloc_lock_size(n, file, line);
+	return malloc_fast(n, file, line);
 }
 
 void
@@ -311,6 +338,10 @@ blk_finish(void *p, uint32_t word, const char *file, int line)
 		site_unlink(h, file, line);
 	if (aconf.flags & OSSL_PROC_F_SCRUB)
 		OPENSSL_cleanse(p, n);
+	if (unlikely(word & W_LOCK)) {
+		lk_free(p);
+		return;
+	}
 	t = tstate_get();
 	tstate_count_free(t, n);
 	quarantine_push(t, p, blk_held(h), blk_cache_class(t, h, word));

@@ -7,6 +7,7 @@
 #define OSSLPROC_ALLOC_H
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 
 #include "osslproc-int.h"
@@ -47,6 +48,15 @@ void alloc_check(void);
 unsigned alloc_other_threads(void);
 /* This process is a worker of a shared backend (generation > 0). */
 bool alloc_shared_worker(void);
+/* Fork prepare: take every OpenSSL lock the allocator registered, with
+ * try-locks, retrying for up to @budget_ns.  True when all were taken
+ * (or there were none); false when some stayed busy (logged, counted).
+ * Either way the parent handler must call alloc_fork_parent(); the child
+ * re-creates the locks in the allocator's child handler. */
+bool alloc_fork_quiesce(uint64_t budget_ns);
+void alloc_fork_parent(void);
+/* The OpenSSL locks registered now (locks.c). */
+uint64_t alloc_locks_registered(void);
 /* The part of ossl_proc_report() that is the allocator's. */
 void alloc_report(FILE *out);
 /* This copy installed the allocator (it is the owner, not attached) with

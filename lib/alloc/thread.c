@@ -314,6 +314,7 @@ alloc_child(void)
 			      (int64_t)(aconf.cache_total_bytes - mine),
 			      memory_order_relaxed);
 	alloc_stats_rebase();
+	lk_child();
 	return 0;
 }
 

@@ -287,6 +287,65 @@ run_fork_exit(enum variant v, int arg)
 	return median(us, FORKS);
 }
 
+/*
+ * fork + _exit + waitpid with @arg live OpenSSL locks (CRYPTO_THREAD_lock_new,
+ * what every context, key and certificate calls for its own) and one
+ * other thread that has used OpenSSL, so that osslproc's prepare
+ * quiesces them; with @arg's bit 0 set (osslproc only), the median µs the
+ * prepare spent taking them instead.
+ */
+static pthread_barrier_t idle_bar;
+
+static void *
+idle_thread(void *arg)
+{
+	(void)arg;
+	OPENSSL_free(OPENSSL_malloc(32));
+	pthread_barrier_wait(&idle_bar);
+	pthread_barrier_wait(&idle_bar);
+	return NULL;
+}
+
+static double
+run_fork_locks(enum variant v, int arg)
+{
+	struct ossl_proc_stats st = { .size = sizeof(st) };
+	int nlocks = arg & ~1, prep = arg & 1;
+	CRYPTO_RWLOCK **locks = calloc((size_t)nlocks + 1, sizeof(*locks));
+	double us[FORKS];
+	pthread_t t;
+
+	setup_variant(v);
+	warm_openssl();
+	for (int i = 0; i < nlocks; i++)
+		if (!locks || !(locks[i] = CRYPTO_THREAD_lock_new()))
+			_exit(3);
+	pthread_barrier_init(&idle_bar, NULL, 2);
+	pthread_create(&t, NULL, idle_thread, NULL);
+	pthread_barrier_wait(&idle_bar);
+	for (int i = 0; i < FORKS; i++) {
+		double t0 = now_ns();
+		pid_t pid = fork();
+
+		if (pid == 0)
+			_exit(0);
+		if (pid < 0)
+			_exit(4);
+		waitpid(pid, NULL, 0);
+		us[i] = (now_ns() - t0) / 1e3;
+		if (prep) {
+			ossl_proc_get_stats(&st);
+			us[i] = (double)st.fork_prepare_ns / 1e3;
+		}
+	}
+	pthread_barrier_wait(&idle_bar);
+	pthread_join(t, NULL);
+	for (int i = 0; i < nlocks; i++)
+		CRYPTO_THREAD_lock_free(locks[i]);
+	free(locks);
+	return median(us, FORKS);
+}
+
 /* ---- module ---- */
 
 #define CYCLES 2000
@@ -705,6 +764,16 @@ static const struct bench benches[] = {
 	  run_reinit, 2, false },
 	{ "fork + _exit + waitpid (us)", "fork", "-", 0,
 	  run_fork_exit, 0, false },
+	{ "fork+exit+wait, 1 thread, 0 locks", "fork", "-", 0,
+	  run_fork_locks, 0, true },
+	{ "fork+exit+wait, +1,000 locks (us)", "fork", "<= 1.25x", 0,
+	  run_fork_locks, 1000, true },
+	{ "fork+exit+wait, +10,000 locks (us)", "fork", "-", 0,
+	  run_fork_locks, 10000, true },
+	{ "prepare, +1,000 locks (us)", "fork", "-", 1,
+	  run_fork_locks, 1001, true },
+	{ "prepare, +10,000 locks (us)", "fork", "-", 1,
+	  run_fork_locks, 10001, true },
 	{ "module open + 5 reg. + close (us)", "module", "<= 50 us", 1,
 	  run_module_cycle, 0, false },
 	{ "handshakes/s, callbacks via scope", "module", ">= 0.99x", 0,

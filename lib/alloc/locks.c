@@ -1,0 +1,794 @@
+/*
+ * OpenSSL's locks, quiesced around a fork.
+ *
+ * Forking while another thread is inside an OpenSSL critical section
+ * leaves the child a lock that nobody will release (on 3.0, 7-17% of
+ * children of a threaded parent hang in CRYPTO_THREAD_write_lock).  Every
+ * OpenSSL lock on Linux is allocated through the tracked allocator at one
+ * of a few sites, one size each (the shapes below), so the allocator
+ * recognises them: a size compare on every allocation, then a pointer
+ * compare of the file name, learnt at the first match.  Such blocks live
+ * in slabs of their own: the registry is the slabs, and a fork writes each
+ * lock three times (take, release in the parent, re-create in the child),
+ * each page of locks costing a page fault each time after the fork made
+ * it copy-on-write.  Packed, 1,000 locks fill 20 pages instead of being
+ * spread over hundreds.
+ *
+ * Prepare takes every lock with try-locks only (OpenSSL nests some, so
+ * blocking on one while holding others could deadlock): on a busy one it
+ * releases all, backs off and retries, until a deadline; then it forks
+ * with what it could take and says which lock it could not.
+ */
+#include <sched.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "alloc-int.h"
+
+/* What an OpenSSL lock is made of, by allocation site. */
+enum lk_kind {
+	LK_RWLOCK, /* CRYPTO_THREAD_lock_new: a pthread_rwlock_t */
+	LK_MUTEX,  /* ossl_crypto_mutex_new (3.2+): a pthread_mutex_t */
+	LK_COND,   /* ossl_crypto_condvar_new (3.2+): re-created only */
+	LK_RCU,    /* ossl_rcu_lock_new (3.3+): struct rcu_lock_st */
+};
+
+/* OpenSSL's struct rcu_lock_st (crypto/threads_pthread.c), the same in
+ * 3.5.7, 3.6.3 and 4.0.2: its write side's mutexes and condvars. */
+struct rcu_mirror {
+	void *cb_items, *ctx, *qp_group;
+	uint32_t id_ctr, group_count, reader_idx, next_to_retire;
+	uint32_t current_alloc_idx, writers_alloced;
+	pthread_mutex_t write_lock, alloc_lock;
+	pthread_cond_t alloc_signal;
+	pthread_mutex_t prior_lock;
+	pthread_cond_t prior_signal;
+};
+
+struct lk_shape {
+	size_t size;           /* what OpenSSL asks for */
+	const char *tail;      /* the end of the allocation's file name */
+	const char *func;      /* for the log */
+	enum lk_kind kind;
+	_Atomic(const char *) file; /* learnt at the first match */
+	_Atomic int line;
+};
+
+static struct lk_shape shapes[] = {
+	{ sizeof(pthread_rwlock_t), "threads_pthread.c",
+	  "CRYPTO_THREAD_lock_new", LK_RWLOCK, NULL, 0 },
+	{ sizeof(pthread_mutex_t), "thread_posix.c", "ossl_crypto_mutex_new",
+	  LK_MUTEX, NULL, 0 },
+	{ sizeof(pthread_cond_t), "thread_posix.c",
+	  "ossl_crypto_condvar_new", LK_COND, NULL, 0 },
+	{ sizeof(struct rcu_mirror), "threads_pthread.c", "ossl_rcu_lock_new",
+	  LK_RCU, NULL, 0 },
+};
+#define NSHAPES ARRAY_SIZE(shapes)
+
+/*
+ * A slab: one mapping of CHUNK_BYTES holding slots of one shape, each
+ * [struct blk][payload][struct lk_tail], 16-aligned.  Slots whose user
+ * pointer would be at a reserved page offset (alloc-int.h) stay unused.
+ */
+#define CHUNK_BYTES ((size_t)64 * 1024)
+
+enum lk_state {
+	LS_FREE,
+	LS_LIVE,    /* not held by prepare */
+	LS_TAKEN,   /* taken by prepare */
+	LS_SELF,    /* write-held by the forking thread itself */
+	LS_NEW,     /* allocated while prepare runs: maybe not initialised
+		       yet, so not taken */
+	LS_DEAD,    /* freed while prepare runs, or not a lock any more
+		       (glibc's destroy marks a mutex): left alone */
+};
+
+/* After each slot's payload: its state and the free list's link, kept
+ * out of the payload so that a freed lock keeps its bytes (a use after
+ * free of a destroyed lock behaves as without osslproc). */
+struct lk_tail {
+	char *next;
+	uint8_t state;
+	uint8_t pad[7];
+};
+
+struct chunk {
+	struct chunk *next;
+	unsigned shape;
+	unsigned stride;
+	unsigned nslots;
+};
+
+/*
+ * slab_lock guards the free lists and the chunk list; its holders wait
+ * for nothing.  Prepare's passes run without it: a thread inside an
+ * OpenSSL critical section may create or free a lock (a fetch builds a
+ * method under its store's lock), and must not wait for prepare, which
+ * waits for it.  While prepare runs (@quiescing) a free is deferred to
+ * @pending, so no slot a pass may touch is reused, and a new lock is
+ * LS_NEW, which passes leave alone.  Slot states are atomic: a pass reads
+ * them while lk_new() marks new ones.
+ */
+static pthread_mutex_t slab_lock = PTHREAD_MUTEX_INITIALIZER;
+static _Atomic(struct chunk *) chunks;
+/* One prepare at a time: two threads forking at once would each take
+ * for busy what the other holds.  Taken before any OpenSSL lock and only
+ * by forking threads, so waiting for it cannot deadlock. */
+static pthread_mutex_t quiesce_mutex = PTHREAD_MUTEX_INITIALIZER;
+static bool quiescing;
+static pid_t quiesce_tid; /* the thread that quiesces */
+static char *pending;
+/* Free slots by shape, first in first out: a freed lock is reused last,
+ * which keeps a double free of it detectable (the slab's quarantine). */
+static char *free_head[NSHAPES], *free_tail[NSHAPES];
+static _Atomic uint64_t registered;  /* live locks */
+static _Atomic uint64_t taken_last, prep_ns_last, give_ups;
+/* Prepare holds slab_lock and the locks it took, for the fork. */
+static bool held;
+
+static inline size_t
+stride_of(const struct lk_shape *s)
+{
+	return (sizeof(struct blk) + s->size + sizeof(struct lk_tail) + 15) &
+	       ~(size_t)15;
+}
+
+static inline char *
+slot_user(const struct chunk *ch, unsigned i)
+{
+	return (char *)ch + 64 + (size_t)i * ch->stride + sizeof(struct blk);
+}
+
+static inline struct lk_tail *
+slot_tail(const struct chunk *ch, char *user)
+{
+	return (struct lk_tail *)(user + shapes[ch->shape].size);
+}
+
+static inline enum lk_state
+st_get(const struct lk_tail *tl)
+{
+	return (enum lk_state)__atomic_load_n(&tl->state, __ATOMIC_ACQUIRE);
+}
+
+static inline void
+st_set(struct lk_tail *tl, enum lk_state st)
+{
+	__atomic_store_n(&tl->state, (uint8_t)st, __ATOMIC_RELEASE);
+}
+
+static void unlock_one(enum lk_kind kind, char *u, pid_t tid);
+
+/* A pass's verdict on a slot it found LS_LIVE: unless a free marked it
+ * LS_DEAD meanwhile (then what was taken of it is given back). */
+static enum lk_state
+st_settle(struct lk_tail *tl, enum lk_kind kind, char *u, enum lk_state st,
+	  pid_t tid)
+{
+	uint8_t live = LS_LIVE;
+
+	if (__atomic_compare_exchange_n(&tl->state, &live, (uint8_t)st, false,
+					__ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+		return st;
+	if (st == LS_TAKEN)
+		unlock_one(kind, u, tid);
+	return LS_DEAD;
+}
+
+/* The chunk a slot's user pointer lies in: chunks are CHUNK_BYTES
+ * aligned. */
+static inline struct chunk *
+chunk_of(const void *user)
+{
+	return (struct chunk *)((uintptr_t)user & ~(uintptr_t)(CHUNK_BYTES - 1));
+}
+
+/* ---- recognising a lock ---- */
+
+/* Slow half of lk_shape_of(): the first match, by name. */
+static int
+shape_learn(size_t n, const char *file, int line)
+{
+	for (unsigned i = 0; i < NSHAPES; i++) {
+		struct lk_shape *s = &shapes[i];
+		size_t fl, tl;
+
+		if (s->size != n || atomic_load(&s->file) || !file)
+			continue;
+		fl = strlen(file);
+		tl = strlen(s->tail);
+		if (fl < tl || strcmp(file + fl - tl, s->tail) != 0)
+			continue;
+		atomic_store(&s->line, line);
+		atomic_store(&s->file, file);
+		return (int)i;
+	}
+	return -1;
+}
+
+int
+lk_shape_of(size_t n, const char *file, int line)
+{
+	for (unsigned i = 0; i < NSHAPES; i++) {
+		const struct lk_shape *s = &shapes[i];
+
+		if (s->size == n && atomic_load_explicit(&s->file,
+				memory_order_relaxed) == file)
+			return atomic_load_explicit(&s->line,
+					memory_order_relaxed) == line ?
+			       (int)i : -1;
+	}
+	return shape_learn(n, file, line);
+}
+
+/* ---- the slabs ---- */
+
+/* Append a free slot, under slab_lock. */
+static void
+slot_push(struct chunk *ch, char *u)
+{
+	struct lk_tail *tl = slot_tail(ch, u);
+
+	st_set(tl, LS_FREE);
+	tl->next = NULL;
+	if (free_tail[ch->shape])
+		slot_tail(chunk_of(free_tail[ch->shape]),
+			  free_tail[ch->shape])->next = u;
+	else
+		free_head[ch->shape] = u;
+	free_tail[ch->shape] = u;
+}
+
+static struct chunk *
+chunk_new(unsigned shape)
+{
+	void *p = mmap(NULL, 2 * CHUNK_BYTES, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	uintptr_t a;
+	struct chunk *ch;
+
+	if (p == MAP_FAILED)
+		return NULL;
+	/* Aligned, so that a slot finds its chunk by masking. */
+	a = ((uintptr_t)p + CHUNK_BYTES - 1) & ~(uintptr_t)(CHUNK_BYTES - 1);
+	if (a > (uintptr_t)p)
+		munmap(p, a - (uintptr_t)p);
+	munmap((char *)a + CHUNK_BYTES,
+	       (uintptr_t)p + CHUNK_BYTES - a);
+	ch = (struct chunk *)a;
+	_Static_assert(sizeof(struct chunk) <= 64, "slots start at 64");
+	ch->shape = shape;
+	ch->stride = (unsigned)stride_of(&shapes[shape]);
+	ch->nslots = (unsigned)((CHUNK_BYTES - 64) / ch->stride);
+	for (unsigned i = 0; i < ch->nslots; i++) {
+		char *u = slot_user(ch, i);
+
+		if (!page_reserved(u))
+			slot_push(ch, u);
+	}
+	ch->next = atomic_load(&chunks);
+	atomic_store(&chunks, ch);
+	return ch;
+}
+
+/* A slot for a lock of shape @shape, under slab_lock. */
+static char *
+slot_take(unsigned shape)
+{
+	char *u = free_head[shape];
+
+	if (!u && chunk_new(shape))
+		u = free_head[shape];
+	if (u) {
+		free_head[shape] = slot_tail(chunk_of(u), u)->next;
+		if (!free_head[shape])
+			free_tail[shape] = NULL;
+	}
+	return u;
+}
+
+static void
+count(size_t n, bool alloc)
+{
+	struct tstate *t = tstate_get();
+
+	if (t->busy)
+		t = &tstate_retired;
+	if (alloc)
+		tstate_count_alloc(t, n);
+	else
+		tstate_count_free(t, n);
+}
+
+void *
+lk_new(int shape, size_t n, const char *file, int line)
+{
+	uint32_t word = ST_LIVE | (uint32_t)BK_LIBC << BK_SHIFT | W_LOCK;
+	char *u;
+
+	(void)file;
+	(void)line;
+	proc_lock(&slab_lock);
+	u = slot_take((unsigned)shape);
+	if (u) {
+		st_set(slot_tail(chunk_of(u), u),
+		       quiescing ? LS_NEW : LS_LIVE);
+		atomic_fetch_add_explicit(&registered, 1, memory_order_relaxed);
+	}
+	proc_unlock(&slab_lock);
+	if (!u)
+		return NULL;
+	blk_stamp(u, n, 0, word);
+	count(n, true);
+	return u;
+}
+
+/* The rest of a free of a lock, claimed (quarantined) already: a lock
+ * slot is reused at once, the slab being its own quarantine no more. */
+void
+lk_free(void *user)
+{
+	struct chunk *ch = chunk_of(user);
+	struct blk *h = hdr_of(user);
+	size_t n = blk_size(h);
+
+	atomic_store_explicit(&h->word, (atomic_load_explicit(&h->word,
+			      memory_order_relaxed) & ~ST_MASK) | ST_RELEASED,
+			      memory_order_release);
+	count(n, false);
+	proc_lock(&slab_lock);
+	if (quiescing) {
+		st_set(slot_tail(ch, user), LS_DEAD);
+		slot_tail(ch, user)->next = pending;
+		pending = user;
+	} else {
+		slot_push(ch, user);
+	}
+	atomic_fetch_sub_explicit(&registered, 1, memory_order_relaxed);
+	proc_unlock(&slab_lock);
+}
+
+/* ---- one lock, by kind ---- */
+
+#ifdef __GLIBC__
+/* glibc records a write lock's owner; a lock this thread holds for
+ * writing is ours to keep, not to wait for. */
+static bool
+rw_mine(pthread_rwlock_t *l, pid_t tid)
+{
+	return __atomic_load_n(&l->__data.__cur_writer, __ATOMIC_RELAXED) ==
+	       tid;
+}
+#else
+static bool
+rw_mine(pthread_rwlock_t *l, pid_t tid)
+{
+	(void)l;
+	(void)tid;
+	return false;
+}
+#endif
+
+/* Take @u's locks: LS_TAKEN, LS_SELF, or LS_LIVE when busy. */
+static enum lk_state
+lock_one(enum lk_kind kind, char *u, pid_t tid)
+{
+	struct rcu_mirror *r = (struct rcu_mirror *)u;
+	int rc;
+
+	switch (kind) {
+	case LK_RWLOCK:
+		rc = pthread_rwlock_trywrlock((pthread_rwlock_t *)u);
+		if (rc == 0)
+			return LS_TAKEN;
+		if (rc != EBUSY)
+			return LS_DEAD;
+		return rw_mine((pthread_rwlock_t *)u, tid) ? LS_SELF : LS_LIVE;
+	case LK_MUTEX:
+		rc = pthread_mutex_trylock((pthread_mutex_t *)u);
+		return rc == 0 ? LS_TAKEN : rc == EBUSY ? LS_LIVE : LS_DEAD;
+	case LK_COND:
+		return LS_TAKEN;
+	case LK_RCU:
+		rc = pthread_mutex_trylock(&r->write_lock);
+		if (rc)
+			return rc == EBUSY ? LS_LIVE : LS_DEAD;
+		if (pthread_mutex_trylock(&r->alloc_lock))
+			goto unlock_write;
+		if (pthread_mutex_trylock(&r->prior_lock))
+			goto unlock_alloc;
+		return LS_TAKEN;
+unlock_alloc:
+		pthread_mutex_unlock(&r->alloc_lock);
+unlock_write:
+		pthread_mutex_unlock(&r->write_lock);
+		return LS_LIVE;
+	}
+	return LS_LIVE;
+}
+
+/*
+ * Whether this thread (@tid) still write-holds @u.  A lock's block is
+ * handed to OpenSSL before OpenSSL initialises it, and initialising an
+ * rwlock or mutex with default attributes writes the zeroes of an
+ * unlocked one: a pass that took a lock whose creator had not finished
+ * initialising it holds nothing afterwards, and unlocking it then would
+ * corrupt it (glibc would count a reader leaving).  glibc records the
+ * owner of a write lock and of a mutex; elsewhere the lock is trusted.
+ */
+#ifdef __GLIBC__
+static bool
+rw_held(pthread_rwlock_t *l, pid_t tid)
+{
+	return __atomic_load_n(&l->__data.__cur_writer, __ATOMIC_RELAXED) ==
+	       tid;
+}
+
+static bool
+mutex_held(pthread_mutex_t *m, pid_t tid)
+{
+	return __atomic_load_n(&m->__data.__owner, __ATOMIC_RELAXED) == tid;
+}
+#else
+static bool
+rw_held(pthread_rwlock_t *l, pid_t tid)
+{
+	(void)l;
+	(void)tid;
+	return true;
+}
+
+static bool
+mutex_held(pthread_mutex_t *m, pid_t tid)
+{
+	(void)m;
+	(void)tid;
+	return true;
+}
+#endif
+
+static void
+mutex_release(pthread_mutex_t *m, pid_t tid)
+{
+	if (mutex_held(m, tid))
+		pthread_mutex_unlock(m);
+}
+
+static void
+unlock_one(enum lk_kind kind, char *u, pid_t tid)
+{
+	struct rcu_mirror *r = (struct rcu_mirror *)u;
+
+	switch (kind) {
+	case LK_RWLOCK:
+		if (rw_held((pthread_rwlock_t *)u, tid))
+			pthread_rwlock_unlock((pthread_rwlock_t *)u);
+		break;
+	case LK_MUTEX:
+		mutex_release((pthread_mutex_t *)u, tid);
+		break;
+	case LK_COND:
+		break;
+	case LK_RCU:
+		mutex_release(&r->prior_lock, tid);
+		mutex_release(&r->alloc_lock, tid);
+		mutex_release(&r->write_lock, tid);
+		break;
+	}
+}
+
+/* In the child, which has one thread: a lock prepare took is made anew
+ * (glibc's unlock checks the owner's thread id, which changed), as
+ * OpenSSL created it; one the forker holds gets the child's id. */
+CHILD_PATH static void
+renew_one(enum lk_kind kind, char *u, enum lk_state st, pid_t tid)
+{
+	struct rcu_mirror *r = (struct rcu_mirror *)u;
+
+	switch (kind) {
+	case LK_RWLOCK:
+#ifdef __GLIBC__
+		if (st == LS_SELF) {
+			__atomic_store_n(&((pthread_rwlock_t *)u)->__data
+					 .__cur_writer, tid, __ATOMIC_RELAXED);
+			break;
+		}
+#endif
+		pthread_rwlock_init((pthread_rwlock_t *)u, NULL);
+		break;
+	case LK_MUTEX:
+		pthread_mutex_init((pthread_mutex_t *)u, NULL);
+		break;
+	case LK_COND:
+		pthread_cond_init((pthread_cond_t *)u, NULL);
+		break;
+	case LK_RCU:
+		pthread_mutex_init(&r->write_lock, NULL);
+		pthread_mutex_init(&r->alloc_lock, NULL);
+		pthread_mutex_init(&r->prior_lock, NULL);
+		pthread_cond_init(&r->alloc_signal, NULL);
+		pthread_cond_init(&r->prior_signal, NULL);
+		break;
+	}
+	(void)tid;
+}
+
+/* ---- the whole registry ---- */
+
+/* Each live slot, with its chunk's kind. */
+#define FOR_EACH_SLOT(ch, i, u, tl)                                         \
+	for (struct chunk *ch = atomic_load(&chunks); ch; ch = ch->next)    \
+		for (unsigned i = 0; i < ch->nslots; i++)                   \
+			for (char *u = slot_user(ch, i); u; u = NULL)       \
+				for (struct lk_tail *tl = slot_tail(ch, u);  \
+				     tl && st_get(tl) != LS_FREE; tl = NULL)
+
+/* Release what prepare took; @done: prepare is over, new locks become
+ * ordinary ones. */
+static void
+release_all(bool done)
+{
+	FOR_EACH_SLOT(ch, i, u, tl) {
+		enum lk_state st = st_get(tl);
+
+		uint8_t from = (uint8_t)st;
+
+		if (st == LS_TAKEN)
+			unlock_one(shapes[ch->shape].kind, u, quiesce_tid);
+		/* Not over a free's LS_DEAD, which only the end undoes. */
+		if (done || (st != LS_NEW && st != LS_DEAD))
+			__atomic_compare_exchange_n(&tl->state, &from, LS_LIVE,
+						    false, __ATOMIC_ACQ_REL,
+						    __ATOMIC_ACQUIRE);
+	}
+}
+
+/* The end of prepare, under slab_lock: the frees it deferred. */
+static void
+quiesce_end(void)
+{
+	quiescing = false;
+	while (pending) {
+		char *u = pending;
+
+		pending = slot_tail(chunk_of(u), u)->next;
+		slot_push(chunk_of(u), u);
+	}
+}
+
+static uint64_t now_ns(void);
+
+/*
+ * A busy lock's holder is most often in a short critical section that
+ * needs none of the locks taken so far: wait for it a little, yielding,
+ * before giving all back (which lets a holder that waits for one of
+ * them go on).  Giving all back at once instead livelocks under load:
+ * with eight threads in OpenSSL some hot lock is nearly always held.
+ */
+#define SPIN_NS 2000000u
+
+static enum lk_state
+lock_wait(enum lk_kind kind, char *u, pid_t tid, uint64_t *spin_end)
+{
+	enum lk_state st = lock_one(kind, u, tid);
+
+	if (st != LS_LIVE || !*spin_end)
+		return st;
+	while (st == LS_LIVE && now_ns() < *spin_end) {
+		sched_yield();
+		st = lock_one(kind, u, tid);
+	}
+	/* The next busy lock in this pass waits no more. */
+	if (st == LS_LIVE)
+		*spin_end = 0;
+	return st;
+}
+
+/*
+ * Locks that stayed busy in an earlier pass, most recent first, taken
+ * before the others: OpenSSL nests some locks, and a thread that holds
+ * an outer one while it waits for an inner one this pass took never
+ * lets go of it.  Taken first, with little held, an outer lock is only
+ * waited for; after a few passes this order approximates OpenSSL's.
+ */
+#define FRONT 32
+static char *front[FRONT];
+
+static void
+front_add(char *u)
+{
+	unsigned i = 0;
+
+	while (i < FRONT - 1 && front[i] != u)
+		i++;
+	memmove(&front[1], &front[0], i * sizeof(front[0]));
+	front[0] = u;
+}
+
+/* Take the front locks: false (with @busy set) when one stays busy. */
+static bool
+take_front(pid_t tid, uint64_t *spin_end, uint64_t *n, char **busy)
+{
+	for (unsigned i = 0; i < FRONT && front[i]; i++) {
+		struct chunk *ch = chunk_of(front[i]);
+		struct lk_tail *tl = slot_tail(ch, front[i]);
+
+		enum lk_state st;
+
+		if (st_get(tl) != LS_LIVE)
+			continue;
+		st = lock_wait(shapes[ch->shape].kind, front[i], tid,
+			       spin_end);
+		st = st_settle(tl, shapes[ch->shape].kind, front[i], st, tid);
+		if (st == LS_TAKEN)
+			(*n)++;
+		else if (st == LS_LIVE && !*busy)
+			*busy = front[i];
+	}
+	return !*busy;
+}
+
+/* One pass: take every lock; with @keep_busy skip the busy ones, else
+ * stop at the first that stays busy (returned, with nothing held).
+ * Counts into @n. */
+static char *
+take_all(bool keep_busy, pid_t tid, uint64_t *n)
+{
+	uint64_t spin_end = keep_busy ? 0 : now_ns() + SPIN_NS;
+	char *busy = NULL;
+
+	*n = 0;
+	if (!take_front(tid, &spin_end, n, &busy) && !keep_busy) {
+		release_all(false);
+		front_add(busy);
+		return busy;
+	}
+	FOR_EACH_SLOT(ch, i, u, tl) {
+		enum lk_state st;
+
+		if (st_get(tl) != LS_LIVE || u == busy)
+			continue;
+		st = lock_wait(shapes[ch->shape].kind, u, tid, &spin_end);
+		st = st_settle(tl, shapes[ch->shape].kind, u, st, tid);
+		if (st == LS_TAKEN) {
+			(*n)++;
+		} else if (st == LS_LIVE) {
+			if (!busy)
+				busy = u;
+			if (!keep_busy) {
+				release_all(false);
+				front_add(busy);
+				return busy;
+			}
+		}
+	}
+	return busy;
+}
+
+static uint64_t
+now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void
+back_off(uint64_t ns)
+{
+	struct timespec ts = { 0, (long)ns };
+
+	nanosleep(&ts, NULL);
+}
+
+static void
+warn_busy(char *u, uint64_t budget_ns)
+{
+	const struct lk_shape *s = &shapes[chunk_of(u)->shape];
+	const char *file = atomic_load(&s->file);
+
+	log_warn("fork: OpenSSL lock %p (allocated at %s:%d, %s) stayed "
+		 "held by another thread for %llu ms; forking without it: "
+		 "the child hangs if it needs that lock.  Fork while no "
+		 "other thread is inside OpenSSL, or raise fork_quiesce_ms",
+		 (void *)u, file ? file : "?", atomic_load(&s->line), s->func,
+		 (unsigned long long)(budget_ns / 1000000));
+}
+
+/*
+ * Take every registered lock, retrying until @budget_ns passed (none:
+ * one pass).  True when all were taken; otherwise the child inherits the
+ * locks it could not take, and one WARNING says which.
+ */
+bool
+alloc_fork_quiesce(uint64_t budget_ns)
+{
+	uint64_t start = now_ns(), delay = 2000, n;
+	pid_t tid = gettid();
+	char *busy;
+
+	pthread_mutex_lock(&quiesce_mutex);
+	/* Frees wait from here (under the lock: one that saw the flag
+	 * clear has finished). */
+	pthread_mutex_lock(&slab_lock);
+	quiescing = true;
+	quiesce_tid = tid;
+	pthread_mutex_unlock(&slab_lock);
+	for (;;) {
+		busy = take_all(false, tid, &n);
+		if (!busy)
+			break;
+		if (now_ns() - start >= budget_ns) {
+			busy = take_all(true, tid, &n);
+			break;
+		}
+		back_off(delay);
+		delay = delay < 1000000 ? delay * 2 : delay;
+	}
+	/* Held until the fork is over: its holders wait for nothing, and a
+	 * thread that would create or free a lock now waits for the fork. */
+	pthread_mutex_lock(&slab_lock);
+	held = true;
+	atomic_store(&taken_last, n);
+	atomic_store(&prep_ns_last, now_ns() - start);
+	if (busy) {
+		atomic_fetch_add(&give_ups, 1);
+		warn_busy(busy, budget_ns);
+	}
+	return !busy;
+}
+
+void
+alloc_fork_parent(void)
+{
+	if (!held)
+		return;
+	held = false;
+	release_all(true);
+	quiesce_end();
+	pthread_mutex_unlock(&slab_lock);
+	pthread_mutex_unlock(&quiesce_mutex);
+}
+
+/* In the child, before anything else: one thread, so no lock is
+ * taken. */
+CHILD_PATH void
+lk_child(void)
+{
+	pid_t tid = 0;
+
+	pthread_mutex_init(&slab_lock, NULL);
+	pthread_mutex_init(&quiesce_mutex, NULL);
+	if (!held)
+		return;
+	held = false;
+	FOR_EACH_SLOT(ch, i, u, tl) {
+		enum lk_state st = st_get(tl);
+
+		if (st == LS_SELF && !tid)
+			tid = gettid();
+		if (st == LS_TAKEN || st == LS_SELF)
+			renew_one(shapes[ch->shape].kind, u, st, tid);
+		st_set(tl, LS_LIVE);
+	}
+	quiesce_end();
+}
+
+void
+lk_stats(struct ossl_proc_stats *st)
+{
+	st->locks_registered = atomic_load(&registered);
+	st->locks_taken_last_fork = atomic_load(&taken_last);
+	st->fork_prepare_ns = atomic_load(&prep_ns_last);
+	st->fork_quiesce_give_ups = atomic_load(&give_ups);
+}
+
+uint64_t
+alloc_locks_registered(void)
+{
+	return atomic_load(&registered);
+}
