@@ -1092,9 +1092,10 @@ START_TEST(backend_aligned_to_8)
 	OPENSSL_cleanup();
 	ossl_proc_thread_release();
 	/* Every chunk is a live block or went back; OpenSSL 4.0 frees its
-	 * state only in its destructor, after the test. */
+	 * state only in its destructor, after the test.  Locks live in
+	 * osslproc's slabs, not in the backend. */
 	ck_assert_uint_eq(atomic_load(&a8.calls) - atomic_load(&a8.frees),
-			  stats().live_blocks);
+			  stats().live_blocks - stats().locks_registered);
 	if (OpenSSL_version_num() < 0x40000000L)
 		ck_assert_uint_eq(stats().live_blocks, 0);
 }
