@@ -142,22 +142,41 @@ memfn(int shared)
 
 /* ---- verify ---- */
 
+/* Whether @x's subject common name is @cn. */
+static int
+cn_is(X509 *x, const char *cn)
+{
+	const X509_NAME *name = X509_get_subject_name(x);
+	int i = X509_NAME_get_index_by_NID(name, NID_commonName, -1);
+	const ASN1_STRING *s;
+
+	if (i < 0)
+		return 0;
+	s = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, i));
+	return (size_t)ASN1_STRING_length(s) == strlen(cn) &&
+	       !memcmp(ASN1_STRING_get0_data(s), cn, strlen(cn));
+}
+
+/* OpenSSL 4.0 deprecates X509_STORE_get0_objects(): a copy there. */
 static int
 store_has(X509_STORE *st, const char *cn)
 {
+#if OPENSSL_VERSION_NUMBER >= 0x30300000L
+	STACK_OF(X509_OBJECT) *objs = X509_STORE_get1_objects(st);
+#else
 	STACK_OF(X509_OBJECT) *objs = X509_STORE_get0_objects(st);
-	char buf[256];
+#endif
+	int found = 0;
 
-	for (int i = 0; i < sk_X509_OBJECT_num(objs); i++) {
+	for (int i = 0; !found && i < sk_X509_OBJECT_num(objs); i++) {
 		X509 *x = X509_OBJECT_get0_X509(sk_X509_OBJECT_value(objs, i));
 
-		if (x && X509_NAME_get_text_by_NID(X509_get_subject_name(x),
-						   NID_commonName, buf,
-						   sizeof(buf)) > 0 &&
-		    !strcmp(buf, cn))
-			return 1;
+		found = x && cn_is(x, cn);
 	}
-	return 0;
+#if OPENSSL_VERSION_NUMBER >= 0x30300000L
+	sk_X509_OBJECT_pop_free(objs, X509_OBJECT_free);
+#endif
+	return found;
 }
 
 static int
