@@ -898,20 +898,9 @@ SSL_get_verify_callback(const SSL *ssl)
 				     real_SSL_get_verify_callback(ssl));
 }
 
-/* SSL_CTX_get_tlsext_status_cb() is a control: only that one is read. */
-typedef long (*ctrl_fn)(SSL_CTX *, int, long, void *);
-
-PRELOAD_EXPORT long
-SSL_CTX_ctrl(SSL_CTX *ctx, int cmd, long larg, void *parg)
-{
-	NEXT(ctrl_fn, SSL_CTX_ctrl);
-	long rc = real_SSL_CTX_ctrl(ctx, cmd, larg, parg);
-
-	if (cmd == SSL_CTRL_GET_TLSEXT_STATUS_REQ_CB && rc > 0 && parg)
-		*(status_fn *)parg = (status_fn)get_cb(ctx, CB_STATUS,
-			(any_fn)*(status_fn *)parg);
-	return rc;
-}
+/* No SSL_CTX_ctrl() interposer for SSL_CTX_get_tlsext_status_cb(): a
+ * program's every control would go through dlsym(RTLD_NEXT)'s libssl,
+ * which is not the program's when their sonames differ. */
 
 /* ---- ex_data: SSL_get_ex_new_index() and the others are macros over
  * CRYPTO_get_ex_new_index() ---- */
