@@ -70,6 +70,7 @@ static int (*real_dlclose)(void *);
 static int (*real_atexit)(void (*)(void));
 
 static void stop(void);
+static void next_resolve(void);
 
 /* ---- which object a pointer belongs to ---- */
 
@@ -407,6 +408,7 @@ unload_start(void)
 	real_dlclose = (int (*)(void *))dlsym(RTLD_NEXT, "dlclose");
 	real_atexit = (int (*)(void (*)(void)))dlsym(RTLD_NEXT,
 						     "OPENSSL_atexit");
+	next_resolve();
 	if (!self || dlinfo(self, RTLD_DI_LINKMAP, &lm) || !lm) {
 		log_error("osslproc-run: cannot list the objects loaded at "
 			  "start (%s); plugins' registrations are not undone "
@@ -431,10 +433,86 @@ unload_start(void)
 
 /* ---- the interposed calls ---- */
 
+/*
+ * The next definitions of the interposed calls, looked up at start:
+ * dlsym() takes the loader's lock, which a close holds (inside
+ * dlclose()) while it waits for the callbacks in flight, so a callback
+ * that called an interposed function for the first time just then would
+ * wait forever.
+ */
+static const char *const next_names[] = {
+	"CRYPTO_get_ex_new_index",
+	"ERR_load_strings",
+	"ERR_load_strings_const",
+	"OSSL_PROVIDER_add_builtin",
+	"SSL_CTX_callback_ctrl",
+	"SSL_CTX_get_client_cert_cb",
+	"SSL_CTX_get_info_callback",
+	"SSL_CTX_get_keylog_callback",
+	"SSL_CTX_get_verify_callback",
+	"SSL_CTX_sess_get_get_cb",
+	"SSL_CTX_sess_get_new_cb",
+	"SSL_CTX_sess_get_remove_cb",
+	"SSL_CTX_sess_set_get_cb",
+	"SSL_CTX_sess_set_new_cb",
+	"SSL_CTX_sess_set_remove_cb",
+	"SSL_CTX_set_alpn_select_cb",
+	"SSL_CTX_set_cert_cb",
+	"SSL_CTX_set_cert_verify_callback",
+	"SSL_CTX_set_client_cert_cb",
+	"SSL_CTX_set_client_hello_cb",
+	"SSL_CTX_set_default_passwd_cb",
+	"SSL_CTX_set_info_callback",
+	"SSL_CTX_set_keylog_callback",
+	"SSL_CTX_set_msg_callback",
+	"SSL_CTX_set_psk_client_callback",
+	"SSL_CTX_set_psk_server_callback",
+	"SSL_CTX_set_tlsext_ticket_key_evp_cb",
+	"SSL_CTX_set_verify",
+	"SSL_get_info_callback",
+	"SSL_get_verify_callback",
+	"SSL_set_default_passwd_cb",
+	"SSL_set_info_callback",
+	"SSL_set_msg_callback",
+	"SSL_set_verify",
+	"X509V3_EXT_add",
+	"X509_STORE_set_cert_crl",
+	"X509_STORE_set_check_crl",
+	"X509_STORE_set_check_issued",
+	"X509_STORE_set_check_policy",
+	"X509_STORE_set_check_revocation",
+	"X509_STORE_set_cleanup",
+	"X509_STORE_set_get_crl",
+	"X509_STORE_set_get_issuer",
+	"X509_STORE_set_lookup_certs",
+	"X509_STORE_set_lookup_crls",
+	"X509_STORE_set_verify",
+	"X509_STORE_set_verify_cb",
+	"name",
+};
+static void *next_addrs[ARRAY_SIZE(next_names)];
+
+static void
+next_resolve(void)
+{
+	for (size_t i = 0; i < ARRAY_SIZE(next_names); i++)
+		next_addrs[i] = dlsym(RTLD_NEXT, next_names[i]);
+}
+
+/* Once per interposer: a few string compares, no lock. */
+static void *
+next_sym(const char *name)
+{
+	for (size_t i = 0; i < ARRAY_SIZE(next_names); i++)
+		if (next_addrs[i] && !strcmp(next_names[i], name))
+			return next_addrs[i];
+	return dlsym(RTLD_NEXT, name); /* before the start */
+}
+
 #define NEXT(type, name) \
 	static type real_##name; \
 	if (!real_##name) \
-		real_##name = (type)dlsym(RTLD_NEXT, #name)
+		real_##name = (type)next_sym(#name)
 
 /* A failed scoped registration still reaches OpenSSL, unprotected. */
 static bool
@@ -757,7 +835,7 @@ SSL_set_default_passwd_cb(SSL *ssl, pem_password_cb *cb)
 		static __typeof__(&name) real;				\
 									\
 		if (!real)						\
-			real = (__typeof__(&name))dlsym(RTLD_NEXT, #name); \
+			real = (__typeof__(&name))next_sym(#name);	\
 		keep_loaded((const void *)fn, "it set an X509_STORE "	\
 			    "callback (" #name "), which each "	\
 			    "verification copies");			\
