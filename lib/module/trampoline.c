@@ -115,6 +115,18 @@ on_ssl(enum cb_kind kind)
 	return kind >= CB_FIRST_SSL;
 }
 
+/* CRYPTO_dup_ex_data() (SSL_dup()) copies every slot's pointer: the copy
+ * must not share the original's binding, freed with either.  It gets
+ * its own when SSL_dup() sets the callbacks on it. */
+static int
+binding_dup(CRYPTO_EX_DATA *to, const CRYPTO_EX_DATA *from, void **from_d,
+	    int idx, long argl, void *argp)
+{
+	(void)to, (void)from, (void)idx, (void)argl, (void)argp;
+	*from_d = NULL;
+	return 1;
+}
+
 static struct binding *
 binding_get(const void *obj, enum cb_kind kind)
 {
@@ -615,7 +627,7 @@ bind_slot(enum cb_kind kind)
 		*idx = CRYPTO_get_ex_new_index(on_ssl(kind) ?
 					       CRYPTO_EX_INDEX_SSL :
 					       CRYPTO_EX_INDEX_SSL_CTX,
-					       0, NULL, NULL, NULL,
+					       0, NULL, NULL, binding_dup,
 					       binding_free);
 	return *idx;
 }

@@ -1,5 +1,5 @@
 /* (k) An info callback set on one connection (SSL_set_info_callback),
- * both ends. */
+ * both ends; the client's end duplicated and freed (SSL_dup). */
 #include "plugin.h"
 
 static int calls;
@@ -18,6 +18,19 @@ plug_register(SSL_CTX *client, SSL_CTX *server, int times)
 	return 0;
 }
 
+/* A copy of a connection with our callback on it (SSL_dup() copies the
+ * info callback, and every ex_data pointer), freed at once. */
+static int
+dup_free(SSL *ssl)
+{
+	SSL *copy = SSL_dup(ssl);
+
+	if (!copy)
+		return -1;
+	SSL_free(copy);
+	return 0;
+}
+
 int
 plug_register_ssl(SSL *client, SSL *server, int times)
 {
@@ -25,5 +38,5 @@ plug_register_ssl(SSL *client, SSL *server, int times)
 		SSL_set_info_callback(client, on_info);
 		SSL_set_info_callback(server, on_info);
 	}
-	return 0;
+	return dup_free(client);
 }
