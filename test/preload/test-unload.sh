@@ -69,7 +69,7 @@ for plug in "$@"; do
 	name=$(basename "$plug" .so)
 	name=${name#libunload-}
 	case $name in
-	info|dep|strings|exdata|servername|hello|certcb|status|sslinfo|ssl)
+	info|dep|strings|exdata|servername|hello|certcb|status|sslinfo|ssl|psk)
 		cycles "$name" "$plug" ;;
 	esac
 done
