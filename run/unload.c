@@ -70,6 +70,7 @@ static int (*real_dlclose)(void *);
 static int (*real_atexit)(void (*)(void));
 
 static void stop(void);
+static void next_resolve(void);
 
 /* ---- which object a pointer belongs to ---- */
 
@@ -407,6 +408,7 @@ unload_start(void)
 	real_dlclose = (int (*)(void *))dlsym(RTLD_NEXT, "dlclose");
 	real_atexit = (int (*)(void (*)(void)))dlsym(RTLD_NEXT,
 						     "OPENSSL_atexit");
+	next_resolve();
 	if (!self || dlinfo(self, RTLD_DI_LINKMAP, &lm) || !lm) {
 		log_error("osslproc-run: cannot list the objects loaded at "
 			  "start (%s); plugins' registrations are not undone "
@@ -431,10 +433,86 @@ unload_start(void)
 
 /* ---- the interposed calls ---- */
 
+/*
+ * The next definitions of the interposed calls, looked up at start:
+ * dlsym() takes the loader's lock, which a close holds (inside
+ * dlclose()) while it waits for the callbacks in flight, so a callback
+ * that called an interposed function for the first time just then would
+ * wait forever.
+ */
+static const char *const next_names[] = {
+	"CRYPTO_get_ex_new_index",
+	"ERR_load_strings",
+	"ERR_load_strings_const",
+	"OSSL_PROVIDER_add_builtin",
+	"SSL_CTX_callback_ctrl",
+	"SSL_CTX_get_client_cert_cb",
+	"SSL_CTX_get_info_callback",
+	"SSL_CTX_get_keylog_callback",
+	"SSL_CTX_get_verify_callback",
+	"SSL_CTX_sess_get_get_cb",
+	"SSL_CTX_sess_get_new_cb",
+	"SSL_CTX_sess_get_remove_cb",
+	"SSL_CTX_sess_set_get_cb",
+	"SSL_CTX_sess_set_new_cb",
+	"SSL_CTX_sess_set_remove_cb",
+	"SSL_CTX_set_alpn_select_cb",
+	"SSL_CTX_set_cert_cb",
+	"SSL_CTX_set_cert_verify_callback",
+	"SSL_CTX_set_client_cert_cb",
+	"SSL_CTX_set_client_hello_cb",
+	"SSL_CTX_set_default_passwd_cb",
+	"SSL_CTX_set_info_callback",
+	"SSL_CTX_set_keylog_callback",
+	"SSL_CTX_set_msg_callback",
+	"SSL_CTX_set_psk_client_callback",
+	"SSL_CTX_set_psk_server_callback",
+	"SSL_CTX_set_tlsext_ticket_key_evp_cb",
+	"SSL_CTX_set_verify",
+	"SSL_get_info_callback",
+	"SSL_get_verify_callback",
+	"SSL_set_default_passwd_cb",
+	"SSL_set_info_callback",
+	"SSL_set_msg_callback",
+	"SSL_set_verify",
+	"X509V3_EXT_add",
+	"X509_STORE_set_cert_crl",
+	"X509_STORE_set_check_crl",
+	"X509_STORE_set_check_issued",
+	"X509_STORE_set_check_policy",
+	"X509_STORE_set_check_revocation",
+	"X509_STORE_set_cleanup",
+	"X509_STORE_set_get_crl",
+	"X509_STORE_set_get_issuer",
+	"X509_STORE_set_lookup_certs",
+	"X509_STORE_set_lookup_crls",
+	"X509_STORE_set_verify",
+	"X509_STORE_set_verify_cb",
+	"name",
+};
+static void *next_addrs[ARRAY_SIZE(next_names)];
+
+static void
+next_resolve(void)
+{
+	for (size_t i = 0; i < ARRAY_SIZE(next_names); i++)
+		next_addrs[i] = dlsym(RTLD_NEXT, next_names[i]);
+}
+
+/* Once per interposer: a few string compares, no lock. */
+static void *
+next_sym(const char *name)
+{
+	for (size_t i = 0; i < ARRAY_SIZE(next_names); i++)
+		if (next_addrs[i] && !strcmp(next_names[i], name))
+			return next_addrs[i];
+	return dlsym(RTLD_NEXT, name); /* before the start */
+}
+
 #define NEXT(type, name) \
 	static type real_##name; \
 	if (!real_##name) \
-		real_##name = (type)dlsym(RTLD_NEXT, #name)
+		real_##name = (type)next_sym(#name)
 
 /* A failed scoped registration still reaches OpenSSL, unprotected. */
 static bool
@@ -593,14 +671,233 @@ SSL_CTX_set_client_cert_cb(SSL_CTX *ctx, client_cert_fn cb)
 		real_SSL_CTX_set_client_cert_cb(ctx, cb);
 }
 
+/* The callbacks the explicit scopes have no public setter for, and the
+ * per-SSL ones: 0 when registered through @cb's object's scope, -1 to
+ * register it straight (not a plugin's, or failed). */
+static int
+set_scoped(void *obj, enum cb_kind kind, any_fn cb, void *arg, int mode,
+	   bool pass_arg, const char *what)
+{
+	struct ossl_proc_module *m = obj ? enter((const void *)cb) : NULL;
+	bool done = false;
+
+	if (m) {
+		done = scoped(module_set_callback(m, obj, kind, cb, arg, mode,
+						  pass_arg), what);
+		leave();
+	}
+	return done ? 0 : -1;
+}
+
+typedef void (*psk_client_setter)(SSL_CTX *, SSL_psk_client_cb_func);
+typedef void (*psk_server_setter)(SSL_CTX *, SSL_psk_server_cb_func);
+
+PRELOAD_EXPORT void
+SSL_CTX_set_psk_client_callback(SSL_CTX *ctx, SSL_psk_client_cb_func cb)
+{
+	NEXT(psk_client_setter, SSL_CTX_set_psk_client_callback);
+	if (set_scoped(ctx, CB_PSK_CLIENT, (any_fn)cb, NULL, 0, false,
+		       __func__))
+		real_SSL_CTX_set_psk_client_callback(ctx, cb);
+}
+
+PRELOAD_EXPORT void
+SSL_CTX_set_psk_server_callback(SSL_CTX *ctx, SSL_psk_server_cb_func cb)
+{
+	NEXT(psk_server_setter, SSL_CTX_set_psk_server_callback);
+	if (set_scoped(ctx, CB_PSK_SERVER, (any_fn)cb, NULL, 0, false,
+		       __func__))
+		real_SSL_CTX_set_psk_server_callback(ctx, cb);
+}
+
+typedef void (*sess_get_setter)(SSL_CTX *, sess_get_fn);
+
+PRELOAD_EXPORT void
+SSL_CTX_sess_set_get_cb(SSL_CTX *ctx, sess_get_fn cb)
+{
+	NEXT(sess_get_setter, SSL_CTX_sess_set_get_cb);
+	if (set_scoped(ctx, CB_SESS_GET, (any_fn)cb, NULL, 0, false,
+		       __func__))
+		real_SSL_CTX_sess_set_get_cb(ctx, cb);
+}
+
+typedef void (*cert_verify_setter)(SSL_CTX *, cert_verify_fn, void *);
+
+PRELOAD_EXPORT void
+SSL_CTX_set_cert_verify_callback(SSL_CTX *ctx, cert_verify_fn cb, void *arg)
+{
+	NEXT(cert_verify_setter, SSL_CTX_set_cert_verify_callback);
+	if (set_scoped(ctx, CB_CERT_VERIFY, (any_fn)cb, arg, 0, false,
+		       __func__))
+		real_SSL_CTX_set_cert_verify_callback(ctx, cb, arg);
+}
+
+typedef void (*cert_setter)(SSL_CTX *, cert_fn, void *);
+
+PRELOAD_EXPORT void
+SSL_CTX_set_cert_cb(SSL_CTX *ctx, cert_fn cb, void *arg)
+{
+	NEXT(cert_setter, SSL_CTX_set_cert_cb);
+	if (set_scoped(ctx, CB_CERT, (any_fn)cb, arg, 0, false, __func__))
+		real_SSL_CTX_set_cert_cb(ctx, cb, arg);
+}
+
+typedef void (*client_hello_setter)(SSL_CTX *, SSL_client_hello_cb_fn,
+				    void *);
+
+PRELOAD_EXPORT void
+SSL_CTX_set_client_hello_cb(SSL_CTX *ctx, SSL_client_hello_cb_fn cb,
+			    void *arg)
+{
+	NEXT(client_hello_setter, SSL_CTX_set_client_hello_cb);
+	if (set_scoped(ctx, CB_CLIENT_HELLO, (any_fn)cb, arg, 0, false,
+		       __func__))
+		real_SSL_CTX_set_client_hello_cb(ctx, cb, arg);
+}
+
+/* The servername and status callbacks take the argument set apart on
+ * the context (SSL_CTX_ctrl()), which stays there: the trampoline
+ * passes it on. */
+typedef long (*callback_ctrl_fn)(SSL_CTX *, int, void (*)(void));
+
+PRELOAD_EXPORT long
+SSL_CTX_callback_ctrl(SSL_CTX *ctx, int cmd, void (*fp)(void))
+{
+	NEXT(callback_ctrl_fn, SSL_CTX_callback_ctrl);
+
+	switch (cmd) {
+	case SSL_CTRL_SET_TLSEXT_SERVERNAME_CB:
+		if (!set_scoped(ctx, CB_SERVERNAME, fp, NULL, 0, true,
+				"SSL_CTX_set_tlsext_servername_callback"))
+			return 1;
+		break;
+	case SSL_CTRL_SET_TLSEXT_STATUS_REQ_CB:
+		if (!set_scoped(ctx, CB_STATUS, fp, NULL, 0, true,
+				"SSL_CTX_set_tlsext_status_cb"))
+			return 1;
+		break;
+	case SSL_CTRL_SET_TLSEXT_TICKET_KEY_CB:
+		keep_loaded((const void *)fp, "it set a session ticket key "
+			    "callback, which has no stand-in: without it "
+			    "OpenSSL could not decrypt the tickets it issued");
+		break;
+	}
+	return real_SSL_CTX_callback_ctrl(ctx, cmd, fp);
+}
+
+/* ---- registrations kept: the object stays loaded ---- */
+
+typedef int (*ticket_evp_fn)(SSL *, unsigned char *, unsigned char *,
+			     EVP_CIPHER_CTX *, EVP_MAC_CTX *, int);
+typedef int (*ticket_evp_setter)(SSL_CTX *, ticket_evp_fn);
+
+PRELOAD_EXPORT int
+SSL_CTX_set_tlsext_ticket_key_evp_cb(SSL_CTX *ctx, ticket_evp_fn cb)
+{
+	NEXT(ticket_evp_setter, SSL_CTX_set_tlsext_ticket_key_evp_cb);
+	keep_loaded((const void *)cb, "it set a session ticket key "
+		    "callback, which has no stand-in: without it OpenSSL "
+		    "could not decrypt the tickets it issued");
+	return real_SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, cb);
+}
+
+/* SSL_new() copies the context's password callback into each SSL, and
+ * it gets only its user data: nothing tells a trampoline whose it is. */
+#define PASSWD_WHY "it set a PEM password callback, which OpenSSL copies " \
+	"into every SSL and calls with nothing that says whose it is"
+
+typedef void (*passwd_ctx_setter)(SSL_CTX *, pem_password_cb *);
+typedef void (*passwd_ssl_setter)(SSL *, pem_password_cb *);
+
+PRELOAD_EXPORT void
+SSL_CTX_set_default_passwd_cb(SSL_CTX *ctx, pem_password_cb *cb)
+{
+	NEXT(passwd_ctx_setter, SSL_CTX_set_default_passwd_cb);
+	keep_loaded((const void *)cb, PASSWD_WHY);
+	real_SSL_CTX_set_default_passwd_cb(ctx, cb);
+}
+
+PRELOAD_EXPORT void
+SSL_set_default_passwd_cb(SSL *ssl, pem_password_cb *cb)
+{
+	NEXT(passwd_ssl_setter, SSL_set_default_passwd_cb);
+	keep_loaded((const void *)cb, PASSWD_WHY);
+	real_SSL_set_default_passwd_cb(ssl, cb);
+}
+
+/* X509_STORE_CTX_init() copies the store's callbacks into each
+ * verification; they are kept rather than given trampolines of their
+ * own (a store can outlive every context). */
+#define STORE_SETTER(name, type)					\
+	PRELOAD_EXPORT void						\
+	name(X509_STORE *st, type fn)					\
+	{								\
+		static __typeof__(&name) real;				\
+									\
+		if (!real)						\
+			real = (__typeof__(&name))next_sym(#name);	\
+		keep_loaded((const void *)fn, "it set an X509_STORE "	\
+			    "callback (" #name "), which each "	\
+			    "verification copies");			\
+		real(st, fn);						\
+	}
+
+STORE_SETTER(X509_STORE_set_verify, X509_STORE_CTX_verify_fn)
+STORE_SETTER(X509_STORE_set_verify_cb, X509_STORE_CTX_verify_cb)
+STORE_SETTER(X509_STORE_set_get_issuer, X509_STORE_CTX_get_issuer_fn)
+STORE_SETTER(X509_STORE_set_check_issued, X509_STORE_CTX_check_issued_fn)
+STORE_SETTER(X509_STORE_set_check_revocation,
+	     X509_STORE_CTX_check_revocation_fn)
+STORE_SETTER(X509_STORE_set_get_crl, X509_STORE_CTX_get_crl_fn)
+STORE_SETTER(X509_STORE_set_check_crl, X509_STORE_CTX_check_crl_fn)
+STORE_SETTER(X509_STORE_set_cert_crl, X509_STORE_CTX_cert_crl_fn)
+STORE_SETTER(X509_STORE_set_check_policy, X509_STORE_CTX_check_policy_fn)
+STORE_SETTER(X509_STORE_set_lookup_certs, X509_STORE_CTX_lookup_certs_fn)
+STORE_SETTER(X509_STORE_set_lookup_crls, X509_STORE_CTX_lookup_crls_fn)
+STORE_SETTER(X509_STORE_set_cleanup, X509_STORE_CTX_cleanup_fn)
+
+/* ---- per SSL: a stack on the SSL, as on a context ---- */
+
+typedef void (*ssl_info_setter)(SSL *, info_fn);
+typedef void (*ssl_verify_setter)(SSL *, int, SSL_verify_cb);
+typedef void (*ssl_msg_setter)(SSL *, msg_fn);
+
+PRELOAD_EXPORT void
+SSL_set_info_callback(SSL *ssl, info_fn cb)
+{
+	NEXT(ssl_info_setter, SSL_set_info_callback);
+	if (set_scoped(ssl, CB_SSL_INFO, (any_fn)cb, NULL, 0, false,
+		       __func__))
+		real_SSL_set_info_callback(ssl, cb);
+}
+
+PRELOAD_EXPORT void
+SSL_set_verify(SSL *ssl, int mode, SSL_verify_cb cb)
+{
+	NEXT(ssl_verify_setter, SSL_set_verify);
+	if (set_scoped(ssl, CB_SSL_VERIFY, (any_fn)cb, NULL, mode, false,
+		       __func__))
+		real_SSL_set_verify(ssl, mode, cb);
+}
+
+PRELOAD_EXPORT void
+SSL_set_msg_callback(SSL *ssl, msg_fn cb)
+{
+	NEXT(ssl_msg_setter, SSL_set_msg_callback);
+	if (set_scoped(ssl, CB_SSL_MSG, (any_fn)cb, NULL, 0, false,
+		       __func__))
+		real_SSL_set_msg_callback(ssl, cb);
+}
+
 /* ---- getters: the callback the trampoline calls, never itself ---- */
 
 typedef any_fn (*ctx_getter)(const SSL_CTX *);
 
 static any_fn
-get_cb(const SSL_CTX *ctx, enum cb_kind kind, any_fn now)
+get_cb(const void *ctx, enum cb_kind kind, any_fn now)
 {
-	if (inside || !atomic_load_explicit(&active, memory_order_acquire))
+	if (inside || tramp_raw_get() ||
+	    !atomic_load_explicit(&active, memory_order_acquire))
 		return now;
 	return tramp_current(ctx, kind, now);
 }
@@ -652,6 +949,36 @@ SSL_CTX_get_client_cert_cb(SSL_CTX *ctx)
 	return (client_cert_fn)get_cb(ctx, CB_CLIENT_CERT,
 				      real_SSL_CTX_get_client_cert_cb(ctx));
 }
+
+PRELOAD_EXPORT sess_get_fn
+SSL_CTX_sess_get_get_cb(SSL_CTX *ctx)
+{
+	NEXT(ctx_getter, SSL_CTX_sess_get_get_cb);
+	return (sess_get_fn)get_cb(ctx, CB_SESS_GET,
+				   real_SSL_CTX_sess_get_get_cb(ctx));
+}
+
+typedef any_fn (*ssl_getter)(const SSL *);
+
+PRELOAD_EXPORT info_fn
+SSL_get_info_callback(const SSL *ssl)
+{
+	NEXT(ssl_getter, SSL_get_info_callback);
+	return (info_fn)get_cb(ssl, CB_SSL_INFO,
+			       real_SSL_get_info_callback(ssl));
+}
+
+PRELOAD_EXPORT SSL_verify_cb
+SSL_get_verify_callback(const SSL *ssl)
+{
+	NEXT(ssl_getter, SSL_get_verify_callback);
+	return (SSL_verify_cb)get_cb(ssl, CB_SSL_VERIFY,
+				     real_SSL_get_verify_callback(ssl));
+}
+
+/* No SSL_CTX_ctrl() interposer for SSL_CTX_get_tlsext_status_cb(): a
+ * program's every control would go through dlsym(RTLD_NEXT)'s libssl,
+ * which is not the program's when their sonames differ. */
 
 /* ---- ex_data: SSL_get_ex_new_index() and the others are macros over
  * CRYPTO_get_ex_new_index() ---- */

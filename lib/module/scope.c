@@ -27,7 +27,7 @@ struct undo {
 	union {
 		struct { int class_index, idx; } ex;
 		struct { int lib; ERR_STRING_DATA *str; } strings;
-		struct cb_node *cb; /* its context: node->ctx */
+		struct cb_node *cb; /* its object: node->obj */
 		struct { void (*fn)(void *arg); void *arg; } hook;
 	} u;
 };
@@ -256,11 +256,12 @@ ossl_proc_module_ex_new_index(struct ossl_proc_module *h, int class_index,
 	return rc;
 }
 
-/* Under modules_lock: @m's node for @kind on @ctx, if it has one.  The
- * nodes of contexts freed since are dropped on the way, so that a scope
- * that sets a callback on each connection's context stays small. */
+/* Under modules_lock: @m's node for @kind on @obj, if it has one.  The
+ * nodes of objects freed since are dropped on the way, so that a scope
+ * that sets a callback on each connection (its SSL, or a context of its
+ * own) stays as small as the live connections. */
 static struct cb_node *
-own_node(struct scope *m, SSL_CTX *ctx, enum cb_kind kind)
+own_node(struct scope *m, const void *obj, enum cb_kind kind)
 {
 	struct cb_node *found = NULL;
 	size_t j = 0;
@@ -269,11 +270,11 @@ own_node(struct scope *m, SSL_CTX *ctx, enum cb_kind kind)
 	for (size_t i = 0; i < m->n; i++) {
 		struct undo u = m->undo[i];
 
-		if (u.kind == U_CALLBACK && !u.u.cb->ctx) {
+		if (u.kind == U_CALLBACK && !u.u.cb->obj) {
 			tramp_node_free(u.u.cb); /* unreachable since */
 			continue;
 		}
-		if (u.kind == U_CALLBACK && u.u.cb->ctx == ctx &&
+		if (u.kind == U_CALLBACK && u.u.cb->obj == obj &&
 		    u.u.cb->kind == kind)
 			found = u.u.cb;
 		m->undo[j++] = u;
@@ -283,49 +284,69 @@ own_node(struct scope *m, SSL_CTX *ctx, enum cb_kind kind)
 	return found;
 }
 
+/* Under modules_lock: a new node of @m for @fn, recorded in its undo
+ * log and bound on @obj.  0 or -ENOMEM. */
 static int
-set_callback(struct ossl_proc_module *h, SSL_CTX *ctx, enum cb_kind kind,
-	     any_fn fn, void *arg, int verify_mode, const char *name)
+bind_new(struct scope *m, void *obj, enum cb_kind kind, any_fn fn,
+	 void *arg, int verify_mode, bool pass_arg)
 {
-	struct cb_node *n = NULL;
-	struct scope *m;
-	int rc;
+	struct cb_node *n = tramp_node_new(fn, arg, &m->gate);
+	int rc = n ? 0 : -ENOMEM;
 
-	pthread_mutex_lock(&modules_lock);
-	rc = check_open(h, name, &m);
-	if (!rc && (!ctx || !fn)) {
-		log_bug_client("%s: ctx and cb must not be NULL", name);
-		rc = -EINVAL;
-	}
-	/* Set again (once per connection, say): one entry, replaced. */
-	if (!rc && (n = own_node(m, ctx, kind))) {
-		tramp_rebind(n, fn, arg, verify_mode);
-		pthread_mutex_unlock(&modules_lock);
-		return 0;
-	}
 	if (!rc) {
-		n = tramp_node_new(fn, arg, &m->gate);
-		rc = n ? 0 : -ENOMEM;
-	}
-	if (!rc)
+		n->pass_arg = pass_arg;
 		rc = undo_push(m, (struct undo){ .kind = U_CALLBACK,
 			.u.cb = n });
+	}
 	if (!rc) {
-		rc = tramp_bind(ctx, kind, n, verify_mode);
+		rc = tramp_bind(obj, kind, n, verify_mode);
 		if (rc)
 			m->n--; /* the entry just pushed */
 	}
 	if (rc) {
 		tramp_node_free(n);
-		if (rc == -ENOMEM)
-			log_error("%s: out of memory", name);
-	} else {
-		m->trampolines = true;
-		if (!m->code)
-			m->code = (const void *)fn;
+		return rc;
 	}
+	m->trampolines = true;
+	if (!m->code)
+		m->code = (const void *)fn;
+	return 0;
+}
+
+static int
+set_callback(struct ossl_proc_module *h, void *obj, enum cb_kind kind,
+	     any_fn fn, void *arg, int verify_mode, bool pass_arg,
+	     const char *name)
+{
+	struct cb_node *n;
+	struct scope *m;
+	int rc;
+
+	pthread_mutex_lock(&modules_lock);
+	rc = check_open(h, name, &m);
+	if (!rc && (!obj || !fn)) {
+		log_bug_client("%s: the context (or SSL) and cb must not be "
+			       "NULL", name);
+		rc = -EINVAL;
+	}
+	/* Set again (once per connection, say): one entry, replaced. */
+	if (!rc && (n = own_node(m, obj, kind)))
+		tramp_rebind(n, fn, arg, verify_mode);
+	else if (!rc)
+		rc = bind_new(m, obj, kind, fn, arg, verify_mode, pass_arg);
+	if (rc == -ENOMEM)
+		log_error("%s: out of memory", name);
 	pthread_mutex_unlock(&modules_lock);
 	return rc;
+}
+
+int
+module_set_callback(struct ossl_proc_module *h, void *obj,
+		    enum cb_kind kind, any_fn fn, void *arg, int mode,
+		    bool pass_arg)
+{
+	return set_callback(h, obj, kind, fn, arg, mode, pass_arg,
+			    "module_set_callback");
 }
 
 OSSL_PROC_EXPORT int
@@ -333,14 +354,15 @@ ossl_proc_module_set_info_callback(struct ossl_proc_module *m, SSL_CTX *ctx,
 				   void (*cb)(const SSL *ssl, int where,
 					      int ret))
 {
-	return set_callback(m, ctx, CB_INFO, (any_fn)cb, NULL, 0, __func__);
+	return set_callback(m, ctx, CB_INFO, (any_fn)cb, NULL, 0, false,
+			    __func__);
 }
 
 OSSL_PROC_EXPORT int
 ossl_proc_module_set_verify(struct ossl_proc_module *m, SSL_CTX *ctx,
 			    int mode, SSL_verify_cb cb)
 {
-	return set_callback(m, ctx, CB_VERIFY, (any_fn)cb, NULL, mode,
+	return set_callback(m, ctx, CB_VERIFY, (any_fn)cb, NULL, mode, false,
 			    __func__);
 }
 
@@ -350,14 +372,16 @@ ossl_proc_module_set_msg_callback(struct ossl_proc_module *m, SSL_CTX *ctx,
 					     int content_type, const void *buf,
 					     size_t len, SSL *ssl, void *arg))
 {
-	return set_callback(m, ctx, CB_MSG, (any_fn)cb, NULL, 0, __func__);
+	return set_callback(m, ctx, CB_MSG, (any_fn)cb, NULL, 0, false,
+			    __func__);
 }
 
 OSSL_PROC_EXPORT int
 ossl_proc_module_set_keylog_callback(struct ossl_proc_module *m,
 				     SSL_CTX *ctx, SSL_CTX_keylog_cb_func cb)
 {
-	return set_callback(m, ctx, CB_KEYLOG, (any_fn)cb, NULL, 0, __func__);
+	return set_callback(m, ctx, CB_KEYLOG, (any_fn)cb, NULL, 0, false,
+			    __func__);
 }
 
 OSSL_PROC_EXPORT int
@@ -369,7 +393,8 @@ ossl_proc_module_set_alpn_select_cb(struct ossl_proc_module *m, SSL_CTX *ctx,
 					      unsigned int inlen, void *arg),
 				    void *arg)
 {
-	return set_callback(m, ctx, CB_ALPN, (any_fn)cb, arg, 0, __func__);
+	return set_callback(m, ctx, CB_ALPN, (any_fn)cb, arg, 0, false,
+			    __func__);
 }
 
 OSSL_PROC_EXPORT int
@@ -379,7 +404,7 @@ ossl_proc_module_set_servername_callback(struct ossl_proc_module *m,
 						   void *arg),
 					 void *arg)
 {
-	return set_callback(m, ctx, CB_SERVERNAME, (any_fn)cb, arg, 0,
+	return set_callback(m, ctx, CB_SERVERNAME, (any_fn)cb, arg, 0, false,
 			    __func__);
 }
 
@@ -387,7 +412,7 @@ OSSL_PROC_EXPORT int
 ossl_proc_module_sess_set_new_cb(struct ossl_proc_module *m, SSL_CTX *ctx,
 				 int (*cb)(SSL *ssl, SSL_SESSION *sess))
 {
-	return set_callback(m, ctx, CB_SESS_NEW, (any_fn)cb, NULL, 0,
+	return set_callback(m, ctx, CB_SESS_NEW, (any_fn)cb, NULL, 0, false,
 			    __func__);
 }
 
@@ -396,7 +421,7 @@ ossl_proc_module_sess_set_remove_cb(struct ossl_proc_module *m, SSL_CTX *ctx,
 				    void (*cb)(SSL_CTX *ctx,
 					       SSL_SESSION *sess))
 {
-	return set_callback(m, ctx, CB_SESS_REMOVE, (any_fn)cb, NULL, 0,
+	return set_callback(m, ctx, CB_SESS_REMOVE, (any_fn)cb, NULL, 0, false,
 			    __func__);
 }
 
@@ -406,7 +431,7 @@ ossl_proc_module_set_client_cert_cb(struct ossl_proc_module *m,
 				    int (*cb)(SSL *ssl, X509 **x509,
 					      EVP_PKEY **pkey))
 {
-	return set_callback(m, ctx, CB_CLIENT_CERT, (any_fn)cb, NULL, 0,
+	return set_callback(m, ctx, CB_CLIENT_CERT, (any_fn)cb, NULL, 0, false,
 			    __func__);
 }
 
@@ -415,7 +440,7 @@ ossl_proc_module_set_psk_client_callback(struct ossl_proc_module *m,
 					 SSL_CTX *ctx,
 					 SSL_psk_client_cb_func cb)
 {
-	return set_callback(m, ctx, CB_PSK_CLIENT, (any_fn)cb, NULL, 0,
+	return set_callback(m, ctx, CB_PSK_CLIENT, (any_fn)cb, NULL, 0, false,
 			    __func__);
 }
 
@@ -424,7 +449,7 @@ ossl_proc_module_set_psk_server_callback(struct ossl_proc_module *m,
 					 SSL_CTX *ctx,
 					 SSL_psk_server_cb_func cb)
 {
-	return set_callback(m, ctx, CB_PSK_SERVER, (any_fn)cb, NULL, 0,
+	return set_callback(m, ctx, CB_PSK_SERVER, (any_fn)cb, NULL, 0, false,
 			    __func__);
 }
 

@@ -10,7 +10,12 @@
  * on the context before, or OpenSSL's behaviour without one.
  *
  * No lock is held while a callback runs, so that a callback may call any
- * module function.  A dispatch reads the stack under the binding's own
+ * module function.  The per-SSL setters (SSL_set_info_callback() and
+ * the others) work the same way, with the stack on the SSL: the
+ * trampoline there calls what the SSL had before once the stack is
+ * empty (for the info callback: none, so the context's).
+ *
+ * A dispatch reads the stack under the binding's own
  * mutex, held for a few loads, and counts itself on the gate of the
  * node's scope before letting go; a close unlinks its scope's nodes under
  * the same mutex, after which no dispatch reaches them, and then waits
@@ -26,7 +31,8 @@
 
 #include "module-int.h"
 
-/* Per SSL_CTX: the stack of module callbacks above what was there. */
+/* Per SSL_CTX (or SSL): the stack of module callbacks above what was
+ * there. */
 struct binding {
 	/* Dispatches read top[] and base[] under it; writers hold the
 	 * binding lock as well.  Never held across a call. */
@@ -44,7 +50,8 @@ struct binding {
 /* Recursive: a context freed from inside a section that holds it (an
  * on_close hook, a callback's SSL_CTX_free) takes it again. */
 static pthread_mutex_t bind_lock = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
-static int bind_index = -1;
+/* The ex_data slots of the bindings: on SSL_CTX, on SSL. */
+static int bind_index[2] = { -1, -1 };
 static struct binding *bindings;
 
 /* Closers wait on it; a dispatch takes it only to wake one. */
@@ -57,6 +64,8 @@ static struct tramp_waiter *waiters;
 /* This thread's dispatches in progress, innermost first. */
 static __thread struct tramp_frame *frames
 	__attribute__((tls_model("initial-exec")));
+/* Inside one of ops[]' getters, called for the trampolines. */
+static __thread int raw_gets __attribute__((tls_model("initial-exec")));
 
 void
 tramp_lock(void)
@@ -74,10 +83,10 @@ static void
 mark_freed(struct cb_node *n)
 {
 	for (; n; n = n->below)
-		n->ctx = NULL;
+		n->obj = NULL;
 }
 
-/* The context is going away before the modules of its nodes closed:
+/* The context (or SSL) is going away before the modules of its nodes closed:
  * their close must not touch it.  No dispatch runs on it any more. */
 static void
 binding_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx,
@@ -100,24 +109,47 @@ binding_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx,
 	free(b);
 }
 
-static struct binding *
-binding_get(const SSL_CTX *ctx)
+static bool
+on_ssl(enum cb_kind kind)
 {
-	return ctx && bind_index >= 0 ? SSL_CTX_get_ex_data(ctx, bind_index)
-				      : NULL;
+	return kind >= CB_FIRST_SSL;
+}
+
+/* CRYPTO_dup_ex_data() (SSL_dup()) copies every slot's pointer: the copy
+ * must not share the original's binding, freed with either.  It gets
+ * its own when SSL_dup() sets the callbacks on it. */
+static int
+binding_dup(CRYPTO_EX_DATA *to, const CRYPTO_EX_DATA *from, void **from_d,
+	    int idx, long argl, void *argp)
+{
+	(void)to, (void)from, (void)idx, (void)argl, (void)argp;
+	*from_d = NULL;
+	return 1;
+}
+
+static struct binding *
+binding_get(const void *obj, enum cb_kind kind)
+{
+	int idx = bind_index[on_ssl(kind)];
+
+	if (!obj || idx < 0)
+		return NULL;
+	return on_ssl(kind) ? SSL_get_ex_data(obj, idx)
+			    : SSL_CTX_get_ex_data(obj, idx);
 }
 
 /* ---- dispatch ---- */
 
-/* Find what to call for @kind on @ctx: the newest module entry (*arg
- * set, counted on its gate and pushed on this thread's frames), else the
- * base callback (*arg untouched); NULL when there is neither.  The
+/* Find what to call for @kind on @obj: the newest module entry (*arg
+ * set unless it passes OpenSSL's, counted on its gate and pushed on this
+ * thread's frames), else the base callback (*arg untouched); NULL when
+ * there is neither.  The
  * caller calls tramp_done(@f) afterwards. */
 static any_fn
-lookup(const SSL_CTX *ctx, enum cb_kind kind, void **arg,
+lookup(const void *obj, enum cb_kind kind, void **arg,
        struct tramp_frame *f)
 {
-	struct binding *b = binding_get(ctx);
+	struct binding *b = binding_get(obj, kind);
 	struct cb_node *n;
 	any_fn fn;
 
@@ -127,7 +159,8 @@ lookup(const SSL_CTX *ctx, enum cb_kind kind, void **arg,
 	pthread_mutex_lock(&b->lock);
 	n = b->top[kind];
 	if (n) {
-		*arg = n->arg;
+		if (!n->pass_arg)
+			*arg = n->arg;
 		fn = n->fn;
 		f->gate = n->gate;
 		/* The unlock orders it before the closer's unlink and so
@@ -243,14 +276,13 @@ t_alpn(SSL *ssl, const unsigned char **out, unsigned char *outlen,
 
 /* Without a callback: the name is accepted, as if none had been set. */
 static int
-t_servername(SSL *ssl, int *al, void *unused)
+t_servername(SSL *ssl, int *al, void *given)
 {
 	struct tramp_frame fr;
-	void *arg = NULL;
+	void *arg = given;
 	any_fn f = lookup(CTX(ssl), CB_SERVERNAME, &arg, &fr);
 	int rc = SSL_TLSEXT_ERR_OK;
 
-	(void)unused;
 	if (f)
 		rc = ((servername_fn)f)(ssl, al, arg);
 	tramp_done(&fr);
@@ -334,78 +366,296 @@ t_psk_server(SSL *ssl, const char *identity, unsigned char *psk,
 	return rc;
 }
 
-/* ---- per kind: how to read and set the context's callback ---- */
+/* Without a callback: a server sends no status, a client accepts. */
+static int
+t_status(SSL *ssl, void *given)
+{
+	struct tramp_frame fr;
+	void *arg = given;
+	any_fn f = lookup(CTX(ssl), CB_STATUS, &arg, &fr);
+	int rc = SSL_is_server(ssl) ? SSL_TLSEXT_ERR_NOACK : 1;
 
-static any_fn g_info(SSL_CTX *c) { return (any_fn)SSL_CTX_get_info_callback(c); }
-static any_fn g_verify(SSL_CTX *c) { return (any_fn)SSL_CTX_get_verify_callback(c); }
-static any_fn g_keylog(SSL_CTX *c) { return (any_fn)SSL_CTX_get_keylog_callback(c); }
-static any_fn g_sess_new(SSL_CTX *c) { return (any_fn)SSL_CTX_sess_get_new_cb(c); }
-static any_fn g_sess_remove(SSL_CTX *c) { return (any_fn)SSL_CTX_sess_get_remove_cb(c); }
-static any_fn g_client_cert(SSL_CTX *c) { return (any_fn)SSL_CTX_get_client_cert_cb(c); }
+	if (f)
+		rc = ((status_fn)f)(ssl, arg);
+	tramp_done(&fr);
+	return rc;
+}
 
-static void s_info(SSL_CTX *c, any_fn f, int m) { (void)m; SSL_CTX_set_info_callback(c, (info_fn)f); }
-static void s_verify(SSL_CTX *c, any_fn f, int m) { SSL_CTX_set_verify(c, m, (SSL_verify_cb)f); }
-static void s_msg(SSL_CTX *c, any_fn f, int m) { (void)m; SSL_CTX_set_msg_callback(c, (msg_fn)f); }
-static void s_keylog(SSL_CTX *c, any_fn f, int m) { (void)m; SSL_CTX_set_keylog_callback(c, (SSL_CTX_keylog_cb_func)f); }
-static void s_alpn(SSL_CTX *c, any_fn f, int m) { (void)m; SSL_CTX_set_alpn_select_cb(c, (alpn_fn)f, NULL); }
-static void s_servername(SSL_CTX *c, any_fn f, int m) { (void)m; SSL_CTX_set_tlsext_servername_callback(c, (servername_fn)f); SSL_CTX_set_tlsext_servername_arg(c, NULL); }
-static void s_sess_new(SSL_CTX *c, any_fn f, int m) { (void)m; SSL_CTX_sess_set_new_cb(c, (sess_new_fn)f); }
-static void s_sess_remove(SSL_CTX *c, any_fn f, int m) { (void)m; SSL_CTX_sess_set_remove_cb(c, (sess_remove_fn)f); }
-static void s_client_cert(SSL_CTX *c, any_fn f, int m) { (void)m; SSL_CTX_set_client_cert_cb(c, (client_cert_fn)f); }
-static void s_psk_client(SSL_CTX *c, any_fn f, int m) { (void)m; SSL_CTX_set_psk_client_callback(c, (SSL_psk_client_cb_func)f); }
-static void s_psk_server(SSL_CTX *c, any_fn f, int m) { (void)m; SSL_CTX_set_psk_server_callback(c, (SSL_psk_server_cb_func)f); }
+/* Without a callback: no session found in the external cache. */
+static SSL_SESSION *
+t_sess_get(SSL *ssl, const unsigned char *id, int len, int *copy)
+{
+	struct tramp_frame fr;
+	void *arg = NULL;
+	any_fn f = lookup(CTX(ssl), CB_SESS_GET, &arg, &fr);
+	SSL_SESSION *sess = NULL;
+
+	if (f)
+		sess = ((sess_get_fn)f)(ssl, id, len, copy);
+	tramp_done(&fr);
+	return sess;
+}
+
+/* Without a callback: OpenSSL's own verification.  The SSL is on the
+ * store context before OpenSSL calls it. */
+static int
+t_cert_verify(X509_STORE_CTX *store, void *unused)
+{
+	SSL *ssl = X509_STORE_CTX_get_ex_data(store,
+		SSL_get_ex_data_X509_STORE_CTX_idx());
+	struct tramp_frame fr;
+	void *arg = NULL;
+	any_fn f = lookup(ssl ? CTX(ssl) : NULL, CB_CERT_VERIFY, &arg, &fr);
+	int rc;
+
+	(void)unused;
+	rc = f ? ((cert_verify_fn)f)(store, arg) : X509_verify_cert(store);
+	tramp_done(&fr);
+	return rc;
+}
+
+/* Without a callback: carry on with the certificate there is. */
+static int
+t_cert(SSL *ssl, void *unused)
+{
+	struct tramp_frame fr;
+	void *arg = NULL;
+	any_fn f = lookup(CTX(ssl), CB_CERT, &arg, &fr);
+	int rc = 1;
+
+	(void)unused;
+	if (f)
+		rc = ((cert_fn)f)(ssl, arg);
+	tramp_done(&fr);
+	return rc;
+}
+
+/* Without a callback: the handshake goes on. */
+static int
+t_client_hello(SSL *ssl, int *al, void *unused)
+{
+	struct tramp_frame fr;
+	void *arg = NULL;
+	any_fn f = lookup(CTX(ssl), CB_CLIENT_HELLO, &arg, &fr);
+	int rc = SSL_CLIENT_HELLO_SUCCESS;
+
+	(void)unused;
+	if (f)
+		rc = ((SSL_client_hello_cb_fn)f)(ssl, al, arg);
+	tramp_done(&fr);
+	return rc;
+}
+
+/* ---- per SSL ---- */
+
+static any_fn ctx_info(const SSL *ssl);
+
+/* With neither a module's nor one the SSL had, OpenSSL would call the
+ * context's. */
+static void
+t_ssl_info(const SSL *ssl, int where, int ret)
+{
+	struct tramp_frame fr;
+	void *arg = NULL;
+	any_fn f = lookup(ssl, CB_SSL_INFO, &arg, &fr);
+
+	if (!f)
+		f = ctx_info(ssl);
+	if (f)
+		((info_fn)f)(ssl, where, ret);
+	tramp_done(&fr);
+}
+
+static int
+t_ssl_verify(int ok, X509_STORE_CTX *store)
+{
+	SSL *ssl = X509_STORE_CTX_get_ex_data(store,
+		SSL_get_ex_data_X509_STORE_CTX_idx());
+	struct tramp_frame fr;
+	void *arg = NULL;
+	any_fn f = lookup(ssl, CB_SSL_VERIFY, &arg, &fr);
+
+	if (f)
+		ok = ((SSL_verify_cb)f)(ok, store);
+	tramp_done(&fr);
+	return ok;
+}
+
+static void
+t_ssl_msg(int write_p, int version, int type, const void *buf, size_t len,
+	  SSL *ssl, void *arg)
+{
+	struct tramp_frame fr;
+	void *unused = NULL;
+	any_fn f = lookup(ssl, CB_SSL_MSG, &unused, &fr);
+
+	if (f)
+		((msg_fn)f)(write_p, version, type, buf, len, ssl, arg);
+	tramp_done(&fr);
+}
+
+/* ---- per kind: how to read and set the object's callback ---- */
+
+static any_fn g_info(void *c) { return (any_fn)SSL_CTX_get_info_callback(c); }
+static any_fn g_verify(void *c) { return (any_fn)SSL_CTX_get_verify_callback(c); }
+static any_fn g_keylog(void *c) { return (any_fn)SSL_CTX_get_keylog_callback(c); }
+static any_fn g_sess_new(void *c) { return (any_fn)SSL_CTX_sess_get_new_cb(c); }
+static any_fn g_sess_remove(void *c) { return (any_fn)SSL_CTX_sess_get_remove_cb(c); }
+static any_fn g_client_cert(void *c) { return (any_fn)SSL_CTX_get_client_cert_cb(c); }
+static any_fn g_sess_get(void *c) { return (any_fn)SSL_CTX_sess_get_get_cb(c); }
+static any_fn g_ssl_info(void *s) { return (any_fn)SSL_get_info_callback(s); }
+static any_fn g_ssl_verify(void *s) { return (any_fn)SSL_get_verify_callback(s); }
+
+static any_fn
+g_status(void *c)
+{
+	status_fn f = NULL;
+
+	return SSL_CTX_get_tlsext_status_cb((SSL_CTX *)c, &f) > 0 ? (any_fn)f
+								   : NULL;
+}
+
+static int m_verify(void *c) { return SSL_CTX_get_verify_mode(c); }
+static int m_ssl_verify(void *s) { return SSL_get_verify_mode(s); }
+
+static void s_info(void *c, any_fn f, int m) { (void)m; SSL_CTX_set_info_callback(c, (info_fn)f); }
+static void s_verify(void *c, any_fn f, int m) { SSL_CTX_set_verify(c, m, (SSL_verify_cb)f); }
+static void s_msg(void *c, any_fn f, int m) { (void)m; SSL_CTX_set_msg_callback(c, (msg_fn)f); }
+static void s_keylog(void *c, any_fn f, int m) { (void)m; SSL_CTX_set_keylog_callback(c, (SSL_CTX_keylog_cb_func)f); }
+static void s_alpn(void *c, any_fn f, int m) { (void)m; SSL_CTX_set_alpn_select_cb(c, (alpn_fn)f, NULL); }
+/* The context's own argument stays: the trampoline passes it to a
+ * module callback that takes it (pass_arg), else gives the module's. */
+static void s_servername(void *c, any_fn f, int m) { (void)m; SSL_CTX_set_tlsext_servername_callback((SSL_CTX *)c, (servername_fn)f); }
+static void s_sess_new(void *c, any_fn f, int m) { (void)m; SSL_CTX_sess_set_new_cb(c, (sess_new_fn)f); }
+static void s_sess_remove(void *c, any_fn f, int m) { (void)m; SSL_CTX_sess_set_remove_cb(c, (sess_remove_fn)f); }
+static void s_client_cert(void *c, any_fn f, int m) { (void)m; SSL_CTX_set_client_cert_cb(c, (client_cert_fn)f); }
+static void s_psk_client(void *c, any_fn f, int m) { (void)m; SSL_CTX_set_psk_client_callback(c, (SSL_psk_client_cb_func)f); }
+static void s_psk_server(void *c, any_fn f, int m) { (void)m; SSL_CTX_set_psk_server_callback(c, (SSL_psk_server_cb_func)f); }
+static void s_status(void *c, any_fn f, int m) { (void)m; SSL_CTX_set_tlsext_status_cb((SSL_CTX *)c, (status_fn)f); }
+static void s_sess_get(void *c, any_fn f, int m) { (void)m; SSL_CTX_sess_set_get_cb(c, (sess_get_fn)f); }
+static void s_cert_verify(void *c, any_fn f, int m) { (void)m; SSL_CTX_set_cert_verify_callback(c, (cert_verify_fn)f, NULL); }
+static void s_cert(void *c, any_fn f, int m) { (void)m; SSL_CTX_set_cert_cb(c, (cert_fn)f, NULL); }
+static void s_client_hello(void *c, any_fn f, int m) { (void)m; SSL_CTX_set_client_hello_cb(c, (SSL_client_hello_cb_fn)f, NULL); }
+static void s_ssl_info(void *s, any_fn f, int m) { (void)m; SSL_set_info_callback(s, (info_fn)f); }
+/* SSL_set_verify() keeps the callback for NULL: the base may be none. */
+static void s_ssl_verify(void *s, any_fn f, int m) { SSL_set_verify(s, m, f ? (SSL_verify_cb)f : (SSL_verify_cb)t_ssl_verify); }
+static void s_ssl_msg(void *s, any_fn f, int m) { (void)m; SSL_set_msg_callback(s, (msg_fn)f); }
 
 struct kind_ops {
 	const char *name;
-	any_fn (*get)(SSL_CTX *ctx);   /* NULL: OpenSSL cannot read it back */
-	void (*set)(SSL_CTX *ctx, any_fn f, int mode);
+	any_fn (*get)(void *obj);   /* NULL: OpenSSL cannot read it back */
+	int (*get_mode)(void *obj); /* the verify kinds */
+	void (*set)(void *obj, any_fn f, int mode);
 	any_fn tramp;
 };
 
 static const struct kind_ops ops[CB_COUNT] = {
-	[CB_INFO] = { "info callback", g_info, s_info, (any_fn)t_info },
-	[CB_VERIFY] = { "verify callback", g_verify, s_verify,
+	[CB_INFO] = { "info callback", g_info, NULL, s_info,
+		      (any_fn)t_info },
+	[CB_VERIFY] = { "verify callback", g_verify, m_verify, s_verify,
 			(any_fn)t_verify },
-	[CB_MSG] = { "msg callback", NULL, s_msg, (any_fn)t_msg },
-	[CB_KEYLOG] = { "keylog callback", g_keylog, s_keylog,
+	[CB_MSG] = { "msg callback", NULL, NULL, s_msg, (any_fn)t_msg },
+	[CB_KEYLOG] = { "keylog callback", g_keylog, NULL, s_keylog,
 			(any_fn)t_keylog },
-	[CB_ALPN] = { "ALPN select callback", NULL, s_alpn, (any_fn)t_alpn },
-	[CB_SERVERNAME] = { "servername callback", NULL, s_servername,
+	[CB_ALPN] = { "ALPN select callback", NULL, NULL, s_alpn,
+		      (any_fn)t_alpn },
+	[CB_SERVERNAME] = { "servername callback", NULL, NULL, s_servername,
 			    (any_fn)t_servername },
-	[CB_SESS_NEW] = { "new-session callback", g_sess_new, s_sess_new,
-			  (any_fn)t_sess_new },
-	[CB_SESS_REMOVE] = { "remove-session callback", g_sess_remove,
+	[CB_SESS_NEW] = { "new-session callback", g_sess_new, NULL,
+			  s_sess_new, (any_fn)t_sess_new },
+	[CB_SESS_REMOVE] = { "remove-session callback", g_sess_remove, NULL,
 			     s_sess_remove, (any_fn)t_sess_remove },
 	[CB_CLIENT_CERT] = { "client certificate callback", g_client_cert,
-			     s_client_cert, (any_fn)t_client_cert },
-	[CB_PSK_CLIENT] = { "PSK client callback", NULL, s_psk_client,
+			     NULL, s_client_cert, (any_fn)t_client_cert },
+	[CB_PSK_CLIENT] = { "PSK client callback", NULL, NULL, s_psk_client,
 			    (any_fn)t_psk_client },
-	[CB_PSK_SERVER] = { "PSK server callback", NULL, s_psk_server,
+	[CB_PSK_SERVER] = { "PSK server callback", NULL, NULL, s_psk_server,
 			    (any_fn)t_psk_server },
+	[CB_STATUS] = { "status callback", g_status, NULL, s_status,
+			(any_fn)t_status },
+	[CB_SESS_GET] = { "get-session callback", g_sess_get, NULL,
+			  s_sess_get, (any_fn)t_sess_get },
+	[CB_CERT_VERIFY] = { "certificate verify callback", NULL, NULL,
+			     s_cert_verify, (any_fn)t_cert_verify },
+	[CB_CERT] = { "certificate callback", NULL, NULL, s_cert,
+		      (any_fn)t_cert },
+	[CB_CLIENT_HELLO] = { "client hello callback", NULL, NULL,
+			      s_client_hello, (any_fn)t_client_hello },
+	[CB_SSL_INFO] = { "SSL info callback", g_ssl_info, NULL, s_ssl_info,
+			  (any_fn)t_ssl_info },
+	[CB_SSL_VERIFY] = { "SSL verify callback", g_ssl_verify,
+			    m_ssl_verify, s_ssl_verify,
+			    (any_fn)t_ssl_verify },
+	[CB_SSL_MSG] = { "SSL msg callback", NULL, NULL, s_ssl_msg,
+			 (any_fn)t_ssl_msg },
 };
+
+/* What OpenSSL has on @obj for @o's kind, never translated by
+ * osslproc-run's getters. */
+static any_fn
+raw_get(const struct kind_ops *o, void *obj)
+{
+	any_fn f;
+
+	raw_gets++;
+	f = o->get(obj);
+	raw_gets--;
+	return f;
+}
+
+static any_fn
+ctx_info(const SSL *ssl)
+{
+	return raw_get(&ops[CB_INFO], SSL_get_SSL_CTX(ssl));
+}
+
+bool
+tramp_raw_get(void)
+{
+	return raw_gets > 0;
+}
 
 /* ---- binding, unbinding, restoring ---- */
 
+/* Under the binding lock: @obj's ex_data slot, allocated at first use. */
+static int
+bind_slot(enum cb_kind kind)
+{
+	int *idx = &bind_index[on_ssl(kind)];
+
+	if (*idx < 0)
+		*idx = CRYPTO_get_ex_new_index(on_ssl(kind) ?
+					       CRYPTO_EX_INDEX_SSL :
+					       CRYPTO_EX_INDEX_SSL_CTX,
+					       0, NULL, NULL, binding_dup,
+					       binding_free);
+	return *idx;
+}
+
+static int
+binding_set(void *obj, enum cb_kind kind, int idx, struct binding *b)
+{
+	return on_ssl(kind) ? SSL_set_ex_data(obj, idx, b)
+			    : SSL_CTX_set_ex_data(obj, idx, b);
+}
+
 /* Under the binding lock. */
 static struct binding *
-binding_for(SSL_CTX *ctx)
+binding_for(void *obj, enum cb_kind kind)
 {
+	int idx = bind_slot(kind);
 	struct binding *b;
 
-	if (bind_index < 0)
-		bind_index = CRYPTO_get_ex_new_index(CRYPTO_EX_INDEX_SSL_CTX,
-						     0, NULL, NULL, NULL,
-						     binding_free);
-	if (bind_index < 0)
+	if (idx < 0)
 		return NULL;
-	b = SSL_CTX_get_ex_data(ctx, bind_index);
+	b = binding_get(obj, kind);
 	if (b)
 		return b;
 	b = calloc(1, sizeof(*b));
 	if (!b)
 		return NULL;
 	pthread_mutex_init(&b->lock, NULL);
-	if (!SSL_CTX_set_ex_data(ctx, bind_index, b)) {
+	if (!binding_set(obj, kind, idx, b)) {
 		pthread_mutex_destroy(&b->lock);
 		free(b);
 		return NULL;
@@ -437,40 +687,41 @@ tramp_node_free(struct cb_node *n)
 	free(n);
 }
 
-/* Under the binding lock: the trampoline on @ctx for @kind.  Whatever
- * is on the context now, if not ours, is what to go back to; with no
+/* Under the binding lock: the trampoline on @obj for @kind.  Whatever
+ * is on the object now, if not ours, is what to go back to; with no
  * getter, only "none" is known. */
 static void
-put_tramp(SSL_CTX *ctx, enum cb_kind kind, struct binding *b, int mode)
+put_tramp(void *obj, enum cb_kind kind, struct binding *b, int mode)
 {
 	const struct kind_ops *o = &ops[kind];
+	any_fn now = o->get ? raw_get(o, obj) : NULL;
 
-	if (o->get && o->get(ctx) != o->tramp) {
-		b->base[kind] = o->get(ctx);
-		if (kind == CB_VERIFY)
-			b->base_verify_mode = SSL_CTX_get_verify_mode(ctx);
+	if (o->get && now != o->tramp) {
+		b->base[kind] = now;
+		if (o->get_mode)
+			b->base_verify_mode = o->get_mode(obj);
 	}
-	o->set(ctx, o->tramp, mode);
+	o->set(obj, o->tramp, mode);
 }
 
 int
-tramp_bind(SSL_CTX *ctx, enum cb_kind kind, struct cb_node *n, int mode)
+tramp_bind(void *obj, enum cb_kind kind, struct cb_node *n, int mode)
 {
 	struct binding *b;
 
 	tramp_lock();
-	b = binding_for(ctx);
+	b = binding_for(obj, kind);
 	if (!b) {
 		tramp_unlock();
 		return -ENOMEM;
 	}
-	n->ctx = ctx;
+	n->obj = obj;
 	n->kind = kind;
 	pthread_mutex_lock(&b->lock);
 	n->below = b->top[kind];
 	b->top[kind] = n;
 	pthread_mutex_unlock(&b->lock);
-	put_tramp(ctx, kind, b, mode);
+	put_tramp(obj, kind, b, mode);
 	tramp_unlock();
 	return 0;
 }
@@ -481,19 +732,19 @@ tramp_rebind(struct cb_node *n, any_fn fn, void *arg, int mode)
 	struct binding *b;
 
 	tramp_lock();
-	b = binding_get(n->ctx);
+	b = binding_get(n->obj, n->kind);
 	if (b) {
 		pthread_mutex_lock(&b->lock);
 		n->fn = fn;
 		n->arg = arg;
 		pthread_mutex_unlock(&b->lock);
-		put_tramp(n->ctx, n->kind, b, mode);
+		put_tramp(n->obj, n->kind, b, mode);
 	}
 	tramp_unlock();
 }
 
 any_fn
-tramp_current(const SSL_CTX *ctx, enum cb_kind kind, any_fn now)
+tramp_current(const void *obj, enum cb_kind kind, any_fn now)
 {
 	struct binding *b;
 	any_fn fn = now;
@@ -501,7 +752,7 @@ tramp_current(const SSL_CTX *ctx, enum cb_kind kind, any_fn now)
 	if (now != ops[kind].tramp)
 		return now;
 	tramp_lock();
-	b = binding_get(ctx);
+	b = binding_get(obj, kind);
 	if (b) {
 		pthread_mutex_lock(&b->lock);
 		fn = b->top[kind] ? b->top[kind]->fn : b->base[kind];
@@ -531,7 +782,7 @@ tramp_unbind(struct cb_node *n)
 	bool found;
 
 	tramp_lock();
-	b = binding_get(n->ctx);
+	b = binding_get(n->obj, n->kind);
 	if (b) {
 		pthread_mutex_lock(&b->lock);
 		found = unlink_from(&b->top[n->kind], n);
@@ -548,26 +799,27 @@ tramp_unbind(struct cb_node *n)
 static void
 restore_locked(const char *module, struct cb_node *n, struct binding *b)
 {
-	SSL_CTX *ctx = n->ctx;
+	void *obj = n->obj;
 	enum cb_kind kind = n->kind;
 	const struct kind_ops *o = &ops[kind];
+	any_fn now;
 
 	/* Another module still needs the trampoline; without a getter, it
 	 * cannot be told whether it is still ours, so it stays. */
 	if (b->top[kind] || !o->get)
 		return;
+	now = raw_get(o, obj);
 	/* Put back already (an earlier entry of the same module and kind). */
-	if (o->get(ctx) == b->base[kind] &&
-	    (kind != CB_VERIFY ||
-	     SSL_CTX_get_verify_mode(ctx) == b->base_verify_mode))
+	if (now == b->base[kind] &&
+	    (!o->get_mode || o->get_mode(obj) == b->base_verify_mode))
 		return;
-	if (o->get(ctx) != o->tramp) {
-		log_warn("module %s: the %s of SSL_CTX %p was replaced since "
-			 "the module set it; keeping the new one", module,
-			 o->name, (void *)ctx);
+	if (now != o->tramp) {
+		log_warn("module %s: the %s of %s %p was replaced since the "
+			 "module set it; keeping the new one", module, o->name,
+			 on_ssl(kind) ? "SSL" : "SSL_CTX", obj);
 		return;
 	}
-	o->set(ctx, b->base[kind], b->base_verify_mode);
+	o->set(obj, b->base[kind], b->base_verify_mode);
 }
 
 void
@@ -576,7 +828,7 @@ tramp_restore(const char *module, struct cb_node *n)
 	struct binding *b;
 
 	tramp_lock();
-	b = binding_get(n->ctx);
+	b = binding_get(n->obj, n->kind);
 	if (b && unlink_from(&b->retired, n))
 		restore_locked(module, n, b);
 	tramp_unlock();

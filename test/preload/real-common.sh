@@ -34,6 +34,20 @@ need() {
 	exit 77
 }
 
+# same_libssl FILE: FILE (a program or the module that links OpenSSL)
+# must use the libssl the preload was built for; exits 77 (a skip, said
+# so) when it does not: the preload forwards to its own libssl, so a
+# program with another soname would mix two OpenSSLs (a build against
+# OpenSSL 4.0 run on Debian's 3.x programs).
+same_libssl() {
+	local want have
+	want=$(ldd "$OSSLPROC_PRELOAD_LIB" | awk '/libssl\.so/ { print $1; exit }')
+	have=$(ldd "$1" | awk '/libssl\.so/ { print $1; exit }')
+	[ "$want" = "$have" ] && return 0
+	echo "SKIP: $1 uses ${have:-no libssl}, the preload $want: build osslproc against the program's OpenSSL to test it"
+	exit 77
+}
+
 # A CA and a certificate for localhost and 127.0.0.1, signed by it.
 make_pki() {
 	ossl_cli req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \

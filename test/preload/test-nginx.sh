@@ -10,6 +10,7 @@ client=$3
 rounds=${4:-3}
 secs=${5:-3}
 need nginx /usr/sbin/nginx
+same_libssl /usr/sbin/nginx
 make_pki || { echo "FAIL - openssl could not make the PKI"; exit 1; }
 port=$(free_port)
 mkdir -p "$tmp/logs" "$tmp/t"

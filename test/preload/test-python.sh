@@ -3,6 +3,7 @@
 # the same process, hashlib, os.fork; 0 bad frees in every report.
 . "$(dirname "$0")/real-common.sh"
 need python3 /usr/bin/python3
+same_libssl "$(/usr/bin/python3 -c 'import _ssl; print(getattr(_ssl, "__file__", "/usr/bin/python3"))')"
 make_pki || { echo "FAIL - openssl could not make the PKI"; exit 1; }
 cat >"$tmp/t.py" <<'PY'
 import hashlib, os, socket, ssl, sys, threading

@@ -6,6 +6,7 @@
 . "$(dirname "$0")/real-common.sh"
 need tcl /usr/bin/tclsh
 need tcl-tls /usr/lib/tcltk/x86_64-linux-gnu/tcltls1.7.22/tcltls.so
+same_libssl /usr/lib/tcltk/x86_64-linux-gnu/tcltls1.7.22/tcltls.so
 make_pki || { echo "FAIL - openssl could not make the PKI"; exit 1; }
 port=$(free_port)
 ossl_cli s_server -quiet -accept "127.0.0.1:$port" -cert "$tmp/server.pem" \

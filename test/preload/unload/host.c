@@ -1,9 +1,11 @@
 /*
  * A plugin host that knows nothing of osslproc: it loads a plugin with
- * dlopen, lets it register with OpenSSL, unloads it, then uses OpenSSL
- * as any host goes on doing: a handshake (callbacks), SSL_free (ex_data
- * free functions), ERR_print_errors (error strings), exit (atexit
- * handlers).  Without osslproc-run each case dies of SIGSEGV in OpenSSL;
+ * dlopen, lets it register with OpenSSL (on the contexts, and on one
+ * connection not yet made when the plugin sets per-SSL callbacks),
+ * handshakes once with the plugin loaded, unloads it, then uses OpenSSL
+ * as any host goes on doing: handshakes (callbacks; the connection the
+ * plugin saw among them), SSL_free (ex_data free functions),
+ * ERR_print_errors (error strings), exit (atexit handlers).  Without osslproc-run each case dies of SIGSEGV in OpenSSL;
  * with it, it exits 0.
  *
  *   unload-host PLUGIN [CYCLES [TIMES]]
@@ -24,6 +26,7 @@
 #include "common/tls-util.h"
 
 typedef int (*register_fn)(SSL_CTX *client, SSL_CTX *server, int times);
+typedef int (*register_ssl_fn)(SSL *client, SSL *server, int times);
 
 static long
 rss_kb(void)
@@ -40,21 +43,41 @@ rss_kb(void)
 	return kb;
 }
 
-/* Load @path, let it register, unload it: the error library it used. */
+/* Let the plugin of @h register on the contexts, and on @conn when it
+ * sets per-SSL callbacks: the error library it used, or -1. */
+static int
+plugin_register(void *h, SSL_CTX *client, SSL_CTX *server,
+		struct tls_conn *conn, int times)
+{
+	register_fn reg = (register_fn)dlsym(h, "plug_register");
+	register_ssl_fn reg_ssl = (register_ssl_fn)dlsym(h,
+							 "plug_register_ssl");
+	int lib = reg ? reg(client, server, times) : -1;
+
+	if (lib >= 0 && reg_ssl && reg_ssl(conn->client, conn->server, times))
+		lib = -1;
+	return lib;
+}
+
+/* Load @path, let it register, handshake while it is loaded, unload it:
+ * the error library it used. */
 static int
 load_register_unload(const char *path, SSL_CTX *client, SSL_CTX *server,
-		     int times)
+		     struct tls_conn *conn, int times)
 {
 	void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-	register_fn reg;
 	int lib;
 
 	if (!h) {
 		fprintf(stderr, "unload-host: %s\n", dlerror());
 		return -1;
 	}
-	reg = (register_fn)dlsym(h, "plug_register");
-	lib = reg ? reg(client, server, times) : -1;
+	lib = plugin_register(h, client, server, conn, times);
+	if (lib >= 0 && tls_handshake(client, server)) {
+		fprintf(stderr, "unload-host: handshake with the plugin "
+			"loaded failed\n");
+		lib = -1;
+	}
 	if (dlclose(h)) {
 		fprintf(stderr, "unload-host: dlclose: %s\n", dlerror());
 		return -1;
@@ -64,10 +87,18 @@ load_register_unload(const char *path, SSL_CTX *client, SSL_CTX *server,
 
 /* What the host does once the plugin is gone. */
 static int
-use_openssl(SSL_CTX *client, SSL_CTX *server, int lib)
+use_openssl(SSL_CTX *client, SSL_CTX *server, struct tls_conn *conn,
+	    int lib)
 {
 	BIO *out = BIO_new(BIO_s_mem());
+	int rc = tls_pair_handshake(conn) || tls_exchange(conn);
 
+	tls_conn_free(conn);
+	if (rc) {
+		fprintf(stderr, "unload-host: handshake of the connection "
+			"made before the unload failed\n");
+		return -1;
+	}
 	if (tls_handshake(client, server)) {
 		fprintf(stderr, "unload-host: handshake failed\n");
 		return -1;
@@ -95,9 +126,13 @@ main(int argc, char **argv)
 	client = tls_client_ctx(pki);
 	server = tls_server_ctx(pki);
 	for (int i = 0; i < cycles; i++) {
-		int lib = load_register_unload(argv[1], client, server, times);
+		struct tls_conn conn;
+		int lib = -1;
 
-		if (lib < 0 || use_openssl(client, server, lib))
+		if (!tls_pair_new(client, server, &conn))
+			lib = load_register_unload(argv[1], client, server,
+						   &conn, times);
+		if (lib < 0 || use_openssl(client, server, &conn, lib))
 			return 1;
 		if (i == 9)
 			rss10 = rss_kb();

@@ -5,6 +5,10 @@
  * as a plugin that sets them once per connection would.  Returns the
  * error library code whose strings it loaded (the host raises an error
  * in it once the plugin is gone), 0 when it loads none, -1 on failure.
+ *
+ * A plugin that sets per-SSL callbacks exports plug_register_ssl() too:
+ * the host gives it a client and a server SSL, not yet connected, and
+ * handshakes them once the plugin is gone.  0, or -1 on failure.
  */
 #ifndef UNLOAD_PLUGIN_H
 #define UNLOAD_PLUGIN_H
@@ -15,5 +19,6 @@
 #define PLUGIN_API __attribute__((visibility("default")))
 
 PLUGIN_API int plug_register(SSL_CTX *client, SSL_CTX *server, int times);
+PLUGIN_API int plug_register_ssl(SSL *client, SSL *server, int times);
 
 #endif
