@@ -266,6 +266,28 @@ lk_size_maybe(size_t n)
 {
 	return (n - 40 <= 16 && !(n & 7)) || n == 264;
 }
+/*
+ * Files that end in no lock shape's tail, remembered by pointer (a file
+ * name is one string literal per object file), so that from the second
+ * allocation of a lock's size at such a site on, om_malloc() spends one
+ * compare on it and no call.  Direct-mapped and racy by design: a lost
+ * or overwritten entry only costs the slow check again.
+ */
+#define LK_REJECT_SLOTS 64
+extern _Atomic(const char *) lk_rejected_files[LK_REJECT_SLOTS];
+
+static inline unsigned
+lk_reject_slot(const char *file)
+{
+	return (unsigned)(((uintptr_t)file >> 3) % LK_REJECT_SLOTS);
+}
+
+static inline bool
+lk_rejected(const char *file)
+{
+	return atomic_load_explicit(&lk_rejected_files[lk_reject_slot(file)],
+				    memory_order_relaxed) == file;
+}
 /* The shape of a lock allocated with these arguments, or -1. */
 int lk_shape_of(size_t n, const char *file, int line);
 /* A live block for a lock of @shape, in its slab, or NULL. */

@@ -93,7 +93,7 @@ malloc_lock_size(size_t n, const char *file, int line)
 void *
 om_malloc(size_t n, const char *file, int line)
 {
-	if (unlikely(lk_size_maybe(n)))
+	if (unlikely(lk_size_maybe(n)) && !lk_rejected(file))
 		return malloc_lock_size(n, file, line);
 	return malloc_fast(n, file, line);
 }

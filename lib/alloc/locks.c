@@ -188,15 +188,42 @@ chunk_of(const void *user)
 
 /* ---- recognising a lock ---- */
 
+/*
+ * Files that end in no shape's tail (alloc-int.h: lk_rejected).
+ */
+_Atomic(const char *) lk_rejected_files[LK_REJECT_SLOTS];
+
+/* Whether @file ends in some shape's tail. */
+static bool
+tail_of_a_shape(const char *file)
+{
+	size_t fl = strlen(file);
+
+	for (unsigned i = 0; i < NSHAPES; i++) {
+		size_t tl = strlen(shapes[i].tail);
+
+		if (fl >= tl && strcmp(file + fl - tl, shapes[i].tail) == 0)
+			return true;
+	}
+	return false;
+}
+
 /* Slow half of lk_shape_of(): the first match, by name. */
 static int
 shape_learn(size_t n, const char *file, int line)
 {
+	unsigned slot;
+
+	if (!file)
+		return -1;
+	slot = lk_reject_slot(file);
+	if (lk_rejected(file))
+		return -1;
 	for (unsigned i = 0; i < NSHAPES; i++) {
 		struct lk_shape *s = &shapes[i];
 		size_t fl, tl;
 
-		if (s->size != n || atomic_load(&s->file) || !file)
+		if (s->size != n || atomic_load(&s->file))
 			continue;
 		fl = strlen(file);
 		tl = strlen(s->tail);
@@ -206,6 +233,9 @@ shape_learn(size_t n, const char *file, int line)
 		atomic_store(&s->file, file);
 		return (int)i;
 	}
+	if (!tail_of_a_shape(file))
+		atomic_store_explicit(&lk_rejected_files[slot], file,
+				      memory_order_relaxed);
 	return -1;
 }
 
