@@ -320,13 +320,22 @@ next_of(struct ossl_proc_arena *a, uint64_t off)
 /* Free lists                                                          */
 /* ------------------------------------------------------------------ */
 
+/* Whether offset @off, which may hold anything (a list link, a
+ * neighbour's back size), is a block start the operations may follow,
+ * in @state. */
+static bool
+block_in_state(struct ossl_proc_arena *a, uint64_t off, uint32_t state)
+{
+	return off >= a->heap_off && off < a->map_len &&
+	       !((off - a->heap_off) % GRAIN) && is_block_start(a, off) &&
+	       hdr_trusted(a, off) && hdr_state(hdr_at(a, off)) == state;
+}
+
 /* A free block that @link may name: false if it cannot be vouched for. */
 static bool
 link_sound(struct ossl_proc_arena *a, uint64_t link)
 {
-	return link >= a->heap_off && link < a->map_len &&
-	       !((link - a->heap_off) % GRAIN) && is_block_start(a, link) &&
-	       hdr_trusted(a, link) && hdr_state(hdr_at(a, link)) == ST_BLK_FREE;
+	return block_in_state(a, link, ST_BLK_FREE);
 }
 
 /* Free block @off at the head of its list, trusting the list (the
@@ -493,8 +502,7 @@ merge_next(struct ossl_proc_arena *a, uint64_t off)
 	struct arena_hdr *h = hdr_at(a, off);
 	uint64_t n = next_of(a, off);
 
-	if (!n || !is_block_start(a, n) || !hdr_trusted(a, n) ||
-	    hdr_state(hdr_at(a, n)) != ST_BLK_FREE ||
+	if (!n || !block_in_state(a, n, ST_BLK_FREE) ||
 	    hdr_at(a, n)->prev_g != h->size_g)
 		return true;
 	if (!list_unlink(a, n))
@@ -516,9 +524,7 @@ free_before(struct ossl_proc_arena *a, uint64_t off)
 	if (!pg || (uint64_t)pg * GRAIN > off - a->heap_off)
 		return 0;
 	p = off - (uint64_t)pg * GRAIN;
-	if (!is_block_start(a, p) || !hdr_trusted(a, p) ||
-	    hdr_state(hdr_at(a, p)) != ST_BLK_FREE ||
-	    hdr_at(a, p)->size_g != pg)
+	if (!block_in_state(a, p, ST_BLK_FREE) || hdr_at(a, p)->size_g != pg)
 		return 0;
 	return p;
 }
@@ -835,9 +841,7 @@ log_malloc_event(struct ossl_proc_arena *a, size_t size,
 static bool
 quick_sound(struct ossl_proc_arena *a, uint64_t off, uint32_t g)
 {
-	return off >= a->heap_off && off < a->map_len &&
-	       !((off - a->heap_off) % GRAIN) && is_block_start(a, off) &&
-	       hdr_trusted(a, off) && hdr_state(hdr_at(a, off)) == ST_BLK_QUICK &&
+	return block_in_state(a, off, ST_BLK_QUICK) &&
 	       hdr_at(a, off)->size_g == g;
 }
 

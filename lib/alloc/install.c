@@ -33,6 +33,19 @@ draw_secret(void)
 	       (uint64_t)getpid() << 16 ^ (uintptr_t)&s;
 }
 
+/* The words of the fast paths for the backend in aconf.host: none with
+ * site records or a shared backend (placement() then changes at the
+ * first fork); without one placement() never changes. */
+static void
+fast_words_set(void)
+{
+	aconf.fast_word = 0;
+	if (!(aconf.flags & OSSL_PROC_F_TRACK_SITES) && !shared_backend())
+		aconf.fast_word = ST_LIVE | (uint32_t)placement() << BK_SHIFT;
+	aconf.free_word = aconf.fast_word && !(aconf.flags & OSSL_PROC_F_SCRUB) ?
+		aconf.fast_word : FREE_WORD_NONE;
+}
+
 static void
 conf_set(const struct init_config *cfg, CRYPTO_malloc_fn m,
 	 CRYPTO_realloc_fn r, CRYPTO_free_fn f)
@@ -59,11 +72,7 @@ conf_set(const struct init_config *cfg, CRYPTO_malloc_fn m,
 	aconf.secret = draw_secret();
 	aconf.secret2 = draw_secret() * 0x9e3779b97f4a7c15ull;
 	aconf.secret3 = draw_secret() * 0xd6e8feb86659fd93ull | 1;
-	/* Without a shared backend placement() never changes. */
-	if (!(aconf.flags & OSSL_PROC_F_TRACK_SITES) && !shared_backend())
-		aconf.fast_word = ST_LIVE | (uint32_t)placement() << BK_SHIFT;
-	aconf.free_word = aconf.fast_word && !(aconf.flags & OSSL_PROC_F_SCRUB) ?
-		aconf.fast_word : FREE_WORD_NONE;
+	fast_words_set();
 }
 
 static int
@@ -162,10 +171,7 @@ alloc_adopt(CRYPTO_malloc_fn m, CRYPTO_free_fn f, bool shared)
 		.free = adopted_free,
 		.shared = shared,
 	};
-	if (!(aconf.flags & OSSL_PROC_F_TRACK_SITES) && !shared)
-		aconf.fast_word = ST_LIVE | (uint32_t)BK_HOST << BK_SHIFT;
-	aconf.free_word = aconf.fast_word && !(aconf.flags & OSSL_PROC_F_SCRUB) ?
-		aconf.fast_word : FREE_WORD_NONE;
+	fast_words_set();
 	atomic_thread_fence(memory_order_seq_cst);
 	if (tls_state)
 		tls_state->cache_bk = (uint8_t)placement();

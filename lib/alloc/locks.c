@@ -212,12 +212,8 @@ tail_of_a_shape(const char *file)
 static int
 shape_learn(size_t n, const char *file, int line)
 {
-	unsigned slot;
-
+	/* om_malloc() checked the rejected files already. */
 	if (!file)
-		return -1;
-	slot = lk_reject_slot(file);
-	if (lk_rejected(file))
 		return -1;
 	for (unsigned i = 0; i < NSHAPES; i++) {
 		struct lk_shape *s = &shapes[i];
@@ -234,8 +230,8 @@ shape_learn(size_t n, const char *file, int line)
 		return (int)i;
 	}
 	if (!tail_of_a_shape(file))
-		atomic_store_explicit(&lk_rejected_files[slot], file,
-				      memory_order_relaxed);
+		atomic_store_explicit(&lk_rejected_files[lk_reject_slot(file)],
+				      file, memory_order_relaxed);
 	return -1;
 }
 
