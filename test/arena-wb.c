@@ -266,14 +266,12 @@ wb_smash_header(void *p)
 	memset((char *)p - GRAIN, 0xa5, GRAIN);
 }
 
-uint32_t
-wb_forge_size(void *p, uint32_t grains)
+void
+wb_forge_size(void *p, int32_t grains)
 {
 	struct arena_hdr *h = (struct arena_hdr *)((char *)p - GRAIN);
-	uint32_t old = h->size_g;
 
-	h->size_g = grains;
-	return old;
+	h->size_g = (uint32_t)((int64_t)h->size_g + grains);
 }
 
 void

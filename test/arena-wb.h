@@ -78,9 +78,9 @@ uint64_t wb_owned_by(struct ossl_proc_arena *a, pid_t pid);
 pid_t wb_owner(struct ossl_proc_arena *a, const void *p);
 /* Overwrites the header of the block @p points to (an overflow). */
 void wb_smash_header(void *p);
-/* Sets the size, in 16-byte grains, in the header of the block @p points
- * to (an overflow that forges a plausible header), and returns the old. */
-uint32_t wb_forge_size(void *p, uint32_t grains);
+/* Adds @grains to the size in the header of the block @p points to (an
+ * overflow that forges a plausible header). */
+void wb_forge_size(void *p, int32_t grains);
 /* Points the next link of free block @p (its last 16 bytes) at block
  * @to (a use after free that writes a freed block's tail). */
 void wb_forge_next(struct ossl_proc_arena *a, void *p, void *to);

@@ -265,6 +265,21 @@ run_reinit(enum variant v, int arg)
 }
 
 /* Median µs from fork() to the parent reaping a child that _exit()s. */
+/* One fork + _exit + waitpid, in microseconds. */
+static double
+fork_exit_us(void)
+{
+	double t0 = now_ns();
+	pid_t pid = fork();
+
+	if (pid == 0)
+		_exit(0);
+	if (pid < 0)
+		_exit(4);
+	waitpid(pid, NULL, 0);
+	return (now_ns() - t0) / 1e3;
+}
+
 static double
 run_fork_exit(enum variant v, int arg)
 {
@@ -273,17 +288,8 @@ run_fork_exit(enum variant v, int arg)
 	(void)arg;
 	setup_variant(v);
 	warm_openssl();
-	for (int i = 0; i < FORKS; i++) {
-		double t0 = now_ns();
-		pid_t pid = fork();
-
-		if (pid == 0)
-			_exit(0);
-		if (pid < 0)
-			_exit(4);
-		waitpid(pid, NULL, 0);
-		us[i] = (now_ns() - t0) / 1e3;
-	}
+	for (int i = 0; i < FORKS; i++)
+		us[i] = fork_exit_us();
 	return median(us, FORKS);
 }
 
@@ -324,15 +330,7 @@ run_fork_locks(enum variant v, int arg)
 	pthread_create(&t, NULL, idle_thread, NULL);
 	pthread_barrier_wait(&idle_bar);
 	for (int i = 0; i < FORKS; i++) {
-		double t0 = now_ns();
-		pid_t pid = fork();
-
-		if (pid == 0)
-			_exit(0);
-		if (pid < 0)
-			_exit(4);
-		waitpid(pid, NULL, 0);
-		us[i] = (now_ns() - t0) / 1e3;
+		us[i] = fork_exit_us();
 		if (prep) {
 			ossl_proc_get_stats(&st);
 			us[i] = (double)st.fork_prepare_ns / 1e3;

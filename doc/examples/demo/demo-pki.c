@@ -41,8 +41,6 @@ add_ext(X509 *cert, X509 *issuer, int nid, const char *value)
 	return ok;
 }
 
-/* Version, a random positive serial, a day of validity (from an hour ago,
- * for clocks that differ a little), subject and key. */
 /* A subject of CN=@cn, built apart: OpenSSL 4.0's
  * X509_get_subject_name() returns a name that may not be changed. */
 static int
@@ -57,6 +55,8 @@ set_subject(X509 *cert, const char *cn)
 	return ok;
 }
 
+/* Version, a random positive serial, a day of validity (from an hour ago,
+ * for clocks that differ a little), subject and key. */
 static X509 *
 cert_base(EVP_PKEY *key, const char *cn)
 {
