@@ -14,11 +14,13 @@
  * (measured: 1 child in about 1,000).  The children check dates.
  */
 #include <check.h>
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -306,6 +308,124 @@ START_TEST(fork_inside_callback)
 }
 END_TEST
 
+/* ---- the locks a child inherits ---- */
+
+#define NLOCKS 200
+
+static CRYPTO_RWLOCK *inherited[NLOCKS];
+static atomic_int idle_stop;
+
+/* A thread that used OpenSSL, so that a fork quiesces, and then waits. */
+static void *
+idle(void *arg)
+{
+	(void)arg;
+	OPENSSL_free(OPENSSL_malloc(32));
+	atomic_fetch_add(&running, 1);
+	while (!atomic_load(&idle_stop))
+		usleep(1000);
+	return NULL;
+}
+
+static pthread_t
+idle_start(void)
+{
+	pthread_t t;
+
+	atomic_store(&idle_stop, 0);
+	atomic_store(&running, 0);
+	ck_assert_int_eq(pthread_create(&t, NULL, idle, NULL), 0);
+	while (!atomic_load(&running))
+		usleep(1000);
+	return t;
+}
+
+static void
+idle_stop_join(pthread_t t)
+{
+	atomic_store(&idle_stop, 1);
+	pthread_join(t, NULL);
+}
+
+/* Use, then free, inherited locks [from, to): 0 when each could be
+ * taken and its free was accepted. */
+static int
+use_and_free(int from, int to)
+{
+	struct ossl_proc_stats st = { .size = sizeof(st) };
+
+	for (int i = from; i < to; i++) {
+		if (!CRYPTO_THREAD_write_lock(inherited[i]) ||
+		    !CRYPTO_THREAD_unlock(inherited[i]) ||
+		    !CRYPTO_THREAD_read_lock(inherited[i]) ||
+		    !CRYPTO_THREAD_unlock(inherited[i]))
+			return 3;
+		CRYPTO_THREAD_lock_free(inherited[i]);
+	}
+	ossl_proc_get_stats(&st);
+	return st.invalid_frees || st.double_frees ? 4 : 0;
+}
+
+/* A child of a threaded child: the second fork's quiesce and slabs. */
+static int
+grandchild_round(void)
+{
+	pthread_t t = idle_start();
+	pid_t pid = fork();
+	int st;
+
+	if (pid == 0)
+		_exit(use_and_free(NLOCKS / 2, NLOCKS) ||
+		      tls_handshake(client, server) ? 5 : 0);
+	st = tl_reap(pid);
+	idle_stop_join(t);
+	return st ? st : use_and_free(0, NLOCKS / 2);
+}
+
+/* A fork nobody prepared, made while this thread write-holds a lock:
+ * the child gets the lock as it was, held (a fork that bypasses
+ * pthread_atfork must find the slabs as before any prepared fork). */
+static int
+raw_fork_keeps_held(CRYPTO_RWLOCK *l)
+{
+	pid_t pid;
+
+	CRYPTO_THREAD_write_lock(l);
+	pid = (pid_t)syscall(SYS_fork);
+	if (pid == 0)
+		_exit(pthread_rwlock_trywrlock((pthread_rwlock_t *)l) ==
+		      EBUSY ? 0 : 6);
+	CRYPTO_THREAD_unlock(l);
+	return tl_reap(pid);
+}
+
+/* The locks a threaded parent held across the fork work in the child,
+ * which can free them, and in its own children; the parent's work too. */
+START_TEST(child_uses_and_frees_inherited_locks)
+{
+	struct ossl_proc_stats st = { .size = sizeof(st) };
+	pthread_t t;
+	pid_t pid;
+
+	setup(0);
+	for (int i = 0; i < NLOCKS; i++)
+		ck_assert_ptr_nonnull(inherited[i] = CRYPTO_THREAD_lock_new());
+	t = idle_start();
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0)
+		_exit(grandchild_round());
+	ck_assert_int_eq(tl_reap(pid), 0);
+	ck_assert_int_eq(ossl_proc_get_stats(&st), 0);
+	ck_assert_uint_eq(st.fork_quiesce_give_ups, 0);
+	ck_assert_uint_ge(st.locks_taken_last_fork, NLOCKS);
+	ck_assert_int_eq(raw_fork_keeps_held(inherited[0]), 0);
+	idle_stop_join(t);
+	ck_assert_int_eq(use_and_free(0, NLOCKS), 0);
+	teardown();
+}
+END_TEST
+
 int
 main(void)
 {
@@ -316,6 +436,7 @@ main(void)
 	tcase_add_test(tc, threaded_forks_never_hang);
 	tcase_add_test(tc, without_quiesce_children_hang);
 	tcase_add_test(tc, fork_inside_callback);
+	tcase_add_test(tc, child_uses_and_frees_inherited_locks);
 	suite_add_tcase(s, tc);
 	return tl_run(s);
 }

@@ -294,6 +294,8 @@ int lk_shape_of(size_t n, const char *file, int line);
 void *lk_new(int shape, size_t n, const char *file, int line);
 /* The end of a lock's free, once claimed. */
 void lk_free(void *user);
+/* @p is a live lock whose header a fork wiped: written again, true. */
+bool lk_heal(void *p);
 /* In a child, under no lock (thread.c: alloc_child). */
 void lk_child(void);
 /* The registry's counters, into @st. */

@@ -69,14 +69,28 @@ static struct lk_shape shapes[] = {
 #define NSHAPES ARRAY_SIZE(shapes)
 
 /*
- * A slab: one mapping of CHUNK_BYTES holding slots of one shape, each
- * [struct blk][payload][struct lk_tail], 16-aligned.  Slots whose user
- * pointer would be at a reserved page offset (alloc-int.h) stay unused.
+ * A slab: one mapping of CHUNK_BYTES holding slots of one shape, in two
+ * parts.  The head, struct chunk then each slot's free-list link and
+ * whether it is in use, is written only when a lock is created or freed.
+ * The body is the slots' fork states (enum lk_state), then the slots,
+ * [struct blk][payload], 16-aligned: everything a fork writes.  A fork
+ * write-protects every page it copies, and the first write to one after
+ * it costs a page fault in each process (3-30 us on a VM): so when
+ * prepare took every lock the body is marked MADV_WIPEONFORK for that
+ * fork only.  The parent's pages are then not write-protected, so its
+ * release costs no fault, and the child's body reads as zeroes, which
+ * is what pthread_rwlock_init(), pthread_mutex_init() and
+ * pthread_cond_init() with default attributes write: the locks prepare
+ * took arrive re-created, with no write and no fault in the child (and
+ * none at all in one that never uses them).  Slots whose user pointer
+ * would be at a reserved page offset (alloc-int.h) stay unused.
  */
-#define CHUNK_BYTES ((size_t)64 * 1024)
+#define CHUNK_BYTES ((size_t)256 * 1024)
+#define HEAD_BYTES 64
 
+/* A slot's fork state, in the body: 0 (LS_LIVE) when no fork is being
+ * prepared, and in a child whose body was wiped. */
 enum lk_state {
-	LS_FREE,
 	LS_LIVE,    /* not held by prepare */
 	LS_TAKEN,   /* taken by prepare */
 	LS_SELF,    /* write-held by the forking thread itself */
@@ -86,21 +100,22 @@ enum lk_state {
 		       (glibc's destroy marks a mutex): left alone */
 };
 
-/* After each slot's payload: its state and the free list's link, kept
- * out of the payload so that a freed lock keeps its bytes (a use after
- * free of a destroyed lock behaves as without osslproc). */
-struct lk_tail {
-	char *next;
-	uint8_t state;
-	uint8_t pad[7];
-};
+/* A slot's use, in the head; the free list's links are there too, out
+ * of the payload, so that a freed lock keeps its bytes (a use after free
+ * of a destroyed lock behaves as without osslproc). */
+enum { SLOT_FREE, SLOT_USED };
 
 struct chunk {
 	struct chunk *next;
 	unsigned shape;
 	unsigned stride;
 	unsigned nslots;
+	unsigned body;  /* offset of the body (a page boundary) */
+	unsigned first; /* offset of slot 0's user pointer */
+	bool wipe;      /* the body may be wiped at a fork: not an RCU
+			   lock's (it holds more than locks) */
 };
+_Static_assert(sizeof(struct chunk) <= HEAD_BYTES, "links start at 64");
 
 /*
  * slab_lock guards the free lists and the chunk list; its holders wait
@@ -109,8 +124,8 @@ struct chunk {
  * method under its store's lock), and must not wait for prepare, which
  * waits for it.  While prepare runs (@quiescing) a free is deferred to
  * @pending, so no slot a pass may touch is reused, and a new lock is
- * LS_NEW, which passes leave alone.  Slot states are atomic: a pass reads
- * them while lk_new() marks new ones.
+ * LS_NEW, which passes leave alone.  Slot states and uses are atomic: a
+ * pass reads them while lk_new() marks new ones.
  */
 static pthread_mutex_t slab_lock = PTHREAD_MUTEX_INITIALIZER;
 static _Atomic(struct chunk *) chunks;
@@ -128,36 +143,66 @@ static _Atomic uint64_t registered;  /* live locks */
 static _Atomic uint64_t taken_last, prep_ns_last, give_ups;
 /* Prepare holds slab_lock and the locks it took, for the fork. */
 static bool held;
+/* The bodies are marked MADV_WIPEONFORK for this fork. */
+static bool armed;
+
+/* What lk_new() stamps, and lk_heal() again. */
+#define LOCK_WORD (ST_LIVE | (uint32_t)BK_LIBC << BK_SHIFT | W_LOCK)
 
 static inline size_t
 stride_of(const struct lk_shape *s)
 {
-	return (sizeof(struct blk) + s->size + sizeof(struct lk_tail) + 15) &
-	       ~(size_t)15;
+	return (sizeof(struct blk) + s->size + 15) & ~(size_t)15;
 }
 
 static inline char *
 slot_user(const struct chunk *ch, unsigned i)
 {
-	return (char *)ch + 64 + (size_t)i * ch->stride + sizeof(struct blk);
+	return (char *)ch + ch->first + (size_t)i * ch->stride;
 }
 
-static inline struct lk_tail *
-slot_tail(const struct chunk *ch, char *user)
+static inline unsigned
+slot_index(const struct chunk *ch, const char *user)
 {
-	return (struct lk_tail *)(user + shapes[ch->shape].size);
+	return (unsigned)((size_t)(user - (const char *)ch - ch->first) /
+			  ch->stride);
+}
+
+static inline char **
+slot_link(struct chunk *ch, unsigned i)
+{
+	return (char **)((char *)ch + HEAD_BYTES) + i;
+}
+
+static inline uint8_t *
+slot_use(struct chunk *ch, unsigned i)
+{
+	return (uint8_t *)slot_link(ch, ch->nslots) + i;
+}
+
+static inline uint8_t *
+slot_state(struct chunk *ch, unsigned i)
+{
+	return (uint8_t *)ch + ch->body + i;
+}
+
+static inline bool
+slot_used(struct chunk *ch, unsigned i)
+{
+	return __atomic_load_n(slot_use(ch, i), __ATOMIC_ACQUIRE) ==
+	       SLOT_USED;
 }
 
 static inline enum lk_state
-st_get(const struct lk_tail *tl)
+st_get(const uint8_t *st)
 {
-	return (enum lk_state)__atomic_load_n(&tl->state, __ATOMIC_ACQUIRE);
+	return (enum lk_state)__atomic_load_n(st, __ATOMIC_ACQUIRE);
 }
 
 static inline void
-st_set(struct lk_tail *tl, enum lk_state st)
+st_set(uint8_t *st, enum lk_state v)
 {
-	__atomic_store_n(&tl->state, (uint8_t)st, __ATOMIC_RELEASE);
+	__atomic_store_n(st, (uint8_t)v, __ATOMIC_RELEASE);
 }
 
 static void unlock_one(enum lk_kind kind, char *u, pid_t tid);
@@ -165,12 +210,12 @@ static void unlock_one(enum lk_kind kind, char *u, pid_t tid);
 /* A pass's verdict on a slot it found LS_LIVE: unless a free marked it
  * LS_DEAD meanwhile (then what was taken of it is given back). */
 static enum lk_state
-st_settle(struct lk_tail *tl, enum lk_kind kind, char *u, enum lk_state st,
+st_settle(uint8_t *state, enum lk_kind kind, char *u, enum lk_state st,
 	  pid_t tid)
 {
 	uint8_t live = LS_LIVE;
 
-	if (__atomic_compare_exchange_n(&tl->state, &live, (uint8_t)st, false,
+	if (__atomic_compare_exchange_n(state, &live, (uint8_t)st, false,
 					__ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
 		return st;
 	if (st == LS_TAKEN)
@@ -184,6 +229,14 @@ static inline struct chunk *
 chunk_of(const void *user)
 {
 	return (struct chunk *)((uintptr_t)user & ~(uintptr_t)(CHUNK_BYTES - 1));
+}
+
+static inline uint8_t *
+state_of(const void *user)
+{
+	struct chunk *ch = chunk_of(user);
+
+	return slot_state(ch, slot_index(ch, user));
 }
 
 /* ---- recognising a lock ---- */
@@ -256,39 +309,93 @@ lk_shape_of(size_t n, const char *file, int line)
 static void
 slot_push(struct chunk *ch, char *u)
 {
-	struct lk_tail *tl = slot_tail(ch, u);
+	unsigned i = slot_index(ch, u);
+	char *tail = free_tail[ch->shape];
 
-	st_set(tl, LS_FREE);
-	tl->next = NULL;
-	if (free_tail[ch->shape])
-		slot_tail(chunk_of(free_tail[ch->shape]),
-			  free_tail[ch->shape])->next = u;
+	__atomic_store_n(slot_use(ch, i), SLOT_FREE, __ATOMIC_RELEASE);
+	*slot_link(ch, i) = NULL;
+	if (tail)
+		*slot_link(chunk_of(tail), slot_index(chunk_of(tail), tail)) = u;
 	else
 		free_head[ch->shape] = u;
 	free_tail[ch->shape] = u;
 }
 
-static struct chunk *
-chunk_new(unsigned shape)
+static inline size_t
+round_up(size_t n, size_t to)
+{
+	return (n + to - 1) / to * to;
+}
+
+/* The most slots of @ch->stride that fit with their head and body. */
+static void
+chunk_layout(struct chunk *ch, size_t page)
+{
+	size_t n = CHUNK_BYTES / (ch->stride + sizeof(char *) + 2);
+
+	for (;; n--) {
+		size_t body = round_up(HEAD_BYTES + n * (sizeof(char *) + 1),
+				       page);
+		size_t first = round_up(body + n, 16) + sizeof(struct blk);
+
+		if (first - sizeof(struct blk) + n * ch->stride <= CHUNK_BYTES) {
+			ch->nslots = (unsigned)n;
+			ch->body = (unsigned)body;
+			ch->first = (unsigned)first;
+			return;
+		}
+	}
+}
+
+/* Whether the kernel can wipe @ch's body at a fork (Linux 4.14). */
+static bool
+wipe_supported(struct chunk *ch)
+{
+#ifdef MADV_WIPEONFORK
+	char *body = (char *)ch + ch->body;
+	size_t len = CHUNK_BYTES - ch->body;
+
+	return madvise(body, len, MADV_WIPEONFORK) == 0 &&
+	       madvise(body, len, MADV_KEEPONFORK) == 0;
+#else
+	(void)ch;
+	return false;
+#endif
+}
+
+/* CHUNK_BYTES of fresh memory, CHUNK_BYTES aligned, so that a slot finds
+ * its chunk by masking. */
+static void *
+chunk_map(void)
 {
 	void *p = mmap(NULL, 2 * CHUNK_BYTES, PROT_READ | PROT_WRITE,
 		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	uintptr_t a;
-	struct chunk *ch;
 
 	if (p == MAP_FAILED)
 		return NULL;
-	/* Aligned, so that a slot finds its chunk by masking. */
 	a = ((uintptr_t)p + CHUNK_BYTES - 1) & ~(uintptr_t)(CHUNK_BYTES - 1);
 	if (a > (uintptr_t)p)
 		munmap(p, a - (uintptr_t)p);
-	munmap((char *)a + CHUNK_BYTES,
-	       (uintptr_t)p + CHUNK_BYTES - a);
-	ch = (struct chunk *)a;
-	_Static_assert(sizeof(struct chunk) <= 64, "slots start at 64");
+	munmap((char *)a + CHUNK_BYTES, (uintptr_t)p + CHUNK_BYTES - a);
+	return (void *)a;
+}
+
+static struct chunk *
+chunk_new(unsigned shape)
+{
+	long page = sysconf(_SC_PAGESIZE);
+	struct chunk *ch = chunk_map();
+
+	if (!ch)
+		return NULL;
+	if (page < 4096 || (size_t)page > CHUNK_BYTES / 8)
+		page = 4096;
 	ch->shape = shape;
 	ch->stride = (unsigned)stride_of(&shapes[shape]);
-	ch->nslots = (unsigned)((CHUNK_BYTES - 64) / ch->stride);
+	chunk_layout(ch, (size_t)page);
+	ch->wipe = shapes[shape].kind != LK_RCU &&
+		   ch->body % (size_t)page == 0 && wipe_supported(ch);
 	for (unsigned i = 0; i < ch->nslots; i++) {
 		char *u = slot_user(ch, i);
 
@@ -309,7 +416,8 @@ slot_take(unsigned shape)
 	if (!u && chunk_new(shape))
 		u = free_head[shape];
 	if (u) {
-		free_head[shape] = slot_tail(chunk_of(u), u)->next;
+		free_head[shape] = *slot_link(chunk_of(u),
+					      slot_index(chunk_of(u), u));
 		if (!free_head[shape])
 			free_tail[shape] = NULL;
 	}
@@ -332,7 +440,7 @@ count(size_t n, bool alloc)
 void *
 lk_new(int shape, size_t n, const char *file, int line)
 {
-	uint32_t word = ST_LIVE | (uint32_t)BK_LIBC << BK_SHIFT | W_LOCK;
+	struct chunk *ch;
 	char *u;
 
 	(void)file;
@@ -340,14 +448,19 @@ lk_new(int shape, size_t n, const char *file, int line)
 	proc_lock(&slab_lock);
 	u = slot_take((unsigned)shape);
 	if (u) {
-		st_set(slot_tail(chunk_of(u), u),
-		       quiescing ? LS_NEW : LS_LIVE);
+		ch = chunk_of(u);
+		/* The state first: a pass that sees the slot used sees it
+		 * new. */
+		if (quiescing)
+			st_set(state_of(u), LS_NEW);
+		__atomic_store_n(slot_use(ch, slot_index(ch, u)), SLOT_USED,
+				 __ATOMIC_RELEASE);
 		atomic_fetch_add_explicit(&registered, 1, memory_order_relaxed);
 	}
 	proc_unlock(&slab_lock);
 	if (!u)
 		return NULL;
-	blk_stamp(u, n, 0, word);
+	blk_stamp(u, n, 0, LOCK_WORD);
 	count(n, true);
 	return u;
 }
@@ -367,14 +480,43 @@ lk_free(void *user)
 	count(n, false);
 	proc_lock(&slab_lock);
 	if (quiescing) {
-		st_set(slot_tail(ch, user), LS_DEAD);
-		slot_tail(ch, user)->next = pending;
+		st_set(state_of(user), LS_DEAD);
+		*slot_link(ch, slot_index(ch, user)) = pending;
 		pending = user;
 	} else {
 		slot_push(ch, user);
 	}
 	atomic_fetch_sub_explicit(&registered, 1, memory_order_relaxed);
 	proc_unlock(&slab_lock);
+}
+
+/*
+ * In a child whose bodies were wiped, a live lock's header reads as
+ * zeroes: it is written again when first checked (a free), rather than
+ * in the child handler, where it would cost a fault per page.  Any
+ * other pointer is left to the caller's verdict.
+ */
+bool
+lk_heal(void *p)
+{
+	for (struct chunk *ch = atomic_load(&chunks); ch; ch = ch->next) {
+		uintptr_t off = (uintptr_t)p - (uintptr_t)ch;
+		struct blk *h = hdr_of(p);
+		unsigned i;
+
+		if (off >= CHUNK_BYTES)
+			continue;
+		if (!ch->wipe || off < ch->first ||
+		    (off - ch->first) % ch->stride)
+			return false;
+		i = slot_index(ch, p);
+		if (i >= ch->nslots || !slot_used(ch, i) ||
+		    atomic_load(&h->word) || h->magic || h->size_gen)
+			return false;
+		blk_stamp(p, shapes[ch->shape].size, 0, LOCK_WORD);
+		return true;
+	}
+	return false;
 }
 
 /* ---- one lock, by kind ---- */
@@ -544,29 +686,34 @@ renew_one(enum lk_kind kind, char *u, enum lk_state st, pid_t tid)
 
 /* ---- the whole registry ---- */
 
-/* Each live slot, with its chunk's kind. */
-#define FOR_EACH_SLOT(ch, i, u, tl)                                         \
+/* Each slot in use, with its chunk and fork state. */
+#define FOR_EACH_SLOT(ch, i, u, st)                                         \
 	for (struct chunk *ch = atomic_load(&chunks); ch; ch = ch->next)    \
-		for (unsigned i = 0; i < ch->nslots; i++)                   \
-			for (char *u = slot_user(ch, i); u; u = NULL)       \
-				for (struct lk_tail *tl = slot_tail(ch, u);  \
-				     tl && st_get(tl) != LS_FREE; tl = NULL)
+		FOR_EACH_SLOT_OF(ch, i, u, st)
+
+#define FOR_EACH_SLOT_OF(ch, i, u, st)                                      \
+	for (unsigned i = 0; i < ch->nslots; i++)                           \
+		for (char *u = slot_used(ch, i) ? slot_user(ch, i) : NULL;  \
+		     u; u = NULL)                                           \
+			for (uint8_t *st = slot_state(ch, i); st; st = NULL)
 
 /* Release what prepare took; @done: prepare is over, new locks become
  * ordinary ones. */
 static void
 release_all(bool done)
 {
-	FOR_EACH_SLOT(ch, i, u, tl) {
-		enum lk_state st = st_get(tl);
-
+	FOR_EACH_SLOT(ch, i, u, state) {
+		enum lk_state st = st_get(state);
 		uint8_t from = (uint8_t)st;
 
+		/* Most slots: no write, so no page touched for nothing. */
+		if (st == LS_LIVE)
+			continue;
 		if (st == LS_TAKEN)
 			unlock_one(shapes[ch->shape].kind, u, quiesce_tid);
 		/* Not over a free's LS_DEAD, which only the end undoes. */
 		if (done || (st != LS_NEW && st != LS_DEAD))
-			__atomic_compare_exchange_n(&tl->state, &from, LS_LIVE,
+			__atomic_compare_exchange_n(state, &from, LS_LIVE,
 						    false, __ATOMIC_ACQ_REL,
 						    __ATOMIC_ACQUIRE);
 	}
@@ -580,7 +727,7 @@ quiesce_end(void)
 	while (pending) {
 		char *u = pending;
 
-		pending = slot_tail(chunk_of(u), u)->next;
+		pending = *slot_link(chunk_of(u), slot_index(chunk_of(u), u));
 		slot_push(chunk_of(u), u);
 	}
 }
@@ -640,15 +787,16 @@ take_front(pid_t tid, uint64_t *spin_end, uint64_t *n, char **busy)
 {
 	for (unsigned i = 0; i < FRONT && front[i]; i++) {
 		struct chunk *ch = chunk_of(front[i]);
-		struct lk_tail *tl = slot_tail(ch, front[i]);
-
+		uint8_t *state = state_of(front[i]);
 		enum lk_state st;
 
-		if (st_get(tl) != LS_LIVE)
+		if (!slot_used(ch, slot_index(ch, front[i])) ||
+		    st_get(state) != LS_LIVE)
 			continue;
 		st = lock_wait(shapes[ch->shape].kind, front[i], tid,
 			       spin_end);
-		st = st_settle(tl, shapes[ch->shape].kind, front[i], st, tid);
+		st = st_settle(state, shapes[ch->shape].kind, front[i], st,
+			       tid);
 		if (st == LS_TAKEN)
 			(*n)++;
 		else if (st == LS_LIVE && !*busy)
@@ -672,13 +820,13 @@ take_all(bool keep_busy, pid_t tid, uint64_t *n)
 		front_add(busy);
 		return busy;
 	}
-	FOR_EACH_SLOT(ch, i, u, tl) {
+	FOR_EACH_SLOT(ch, i, u, state) {
 		enum lk_state st;
 
-		if (st_get(tl) != LS_LIVE || u == busy)
+		if (st_get(state) != LS_LIVE || u == busy)
 			continue;
 		st = lock_wait(shapes[ch->shape].kind, u, tid, &spin_end);
-		st = st_settle(tl, shapes[ch->shape].kind, u, st, tid);
+		st = st_settle(state, shapes[ch->shape].kind, u, st, tid);
 		if (st == LS_TAKEN) {
 			(*n)++;
 		} else if (st == LS_LIVE) {
@@ -725,6 +873,52 @@ warn_busy(char *u, uint64_t budget_ns)
 		 (unsigned long long)(budget_ns / 1000000));
 }
 
+/* Mark (MADV_WIPEONFORK) or unmark (MADV_KEEPONFORK) the bodies that may
+ * be wiped; false when one could not be marked. */
+static bool
+bodies_advise(int advice)
+{
+	bool ok = true;
+
+	for (struct chunk *ch = atomic_load(&chunks); ch; ch = ch->next)
+		if (ch->wipe && madvise((char *)ch + ch->body,
+					CHUNK_BYTES - ch->body, advice) != 0)
+			ok = false;
+	return ok;
+}
+
+/*
+ * After prepare took every lock, the bodies are wiped in the child (the
+ * head of this file).  Not when the forking thread holds a lock itself:
+ * the child must get it held, by its own thread id.  Unmarked right after
+ * the fork, in both processes: a fork nobody prepared (one that bypasses
+ * pthread_atfork, or from a single-threaded process, which takes no
+ * lock) must not wipe a lock its forking thread holds.
+ */
+static bool
+arm(void)
+{
+#ifdef MADV_WIPEONFORK
+	for (struct chunk *ch = atomic_load(&chunks); ch; ch = ch->next)
+		if (ch->wipe && memchr(slot_state(ch, 0), LS_SELF, ch->nslots))
+			return false;
+	if (bodies_advise(MADV_WIPEONFORK))
+		return true;
+	bodies_advise(MADV_KEEPONFORK);
+#endif
+	return false;
+}
+
+CHILD_PATH static void
+disarm(void)
+{
+#ifdef MADV_WIPEONFORK
+	if (armed)
+		bodies_advise(MADV_KEEPONFORK);
+#endif
+	armed = false;
+}
+
 /*
  * Take every registered lock, retrying until @budget_ns passed (none:
  * one pass).  True when all were taken; otherwise the child inherits the
@@ -764,6 +958,8 @@ alloc_fork_quiesce(uint64_t budget_ns)
 	if (busy) {
 		atomic_fetch_add(&give_ups, 1);
 		warn_busy(busy, budget_ns);
+	} else {
+		armed = arm();
 	}
 	return !busy;
 }
@@ -774,10 +970,29 @@ alloc_fork_parent(void)
 	if (!held)
 		return;
 	held = false;
+	disarm();
 	release_all(true);
 	quiesce_end();
 	pthread_mutex_unlock(&slab_lock);
 	pthread_mutex_unlock(&quiesce_mutex);
+}
+
+/* In the child, a chunk whose body was not wiped: the locks prepare took
+ * are made anew.  @tid: the child's thread id, read when first needed. */
+CHILD_PATH static void
+renew_chunk(struct chunk *ch, pid_t *tid)
+{
+	FOR_EACH_SLOT_OF(ch, i, u, state) {
+		enum lk_state st = st_get(state);
+
+		if (st == LS_LIVE)
+			continue;
+		if (st == LS_SELF && !*tid)
+			*tid = gettid();
+		if (st == LS_TAKEN || st == LS_SELF)
+			renew_one(shapes[ch->shape].kind, u, st, *tid);
+		st_set(state, LS_LIVE);
+	}
 }
 
 /* In the child, before anything else: one thread, so no lock is
@@ -792,15 +1007,10 @@ lk_child(void)
 	if (!held)
 		return;
 	held = false;
-	FOR_EACH_SLOT(ch, i, u, tl) {
-		enum lk_state st = st_get(tl);
-
-		if (st == LS_SELF && !tid)
-			tid = gettid();
-		if (st == LS_TAKEN || st == LS_SELF)
-			renew_one(shapes[ch->shape].kind, u, st, tid);
-		st_set(tl, LS_LIVE);
-	}
+	for (struct chunk *ch = atomic_load(&chunks); ch; ch = ch->next)
+		if (!armed || !ch->wipe)
+			renew_chunk(ch, &tid);
+	disarm();
 	quiesce_end();
 }
 
