@@ -31,10 +31,6 @@ struct hook {
 
 static struct hook hooks[MAX_HOOKS];
 static int nhooks;
-/* The forking thread's error queue held errors at the last prepare: the
- * child must empty its copy (most forks have none, and leave the child's
- * re-initialisation the cheaper for it). */
-static bool errors_at_fork;
 
 static atomic_bool atfork_registered;
 static atomic_bool told_threads, warned_threads, warned_shared;
@@ -50,9 +46,11 @@ static uint64_t quiesce_ns = FORK_QUIESCE_MS_DEFAULT * 1000000ull;
 static void
 quiesce_openssl(void)
 {
-	unsigned others = alloc_other_threads();
+	unsigned others;
 	bool ok;
 
+	alloc_fork_disarm();
+	others = alloc_other_threads();
 	if (!others)
 		return;
 	if (!quiesce || !alloc_locks_registered()) {
@@ -90,7 +88,7 @@ ossl_proc_fork_prepare(void)
 		return;
 	quiesce_openssl();
 	warn_hazards();
-	errors_at_fork = ERR_peek_error() != 0;
+	proc_mut.errors_at_fork = ERR_peek_error() != 0;
 	proc_prepare();
 }
 
@@ -108,7 +106,7 @@ ossl_proc_fork_parent(void)
 CHILD_PATH static uintptr_t
 child_locked(void)
 {
-	return (uintptr_t)nhooks << 1 | errors_at_fork;
+	return (uintptr_t)nhooks << 1 | proc_mut.errors_at_fork;
 }
 
 /* The inherited error queue is the forking thread's: emptied in that

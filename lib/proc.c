@@ -24,6 +24,10 @@ struct proc_mut proc_mut = {
 	.reg_lock = PTHREAD_MUTEX_INITIALIZER,
 	.site_lock = PTHREAD_MUTEX_INITIALIZER,
 	.large_lock = PTHREAD_MUTEX_INITIALIZER,
+	.lk = {
+		.slab_lock = PTHREAD_MUTEX_INITIALIZER,
+		.quiesce_mutex = PTHREAD_MUTEX_INITIALIZER,
+	},
 };
 
 static const struct proc_child_handler *handlers[PROC_CHILD_HANDLERS];

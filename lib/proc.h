@@ -55,6 +55,20 @@ struct proc_child_handler {
  * cache line and one page: each page a child writes is copied on write,
  * which costs more than the rest of the re-initialisation together.
  */
+/* What a fork writes of the lock registry (alloc/locks.c), kept in
+ * proc_mut's page, which the fork writes anyway. */
+struct proc_lk {
+	pthread_mutex_t slab_lock;     /* the free lists, the chunk list */
+	pthread_mutex_t quiesce_mutex; /* one prepare at a time */
+	char *pending;                 /* frees deferred while quiescing */
+	pid_t quiesce_tid;             /* the thread that quiesces */
+	bool quiescing;                /* a prepare is taking the locks */
+	bool held;                     /* ... and holds them for the fork */
+	bool armed;                    /* the slab bodies are marked
+					  MADV_WIPEONFORK */
+	_Atomic uint64_t taken_last, prep_ns_last;
+};
+
 struct proc_mut {
 	_Atomic pid_t pid;                /* this process, as last set up */
 	_Atomic uint64_t generation;      /* forks since init, this lineage */
@@ -82,8 +96,13 @@ struct proc_mut {
 	/* The caches' budget not yet drawn by a thread (alloc/cache.c);
 	 * a child, whose other threads are gone, starts it afresh. */
 	_Atomic int64_t cache_pool;
-} __attribute__((aligned(512)));      /* smaller than 512: one page */
-_Static_assert(sizeof(struct proc_mut) <= 512, "proc_mut spans two pages");
+	struct proc_lk lk;
+	/* fork.c: the forking thread's error queue held errors at the last
+	 * prepare, so the child must empty its copy (most forks have none,
+	 * and leave the child's re-initialisation the cheaper for it). */
+	bool errors_at_fork;
+} __attribute__((aligned(1024)));     /* 1,024 at most: one page */
+_Static_assert(sizeof(struct proc_mut) <= 1024, "proc_mut spans two pages");
 
 extern struct proc_mut proc_mut;
 

@@ -19,6 +19,7 @@
 
 #include "alloc-int.h"
 
+static void fork_noticed(void);
 static void *malloc_slow(size_t n, const char *file, int line);
 static void *malloc_miss(struct tstate *t, size_t n, const char *file,
 			 int line);
@@ -71,6 +72,16 @@ malloc_fast(size_t n, const char *file, int line)
 	return user;
 }
 
+/* This process's first call after a fork (its flag page reads 0):
+ * proc.c re-initialises it if no handler did, and the lock slabs lose
+ * the marks the fork that made this process left (locks.c). */
+__attribute__((noinline, cold)) static void
+fork_noticed(void)
+{
+	proc_unnoticed_fork(true);
+	alloc_fork_disarm();
+}
+
 /* A size an OpenSSL lock has: it may be one (locks.c). */
 __attribute__((noinline)) static void *
 malloc_lock_size(size_t n, const char *file, int line)
@@ -85,7 +96,7 @@ malloc_lock_size(size_t n, const char *file, int line)
 	if (likely(shape < 0) || (t && t->busy) || placement() == BK_SHARED)
 		return malloc_fast(n, file, line);
 	if (unlikely(!*proc_fork_flag))
-		proc_unnoticed_fork(true);
+		fork_noticed();
 	user = lk_new(shape, n, file, line);
 	return user ? user : malloc_slow(n, file, line);
 }
@@ -175,7 +186,7 @@ om_realloc(void *p, size_t n, const char *file, int line)
 	if (!p)
 		return om_malloc(n, file, line);
 	if (unlikely(!*proc_fork_flag))
-		proc_unnoticed_fork(true);
+		fork_noticed();
 	if (n == 0) {
 		om_free(p, file, line);
 		return NULL;
@@ -245,7 +256,7 @@ malloc_slow(size_t n, const char *file, int line)
 	void *user;
 
 	if (unlikely(!*proc_fork_flag))
-		proc_unnoticed_fork(true);
+		fork_noticed();
 	if (unlikely(n == 0))
 		return NULL; /* what OpenSSL's own allocator answers */
 	t = tstate_get();
@@ -387,7 +398,7 @@ free_slow(void *p, const char *file, int line)
 	struct tstate *t;
 
 	if (unlikely(!*proc_fork_flag))
-		proc_unnoticed_fork(true);
+		fork_noticed();
 	if (!p)
 		return;
 	t = tstate_get();

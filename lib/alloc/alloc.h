@@ -55,6 +55,10 @@ bool alloc_shared_worker(void);
  * re-creates the locks in the allocator's child handler. */
 bool alloc_fork_quiesce(uint64_t budget_ns);
 void alloc_fork_parent(void);
+/* Before any fork, and at a child's first allocation: the lock slabs
+ * lose the mark the prepared fork that made this process left, lest a
+ * fork nobody prepared wipe them. */
+void alloc_fork_disarm(void);
 /* The OpenSSL locks registered now (locks.c). */
 uint64_t alloc_locks_registered(void);
 /* The part of ossl_proc_report() that is the allocator's. */

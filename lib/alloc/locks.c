@@ -127,24 +127,22 @@ _Static_assert(sizeof(struct chunk) <= HEAD_BYTES, "links start at 64");
  * LS_NEW, which passes leave alone.  Slot states and uses are atomic: a
  * pass reads them while lk_new() marks new ones.
  */
-static pthread_mutex_t slab_lock = PTHREAD_MUTEX_INITIALIZER;
 static _Atomic(struct chunk *) chunks;
-/* One prepare at a time: two threads forking at once would each take
- * for busy what the other holds.  Taken before any OpenSSL lock and only
- * by forking threads, so waiting for it cannot deadlock. */
-static pthread_mutex_t quiesce_mutex = PTHREAD_MUTEX_INITIALIZER;
-static bool quiescing;
-static pid_t quiesce_tid; /* the thread that quiesces */
-static char *pending;
 /* Free slots by shape, first in first out: a freed lock is reused last,
  * which keeps a double free of it detectable (the slab's quarantine). */
 static char *free_head[NSHAPES], *free_tail[NSHAPES];
 static _Atomic uint64_t registered;  /* live locks */
-static _Atomic uint64_t taken_last, prep_ns_last, give_ups;
-/* Prepare holds slab_lock and the locks it took, for the fork. */
-static bool held;
-/* The bodies are marked MADV_WIPEONFORK for this fork. */
-static bool armed;
+static _Atomic uint64_t give_ups;
+/*
+ * The rest, what each fork writes (slab_lock, quiesce_mutex, @pending,
+ * and whether a prepare runs, holds the locks, armed the bodies), is in
+ * proc_mut (proc.h), whose page the fork writes anyway.  quiesce_mutex:
+ * one prepare at a time, as two threads forking at once would each take
+ * for busy what the other holds; taken before any OpenSSL lock and only
+ * by forking threads, so waiting for it cannot deadlock.  Prepare holds
+ * slab_lock and the locks it took, for the fork.
+ */
+static struct proc_lk *const lkf = &proc_mut.lk;
 
 /* What lk_new() stamps, and lk_heal() again. */
 #define LOCK_WORD (ST_LIVE | (uint32_t)BK_LIBC << BK_SHIFT | W_LOCK)
@@ -445,19 +443,19 @@ lk_new(int shape, size_t n, const char *file, int line)
 
 	(void)file;
 	(void)line;
-	proc_lock(&slab_lock);
+	proc_lock(&lkf->slab_lock);
 	u = slot_take((unsigned)shape);
 	if (u) {
 		ch = chunk_of(u);
 		/* The state first: a pass that sees the slot used sees it
 		 * new. */
-		if (quiescing)
+		if (lkf->quiescing)
 			st_set(state_of(u), LS_NEW);
 		__atomic_store_n(slot_use(ch, slot_index(ch, u)), SLOT_USED,
 				 __ATOMIC_RELEASE);
 		atomic_fetch_add_explicit(&registered, 1, memory_order_relaxed);
 	}
-	proc_unlock(&slab_lock);
+	proc_unlock(&lkf->slab_lock);
 	if (!u)
 		return NULL;
 	blk_stamp(u, n, 0, LOCK_WORD);
@@ -478,16 +476,16 @@ lk_free(void *user)
 			      memory_order_relaxed) & ~ST_MASK) | ST_RELEASED,
 			      memory_order_release);
 	count(n, false);
-	proc_lock(&slab_lock);
-	if (quiescing) {
+	proc_lock(&lkf->slab_lock);
+	if (lkf->quiescing) {
 		st_set(state_of(user), LS_DEAD);
-		*slot_link(ch, slot_index(ch, user)) = pending;
-		pending = user;
+		*slot_link(ch, slot_index(ch, user)) = lkf->pending;
+		lkf->pending = user;
 	} else {
 		slot_push(ch, user);
 	}
 	atomic_fetch_sub_explicit(&registered, 1, memory_order_relaxed);
-	proc_unlock(&slab_lock);
+	proc_unlock(&lkf->slab_lock);
 }
 
 /*
@@ -710,7 +708,8 @@ release_all(bool done)
 		if (st == LS_LIVE)
 			continue;
 		if (st == LS_TAKEN)
-			unlock_one(shapes[ch->shape].kind, u, quiesce_tid);
+			unlock_one(shapes[ch->shape].kind, u,
+				   lkf->quiesce_tid);
 		/* Not over a free's LS_DEAD, which only the end undoes. */
 		if (done || (st != LS_NEW && st != LS_DEAD))
 			__atomic_compare_exchange_n(state, &from, LS_LIVE,
@@ -723,11 +722,12 @@ release_all(bool done)
 static void
 quiesce_end(void)
 {
-	quiescing = false;
-	while (pending) {
-		char *u = pending;
+	lkf->quiescing = false;
+	while (lkf->pending) {
+		char *u = lkf->pending;
 
-		pending = *slot_link(chunk_of(u), slot_index(chunk_of(u), u));
+		lkf->pending = *slot_link(chunk_of(u),
+					   slot_index(chunk_of(u), u));
 		slot_push(chunk_of(u), u);
 	}
 }
@@ -890,10 +890,13 @@ bodies_advise(int advice)
 /*
  * After prepare took every lock, the bodies are wiped in the child (the
  * head of this file).  Not when the forking thread holds a lock itself:
- * the child must get it held, by its own thread id.  Unmarked right after
- * the fork, in both processes: a fork nobody prepared (one that bypasses
- * pthread_atfork, or from a single-threaded process, which takes no
- * lock) must not wipe a lock its forking thread holds.
+ * the child must get it held, by its own thread id.  Unmarked after the
+ * fork (alloc_fork_disarm()), as a fork nobody prepared (one that
+ * bypasses pthread_atfork, or from a single-threaded process, which
+ * takes no lock) must not wipe a lock its forking thread holds: right
+ * away in the parent, in the child at its first allocation or fork.  A
+ * child's fork that bypasses pthread_atfork before its first allocation
+ * still wipes them, and gives its own child its locks unlocked.
  */
 static bool
 arm(void)
@@ -909,14 +912,15 @@ arm(void)
 	return false;
 }
 
-CHILD_PATH static void
-disarm(void)
+void
+alloc_fork_disarm(void)
 {
+	if (!lkf->armed)
+		return;
 #ifdef MADV_WIPEONFORK
-	if (armed)
-		bodies_advise(MADV_KEEPONFORK);
+	bodies_advise(MADV_KEEPONFORK);
 #endif
-	armed = false;
+	lkf->armed = false;
 }
 
 /*
@@ -931,13 +935,13 @@ alloc_fork_quiesce(uint64_t budget_ns)
 	pid_t tid = gettid();
 	char *busy;
 
-	pthread_mutex_lock(&quiesce_mutex);
+	pthread_mutex_lock(&lkf->quiesce_mutex);
 	/* Frees wait from here (under the lock: one that saw the flag
 	 * clear has finished). */
-	pthread_mutex_lock(&slab_lock);
-	quiescing = true;
-	quiesce_tid = tid;
-	pthread_mutex_unlock(&slab_lock);
+	pthread_mutex_lock(&lkf->slab_lock);
+	lkf->quiescing = true;
+	lkf->quiesce_tid = tid;
+	pthread_mutex_unlock(&lkf->slab_lock);
 	for (;;) {
 		busy = take_all(false, tid, &n);
 		if (!busy)
@@ -951,15 +955,15 @@ alloc_fork_quiesce(uint64_t budget_ns)
 	}
 	/* Held until the fork is over: its holders wait for nothing, and a
 	 * thread that would create or free a lock now waits for the fork. */
-	pthread_mutex_lock(&slab_lock);
-	held = true;
-	atomic_store(&taken_last, n);
-	atomic_store(&prep_ns_last, now_ns() - start);
+	pthread_mutex_lock(&lkf->slab_lock);
+	lkf->held = true;
+	atomic_store(&lkf->taken_last, n);
+	atomic_store(&lkf->prep_ns_last, now_ns() - start);
 	if (busy) {
 		atomic_fetch_add(&give_ups, 1);
 		warn_busy(busy, budget_ns);
 	} else {
-		armed = arm();
+		lkf->armed = arm();
 	}
 	return !busy;
 }
@@ -967,14 +971,14 @@ alloc_fork_quiesce(uint64_t budget_ns)
 void
 alloc_fork_parent(void)
 {
-	if (!held)
+	if (!lkf->held)
 		return;
-	held = false;
-	disarm();
+	lkf->held = false;
+	alloc_fork_disarm();
 	release_all(true);
 	quiesce_end();
-	pthread_mutex_unlock(&slab_lock);
-	pthread_mutex_unlock(&quiesce_mutex);
+	pthread_mutex_unlock(&lkf->slab_lock);
+	pthread_mutex_unlock(&lkf->quiesce_mutex);
 }
 
 /* In the child, a chunk whose body was not wiped: the locks prepare took
@@ -1002,15 +1006,17 @@ lk_child(void)
 {
 	pid_t tid = 0;
 
-	pthread_mutex_init(&slab_lock, NULL);
-	pthread_mutex_init(&quiesce_mutex, NULL);
-	if (!held)
+	pthread_mutex_init(&lkf->slab_lock, NULL);
+	pthread_mutex_init(&lkf->quiesce_mutex, NULL);
+	if (!lkf->held)
 		return;
-	held = false;
+	lkf->held = false;
 	for (struct chunk *ch = atomic_load(&chunks); ch; ch = ch->next)
-		if (!armed || !ch->wipe)
+		if (!lkf->armed || !ch->wipe)
 			renew_chunk(ch, &tid);
-	disarm();
+	/* The marks stay until this process forks or first allocates
+	 * (alloc_fork_disarm()): a child that only execs or exits makes
+	 * no system call for them, nor faults on their code. */
 	quiesce_end();
 }
 
@@ -1018,8 +1024,8 @@ void
 lk_stats(struct ossl_proc_stats *st)
 {
 	st->locks_registered = atomic_load(&registered);
-	st->locks_taken_last_fork = atomic_load(&taken_last);
-	st->fork_prepare_ns = atomic_load(&prep_ns_last);
+	st->locks_taken_last_fork = atomic_load(&lkf->taken_last);
+	st->fork_prepare_ns = atomic_load(&lkf->prep_ns_last);
 	st->fork_quiesce_give_ups = atomic_load(&give_ups);
 }
 
