@@ -8,11 +8,11 @@
  * of a few sites, one size each (the shapes below), so the allocator
  * recognises them: a size compare on every allocation, then a pointer
  * compare of the file name, learnt at the first match.  Such blocks live
- * in slabs of their own: the registry is the slabs, and a fork writes each
- * lock three times (take, release in the parent, re-create in the child),
- * each page of locks costing a page fault each time after the fork made
- * it copy-on-write.  Packed, 1,000 locks fill 20 pages instead of being
- * spread over hundreds.
+ * in slabs of their own: the registry is the slabs.  A fork writes each
+ * lock three times (take, release in the parent, re-create in the
+ * child), and each page written after a fork costs a page fault in each
+ * process: so the slabs are wiped in the child instead (MADV_WIPEONFORK,
+ * below), and then neither process writes them after the fork.
  *
  * Prepare takes every lock with try-locks only (OpenSSL nests some, so
  * blocking on one while holding others could deadlock): on a busy one it
