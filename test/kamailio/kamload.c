@@ -11,9 +11,10 @@
  *     and an OPTIONS, which Kamailio must refuse (a failed handshake, or
  *     the connection closed without a SIP reply).
  * Every socket has send and receive timeouts, so nothing waits longer
- * than -T seconds; the run ends after -t seconds plus at most one idle
- * period of the long workers, or at -m short connections.  The last
- * line on stdout is the summary the test parses:
+ * than -T seconds; the run ends after -t seconds plus a few timeouts at
+ * worst (a long connection starts only if its idle periods end before
+ * the deadline), or at -m short connections.  The last line on stdout
+ * is the summary the test parses:
  *
  *   kamload hs_ok N hs_failed N short_ok N short_failed N long_ok N
  *     long_failed N nocert_refused N nocert_accepted N elapsed S
@@ -21,10 +22,10 @@
  *
  * (hs_*: handshakes of the clients with certificates, short and long;
  * last_ok: seconds from the start to the last successful handshake;
- * rate: handshakes (hs_ok) per second over the run, or up to last_ok with
- * -S, which stops the run as soon as connections are refused: the
- * server is gone; stop: 1 when it did.)  Failures are described on stderr, the first few in
- * full and then counted by stage.
+ * rate: handshakes (hs_ok) per second over the run, or up to last_ok
+ * with -S, which stops the run as soon as connections are refused: the
+ * server is gone; stop: 1 when it did.)  Failures are described on
+ * stderr, the first few in full, then counted by stage.
  *
  *   kamload -p PORT -a CA -c CERT -k KEY [-t SECONDS] [-w SHORT]
  *           [-l LONG] [-n NOCERT] [-i IDLE] [-u USES] [-m MAX] [-T TIMEOUT]
