@@ -90,7 +90,11 @@ shm_used() { kam core.shmmem | awk '$1 == "used:" { print $2 }'; }
 # tls_conns: the TLS connections Kamailio holds open.
 tls_conns() { kam core.tcp_info | awk '$1 == "opened_tls_connections:" { print $2 }'; }
 # procs: the pids of Kamailio's processes, main first, one a line.
-procs() { echo "$pid"; ps -o pid= --ppid "$pid" | sort -n; }
+# (A child that died and is not reaped yet is no longer one of them.)
+procs() {
+	echo "$pid"
+	ps -o pid=,stat= --ppid "$pid" | awk '$2 !~ /^Z/ { print $1 }' | sort -n
+}
 # field NAME: NAME's value in kamload's summary ($out), 0 if it has none.
 field() {
 	awk -v k="$1" '{ for (i = 1; i < NF; i++) if ($i == k) v = $(i + 1) }
@@ -181,9 +185,10 @@ if start "$tmp/plain.log" env; then
 	done
 	ctl_rate=$(field rate)
 	frees=$(grep -c 'freeing already freed' "$tmp/plain.log")
-	segv=$(grep -c 'exited by a signal 11' "$tmp/plain.log")
+	died=$(grep -o 'exited by a signal [0-9]*' "$tmp/plain.log" |
+	       awk '{ n[$NF]++ } END { for (s in n) printf "%s%d of signal %s", sep, n[s], s; sep = ", " }')
 	if [ "$ctl_first" != - ] || [ "$ctl_death" != - ]; then
-		ok "control: Kamailio alone broke: first 'freeing already freed' at ${ctl_first} s ($frees in all), ${segv} receiver(s) died of SIGSEGV, server gone at ${ctl_death} s; $out"
+		ok "control: Kamailio alone broke: first 'freeing already freed' at ${ctl_first} s ($frees in all), processes dead: ${died:-none}, server gone at ${ctl_death} s; $out"
 	else
 		bad "control: Kamailio alone survived 20 s of load without a double free: the load does not reach the bug (no connection moved between processes?); $out; $(tail -5 "$tmp/plain.err")"
 	fi
@@ -207,7 +212,9 @@ if OSSLPROC_SHARED_OBJECTS=1 OSSLPROC_REPORT=$rep \
 	out=$(tail -1 "$tmp/run.out")
 	echo "load: $out"
 	[ $lrc -eq 0 ] || bad "kamload exited with $lrc: $(tail -5 "$tmp/run.err")"
-	if kill -0 "$pid" 2>/dev/null && [ "$(procs)" = "$before" ]; then
+	if [ "$(field stop)" = 1 ]; then
+		bad "the load stopped: Kamailio refused connections (the last handshake at $(field last_ok) s); its processes now: $(echo $(procs 2>/dev/null)); $(grep -E "$bad_log" "$tmp/run.log" | head -5)"
+	elif kill -0 "$pid" 2>/dev/null && [ "$(procs)" = "$before" ]; then
 		ok "Kamailio alive after ${secs} s of load, all $nproc processes"
 	else
 		bad "Kamailio lost processes: $nproc at the start ($(echo $before)), now: $(echo $(procs 2>/dev/null)); $(grep -E "$bad_log" "$tmp/run.log" | head -5)"
@@ -235,12 +242,15 @@ if OSSLPROC_SHARED_OBJECTS=1 OSSLPROC_REPORT=$rep \
 	open=$(tls_conns)
 	shm1=$(shm_used)
 	conns=$((hs_ok + hs_failed + $(field nocert_refused) + $(field nocert_accepted)))
-	growth=$(( ${shm1:-0} - ${shm0:-0} ))
-	per_conn=$(awk -v g="$growth" -v n="$conns" 'BEGIN { printf "%.1f", n ? g / n : 0 }')
-	if [ "$open" = 0 ] && [ -n "$shm1" ] && [ "$growth" -le $((4 << 20)) ]; then
+	growth=-
+	if [ -n "$shm1" ] && [ -n "$shm0" ]; then
+		growth=$((shm1 - shm0))
+		per_conn=$(awk -v g="$growth" -v n="$conns" 'BEGIN { printf "%.1f", n ? g / n : 0 }')
+	fi
+	if [ "$open" = 0 ] && [ "$growth" != - ] && [ "$growth" -le $((4 << 20)) ]; then
 		ok "shared memory: $shm0 bytes used before, $shm1 after ($growth over $conns connections, $per_conn bytes each)"
 	else
-		bad "shared memory: ${open:-?} TLS connections still open, $shm0 bytes used before, ${shm1:-?} after ($growth; at most 4 MB)"
+		bad "shared memory: ${open:-?} TLS connections still open, $shm0 bytes used before, ${shm1:-?} after (growth $growth; at most 4 MB)"
 	fi
 	run_rate=$(field rate)
 	if stop_kam 20; then
