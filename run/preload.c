@@ -33,7 +33,8 @@
 static struct {
 	bool no_env;      /* OSSLPROC_DISABLE=env: OpenSSL's own defaults */
 	bool no_unload;   /* OSSLPROC_DISABLE=unload: no implicit scopes */
-	bool shared;      /* OSSLPROC_SHARED_BACKEND=1 */
+	bool shared;      /* OSSLPROC_SHARED_BACKEND=1, or: */
+	bool objects;     /* OSSLPROC_SHARED_OBJECTS=1 */
 	bool ready;       /* ossl_proc_init() succeeded */
 	/* A copy: programs rewrite their environment's memory (nginx puts
 	 * its process title there). */
@@ -234,6 +235,14 @@ configure(struct ossl_proc_config *cfg)
 	pc.shared = pick_word("OSSLPROC_SHARED_BACKEND",
 			      getenv("OSSLPROC_SHARED_BACKEND"), yes_no,
 			      ARRAY_SIZE(yes_no), 0);
+	/* Sharing live objects needs them in shared memory. */
+	pc.objects = pick_word("OSSLPROC_SHARED_OBJECTS",
+			       getenv("OSSLPROC_SHARED_OBJECTS"), yes_no,
+			       ARRAY_SIZE(yes_no), 0);
+	if (pc.objects) {
+		pc.shared = true;
+		cfg->flags |= OSSL_PROC_F_SHARED_OBJECTS;
+	}
 	off = disabled_parts(getenv("OSSLPROC_DISABLE"));
 	if (off & DISABLE_ALLOCATOR)
 		cfg->flags |= OSSL_PROC_F_NO_ALLOCATOR;
@@ -311,6 +320,7 @@ preload_init(void)
 	int rc;
 
 	resolve_real();
+	objects_resolve();
 	configure(&cfg);
 	/* Registered first, so run last: after OpenSSL's own cleanup. */
 	if (pc.report_dir[0])
@@ -319,6 +329,8 @@ preload_init(void)
 	pc.ready = rc >= 0;
 	if (pc.ready && !pc.no_unload)
 		unload_start();
+	if (pc.ready && pc.objects)
+		objects_start();
 	if (rc < 0)
 		log_error("osslproc-run: ossl_proc_init failed (%s); the "
 			  "program runs without osslproc's protection",

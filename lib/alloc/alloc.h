@@ -55,6 +55,11 @@ bool alloc_shared_worker(void);
  * re-creates the locks in the allocator's child handler. */
 bool alloc_fork_quiesce(uint64_t budget_ns);
 void alloc_fork_parent(void);
+/* Fork prepare: with a shared backend, make the queues of shared live
+ * objects (handoff.c) before the first worker exists. */
+void handoff_prepare(void);
+/* Destroy the objects other processes queued for this one; how many. */
+int handoff_drain(void);
 /* The OpenSSL locks registered now (locks.c). */
 uint64_t alloc_locks_registered(void);
 /* The part of ossl_proc_report() that is the allocator's. */
