@@ -39,7 +39,7 @@ ossl_cli x509 -req -in "$tmp/client.csr" -CA "$tmp/ca.pem" \
 
 port=$(free_port)
 ctl=$tmp/ctl.sock
-mkdir -p "$tmp/run"
+mkdir -p "$tmp/rt"
 cat >"$tmp/tls.cfg" <<CONF
 [server:default]
 method = TLSv1.2+
@@ -103,11 +103,13 @@ field() {
 
 pid=
 log=
-start() { # LOG [osslproc-run]: Kamailio in the foreground, ready
-	log=$1
+start() { # NAME [osslproc-run]: Kamailio in the foreground, ready
+	# Its log is $tmp/NAME.log, its working directory (cores) $tmp/NAME.
+	log=$tmp/$1.log
+	mkdir -p "$tmp/$1"
 	shift
 	"$@" /usr/sbin/kamailio -DD -E -f "$tmp/kamailio.cfg" -m 128 -M 8 \
-		-w "$tmp" -Y "$tmp/run" >"$log" 2>&1 &
+		-w "${log%.log}" -Y "$tmp/rt" >"$log" 2>&1 &
 	pid=$!
 	for _ in $(seq 100); do
 		kill -0 "$pid" 2>/dev/null || return 1
@@ -151,7 +153,7 @@ bad_log='freeing already freed|SIGSEGV|exited by a signal|core was generated|BUG
 
 # ---- 1. the negative control: Kamailio alone
 ctl_rate=- ctl_first=- ctl_death=-
-if start "$tmp/plain.log" env; then
+if start plain env; then
 	t0=$(date +%s.%N)
 	load 20 -S >"$tmp/plain.out" 2>"$tmp/plain.err" &
 	lpid=$!
@@ -203,7 +205,7 @@ rep=$tmp/rep
 mkdir -m 777 "$rep"
 run_rate=- per_conn=-
 if OSSLPROC_SHARED_OBJECTS=1 OSSLPROC_REPORT=$rep \
-   OSSLPROC_LOG=$tmp/osslproc.log start "$tmp/run.log" "$run"; then
+   OSSLPROC_LOG=$tmp/osslproc.log start run "$run"; then
 	before=$(procs)
 	nproc=$(wc -l <<<"$before")
 	shm0=$(shm_used)
@@ -253,22 +255,46 @@ if OSSLPROC_SHARED_OBJECTS=1 OSSLPROC_REPORT=$rep \
 		bad "shared memory: ${open:-?} TLS connections still open, $shm0 bytes used before, ${shm1:-?} after (growth $growth; at most 4 MB)"
 	fi
 	run_rate=$(field rate)
+	# Stop it with four connections open, each past one OPTIONS: at
+	# exit the main process frees their SSLs, which receivers created
+	# and which outlive them (the receivers stop first).
+	load 61 -w 0 -l 4 -n 0 -i 60 -u 2 >"$tmp/hold.out" 2>&1 &
+	hold=$!
+	cleanup_hooks+=('kill "$hold" 2>/dev/null')
+	for _ in $(seq 100); do
+		[ "$(tls_conns)" -ge 4 ] 2>/dev/null && break
+		sleep 0.1
+	done
+	held=$(tls_conns)
 	if stop_kam 20; then
-		[ "$status" -eq 0 ] && ok "stopped by SIGTERM (status 0)" ||
-			bad "stopped by SIGTERM with status $status"
+		[ "$status" -eq 0 ] && ok "stopped by SIGTERM with ${held:-?} TLS connections open (status 0)" ||
+			bad "stopped by SIGTERM with ${held:-?} TLS connections open, status $status"
 	else
 		bad "Kamailio did not stop within 20 s of SIGTERM"
 	fi
+	kill "$hold" 2>/dev/null
+	wait "$hold" 2>/dev/null
 	if grep -Eq "$bad_log" "$tmp/run.log"; then
 		bad "Kamailio's log: $(grep -E "$bad_log" "$tmp/run.log" | head -5)"
 	else
 		ok "Kamailio's log: no double free, no crash"
 	fi
-	ls "$tmp"/core* >/dev/null 2>&1 && bad "core files: $(ls "$tmp"/core*)"
+	ls "$tmp"/run/core* >/dev/null 2>&1 && bad "core files: $(ls "$tmp"/run/core*)"
 	if n=$(check_reports "$rep" "$nproc") && [ "$n" -eq "$nproc" ]; then
 		ok "$n clean reports, one per Kamailio process"
 	else
-		bad "reports: $n for $nproc processes, or not all clean"
+		bad "reports: $n for $nproc processes ($(echo $before)), or not all clean: $(grep -H 'bad frees' "$rep"/* | sed "s|$rep/||")"
+	fi
+	# The path under test: SSLs freed by a process that did not create
+	# them, handed to their creator (summed over the reports).
+	handoff=$(cat "$rep"/* 2>/dev/null | awk '/^shared objects:/ {
+		q += $3; d += $8; x += $12; f += $14 }
+		END { printf "%d %d %d %d", q, d, x, f }')
+	read -r queued destroyed dropped others <<<"$handoff"
+	if [ "$queued" -gt 0 ] && [ "$destroyed" -gt 0 ]; then
+		ok "shared objects: $queued handed to their creator, $destroyed destroyed by it, $dropped dropped, $others blocks of other processes freed"
+	else
+		bad "shared objects: $queued handed to their creator, $destroyed destroyed by it: the reports show no SSL freed across processes"
 	fi
 	[ -s "$tmp/osslproc.log" ] && {
 		echo "osslproc log: $(grep -c . "$tmp/osslproc.log") lines, the first:"
