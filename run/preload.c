@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -266,15 +267,25 @@ configure(struct ossl_proc_config *cfg)
 /* glibc's: an exit handler tied to no object. */
 extern int __cxa_atexit(void (*fn)(void *), void *arg, void *dso);
 
+/* Once per process, and only in one osslproc saw start: the child of a
+ * vfork() shares its parent's memory, and must not allocate in it. */
+static pid_t reported;
+
 static void
 report_exit(void *unused)
 {
 	char path[4096 + 64], exe[1024];
-	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	pid_t self = getpid(), known = atomic_load(&proc_mut.pid);
+	ssize_t n;
 	FILE *f;
 	int fd;
 
 	(void)unused;
+	if (!pc.report_dir[0] || reported == self ||
+	    (known != 0 && known != self))
+		return;
+	reported = self;
+	n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
 	exe[n > 0 ? n : 0] = '\0';
 	snprintf(path, sizeof(path), "%s/osslproc-%ld.report", pc.report_dir,
 		 (long)getpid());
@@ -292,11 +303,31 @@ report_exit(void *unused)
 	fclose(f);
 }
 
+/*
+ * Programs whose workers end with _exit() (Kamailio's children, from
+ * their SIGTERM handler) run no exit handler: the report is written
+ * here.  From a signal handler it calls what the handler that called
+ * _exit() already risked (stdio); a worker that is inside malloc at that
+ * moment is the case it does not cover.
+ */
+static void (*real_exit)(int);
+
+PRELOAD_EXPORT void
+_exit(int status)
+{
+	report_exit(NULL);
+	if (real_exit)
+		real_exit(status);
+	for (;;)
+		syscall(SYS_exit_group, status);
+}
+
 /* ---- start ---- */
 
 static void
 resolve_real(void)
 {
+	real_exit = (void (*)(int))dlsym(RTLD_NEXT, "_exit");
 	real_set_mem = (int (*)(CRYPTO_malloc_fn, CRYPTO_realloc_fn,
 				CRYPTO_free_fn))dlsym(RTLD_NEXT,
 						      "CRYPTO_set_mem_functions");

@@ -285,8 +285,10 @@ enqueue(pid_t owner, void (*destroy)(void *), void *obj)
 	}
 	if (kill(owner, 0) < 0 && errno == ESRCH) {
 		atomic_fetch_add(&n_dropped, 1);
+		/* Expected where a host frees what is left at shutdown,
+		 * after its workers exited: not worth a WARNING. */
 		if (log_once(&logged_dead))
-			log_warn("ossl_proc_free_by_owner: %p belongs to "
+			log_info("ossl_proc_free_by_owner: %p belongs to "
 				 "process %ld, which exited; it is not "
 				 "destroyed and its memory stays allocated "
 				 "(logged once)", obj, (long)owner);
