@@ -11,8 +11,10 @@
 #      load: every process alive, nothing bad in the log, at most 1 % of
 #      the clients with a certificate failing, every client without one
 #      refused, shared memory back within 4 MB once the connections are
-#      closed, a stop by SIGTERM within 20 s, and one clean report per
-#      process.
+#      closed, a stop by SIGTERM within 20 s with four connections open
+#      (the main process frees their SSLs at exit, after the receivers
+#      that made them), one clean report per process, and SSLs handed
+#      to their creator in the reports (the path under test was taken).
 # Then the figures: handshakes/s of both, shared memory per connection.
 #   test-kamailio.sh OSSLPROC-RUN PRELOAD KAMLOAD [SECONDS]
 . "$(dirname "$0")/../preload/real-common.sh"
