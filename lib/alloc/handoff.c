@@ -18,8 +18,8 @@
  * a stack of entry indices pushed by compare-and-swap and taken whole by
  * its process with one exchange; the pool's free list carries a tag
  * against ABA.  Every change is one atomic store, so a process that dies
- * anywhere leaves the mapping consistent (at worst an entry lost from the
- * pool).
+ * anywhere leaves the mapping consistent (at worst the entries it had
+ * taken are lost to the pool).
  *
  * A pid's slot belongs to the process that has that pid now.  A new
  * process takes it over when it is forked, before it can own anything:
