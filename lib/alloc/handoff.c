@@ -96,13 +96,16 @@ handoff_prepare(void)
 	size_t len;
 	void *p;
 
-	if (region || !shared_backend())
+	static bool failed;
+
+	if (region || failed || !shared_backend())
 		return;
 	n = pid_slots();
 	len = sizeof(struct region) + (size_t)n * sizeof(struct slot);
 	p = mmap(NULL, len, PROT_READ | PROT_WRITE,
 		 MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (p == MAP_FAILED) {
+		failed = true;
 		log_error("cannot map %zu bytes for the queues of shared live "
 			  "objects (%s): ossl_proc_free_by_owner() will refuse "
 			  "objects of other processes", len, strerror(errno));
