@@ -319,16 +319,19 @@ END_TEST
 START_TEST(threaded_forks_vendored_owner)
 {
 	void *h = dlopen(VENDORED_PLUGIN, RTLD_NOW);
-	int (*init)(unsigned);
+	int (*init)(const struct ossl_proc_config *);
 	int (*get_stats)(struct ossl_proc_stats *);
 	struct ossl_proc_stats mine = { .size = sizeof(mine) };
 
 	ck_assert_msg(h, "dlopen: %s", dlerror());
-	init = (int (*)(unsigned))dlsym(h, "vendored_init");
+	init = (int (*)(const struct ossl_proc_config *))dlsym(h,
+		"vendored_init_config");
 	get_stats = (int (*)(struct ossl_proc_stats *))dlsym(h,
 		"vendored_get_stats");
 	ck_assert(init && get_stats);
-	ck_assert_int_eq(init(0), 0);
+	/* The owner's deadline is the one that counts. */
+	ck_assert_int_eq(init(&TL_CONFIG(.fork_quiesce_ms = QUIESCE_MS *
+							     slowdown())), 0);
 	setup(0);
 	ck_assert_int_eq(ossl_proc_get_stats(&mine), 0);
 	ck_assert_uint_eq(mine.allocator, OSSL_PROC_ALLOC_ATTACHED);
