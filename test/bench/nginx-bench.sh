@@ -4,7 +4,8 @@
 # on nginx").
 #   nginx-bench.sh OSSLPROC-RUN PRELOAD TLS-CLIENT [ROUNDS SECONDS]
 # Environment: CLIENT_THREADS (2), SERVER_CPU (1), CLIENT_CPU (0),
-# CONFIGS ("plain run noalloc").
+# CONFIGS ("plain run noalloc"), SERVER_KEY (ec: P-256; rsa: RSA 2048,
+# whose signature makes the server, not the client, the bottleneck).
 #
 # Three nginx instances run at once, each with one worker on SERVER_CPU:
 # plain, under osslproc-run, and under osslproc-run with
@@ -16,21 +17,37 @@
 # 2-CPU machine a client that verifies certificates needs one for itself.
 #
 # Per configuration it prints the handshakes/s and the worker's CPU time
-# per handshake (from /proc/PID/schedstat, which counts only the time the
-# worker ran, so it does not move with the client or other load); per
-# round the ratio of osslproc's rate to the plain one's of the same
-# round, and the distribution of those ratios.
+# per handshake (from /proc/PID/schedstat: the time the worker ran, in
+# user space and in the kernel); per round the ratio of osslproc's rate
+# to the plain one's of the same round, and the distribution of those
+# ratios.
+#
+# Then INTERLEAVED rounds (as many as ROUNDS; 0 for none): the client
+# takes the servers in turn, one handshake each, so that each round's
+# load from elsewhere falls on every configuration alike, and the
+# worker's CPU time per handshake is compared within the round.  Their
+# rates are equal by construction; the CPU times are what differs.
 . "$(dirname "$0")/../preload/real-common.sh"
 client=$3
 rounds=${4:-15}
 secs=${5:-3}
 threads=${CLIENT_THREADS:-2}
+interleaved=${INTERLEAVED:-$rounds}
 scpu=${SERVER_CPU:-1}
 ccpu=${CLIENT_CPU:-0}
 configs=(${CONFIGS:-plain run noalloc})
 need nginx /usr/sbin/nginx
 same_libssl /usr/sbin/nginx
 make_pki || { echo "FAIL - openssl could not make the PKI"; exit 1; }
+if [ "${SERVER_KEY:-ec}" = rsa ]; then
+	ossl_cli req -newkey rsa:2048 -nodes -subj /CN=localhost \
+		-keyout "$tmp/server.key" -out "$tmp/server.csr" \
+		>/dev/null 2>&1 &&
+	ossl_cli x509 -req -in "$tmp/server.csr" -CA "$tmp/ca.pem" \
+		-CAkey "$tmp/ca.key" -CAcreateserial -days 2 \
+		-extfile "$tmp/ext" -out "$tmp/server.pem" >/dev/null 2>&1 ||
+		{ echo "FAIL - openssl could not make the RSA key"; exit 1; }
+fi
 
 declare -A port master worker
 conf() { # NAME PORT
@@ -133,8 +150,8 @@ ratios() { # A B: the per-round ratios of B's rates to A's
 		awk 'NF == 2 && $1 > 0 { printf "%.3f\n", $2 / $1 }'
 }
 
-echo "nginx 1 worker on CPU $scpu, tls-client $threads threads on CPU" \
-	"$ccpu, $rounds rounds x ${secs}s, $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "nginx 1 worker on CPU $scpu (${SERVER_KEY:-ec} key), tls-client" \
+	"$threads threads on CPU $ccpu, $rounds rounds x ${secs}s, $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
 for c in "${configs[@]}"; do
 	read -r rm rlo rhi < <(stats ${rates[$c]})
 	read -r cm clo chi < <(stats ${cpus[$c]})
@@ -153,6 +170,39 @@ for c in "${configs[@]:1}"; do
 		"of the medians $(awk -v p="$pm" -v o="$om" 'BEGIN { printf "%.3f", o / p }')x;" \
 		"worker CPU per handshake $(awk -v p="$pc" -v o="$oc" 'BEGIN { printf "%.3f", o / p }')x"
 done
+# Interleaved: one client over every port; per round each worker's CPU
+# time per handshake.
+declare -A icpus
+all_ports=$(for c in "${configs[@]}"; do printf '%s,' "${port[$c]}"; done)
+for r in $(seq "$interleaved"); do
+	declare -A before
+	for c in "${configs[@]}"; do before[$c]=$(cpu_ns "${worker[$c]}"); done
+	out=$(taskset -c "$ccpu" "$client" "${all_ports%,}" "$tmp/ca.pem" \
+		"$secs" "$threads")
+	for c in "${configs[@]}"; do
+		n=$(sed -n "s/^port ${port[$c]} handshakes \([0-9]*\) .*/\1/p" \
+			<<<"$out")
+		icpus[$c]+="$(awk -v n="$n" \
+			-v d=$(($(cpu_ns "${worker[$c]}") - ${before[$c]})) \
+			'BEGIN { printf "%.1f", (n > 0 ? d / n / 1000 : 0) }') "
+	done
+done
+if [ "$interleaved" -gt 0 ]; then
+	echo "interleaved, $interleaved rounds x ${secs}s: worker us/handshake"
+	for c in "${configs[@]}"; do
+		read -r m lo hi < <(stats ${icpus[$c]})
+		printf '%-8s median %6.1f (%s-%s): %s\n' "$c" "$m" "$lo" "$hi" \
+			"${icpus[$c]}"
+	done
+	for c in "${configs[@]:1}"; do
+		read -r m lo hi < <(stats $(paste -d' ' \
+			<(tr ' ' '\n' <<<"${icpus[$base]}") \
+			<(tr ' ' '\n' <<<"${icpus[$c]}") |
+			awk 'NF == 2 && $1 > 0 { printf "%.3f\n", $2 / $1 }'))
+		echo "$c/$base worker CPU per handshake, per round: median" \
+			"${m}x (min ${lo}x, max ${hi}x)"
+	done
+fi
 for c in "${configs[@]}"; do
 	kill -QUIT "${master[$c]}" 2>/dev/null
 	wait "${master[$c]}" 2>/dev/null
