@@ -9,6 +9,9 @@
 static int calls;
 
 __attribute__((visibility("default"))) void
+reg_plugin_info(const SSL *ssl, int where, int ret);
+
+__attribute__((visibility("default"))) void
 reg_plugin_info(const SSL *ssl, int where, int ret)
 {
 	(void)ssl, (void)where, (void)ret;
