@@ -116,10 +116,18 @@ enum ossl_proc_bad_free {
 /** Do not quiesce OpenSSL's locks in ossl_proc_fork_prepare() (see
  * there): a fork then behaves as without osslproc.  Added in 0.3. */
 #define OSSL_PROC_F_NO_FORK_QUIESCE (1u << 5)
+/** The host shares live OpenSSL objects between processes and
+ * serialises access to each (the OpenSIPS/Kamailio model): a block of the
+ * shared backend freed by a process other than the one that allocated it
+ * is released, after this process's quarantine, instead of refused as an
+ * inherited free.  Destroy such objects with ossl_proc_free_by_owner().
+ * Without a shared allocator it changes nothing.  Added in 0.3. */
+#define OSSL_PROC_F_SHARED_OBJECTS (1u << 6)
 /** All flags this version knows. */
 #define OSSL_PROC_F_ALL (OSSL_PROC_F_NO_ALLOCATOR | OSSL_PROC_F_NO_ATFORK | \
 			 OSSL_PROC_F_SCRUB | OSSL_PROC_F_TRACK_SITES | \
-			 OSSL_PROC_F_EXIT_LEAKS | OSSL_PROC_F_NO_FORK_QUIESCE)
+			 OSSL_PROC_F_EXIT_LEAKS | OSSL_PROC_F_NO_FORK_QUIESCE | \
+			 OSSL_PROC_F_SHARED_OBJECTS)
 
 /**
  * Configuration for ossl_proc_init().  Start from OSSL_PROC_CONFIG_INIT so
@@ -480,6 +488,74 @@ int ossl_proc_arena_reclaim(struct ossl_proc_arena *a, pid_t pid);
  * Thread-safety: no other thread may use the arena through this mapping.
  */
 void ossl_proc_arena_free(struct ossl_proc_arena *a);
+
+/* ------------------------------------------------------------------ */
+/* Shared live objects                                                 */
+/* ------------------------------------------------------------------ */
+
+/**
+ * Destroy @p obj in the process that created it: at once when that is
+ * the caller, or when @p obj is not a live block of the shared backend
+ * (made before the first fork, or with a private backend); otherwise
+ * queued to its creator, which calls @p destroy(@p obj) at its next
+ * drain point: ossl_proc_drain(), ossl_proc_free_by_owner(),
+ * ossl_proc_ctx_get() and, under osslproc-run with
+ * OSSLPROC_SHARED_OBJECTS=1, OpenSSL's SSL entry points (see
+ * osslproc-run(1)).  Never inside the allocator.
+ *
+ * For hosts that share live objects between processes (an SSL made by
+ * one worker, used by others, freed by a third): an object's destructor
+ * drops references on the creator's private objects (its SSL_CTX), which
+ * another process holds only as copies.  @p obj must be the pointer
+ * OpenSSL allocated (an SSL *, SSL_CTX *, BIO *...), and nothing may use
+ * it after this call.  Since 0.3.
+ *
+ * @param destroy Called with @p obj, in the creator (for example
+ *        SSL_free, cast to void (*)(void *)).
+ * @param obj The object; NULL is a no-op.
+ * @return 0 when destroyed here, 1 when queued to its creator; -EINVAL
+ *         for a NULL @p destroy; -ESRCH when the creator has exited (the
+ *         object is not destroyed: nobody else can); -ENOSPC when 65,536
+ *         objects wait already; -ENXIO when no queue exists (the worker
+ *         was forked bypassing ossl_proc_fork_prepare()); -ERANGE for a
+ *         pid above pid_max as read at the first fork; -ENOTSUP in a copy
+ *         attached to another copy's allocator.  Every error is logged
+ *         and leaves @p obj alive (its memory stays allocated).
+ *
+ * Thread-safety: safe; the host serialises all use of @p obj.
+ * Fork-safety: the queues are made at the first fork with a shared
+ * backend and shared by every process forked after it; a process starts
+ * with an empty queue (what an exited process with the same pid left is
+ * dropped).
+ */
+int ossl_proc_free_by_owner(void (*destroy)(void *obj), void *obj);
+
+/**
+ * Destroy the objects other processes queued for this one with
+ * ossl_proc_free_by_owner(), oldest first, in the calling thread.
+ *
+ * @return how many were destroyed (0: none waited).
+ *
+ * Thread-safety: safe; each object is destroyed once, by the thread
+ * whose drain took it.  Not from a signal handler, nor while holding a
+ * lock a destructor may take.
+ */
+int ossl_proc_drain(void);
+
+/**
+ * Drop the queue of process @p pid, which has exited and been reaped:
+ * the objects other processes queued for it are not destroyed (nobody
+ * else can run their destructor correctly) and their memory stays
+ * allocated.  ossl_proc_arena_reclaim() does this too; a new process
+ * with the same pid drops it itself when it is forked.
+ *
+ * @param pid A process that has exited and been reaped.
+ * @return how many objects were dropped; -EINVAL for a pid that is not
+ *         positive; -EBUSY while @p pid still exists.
+ *
+ * Thread-safety: safe.
+ */
+int ossl_proc_reclaim_objects(pid_t pid);
 
 /* ------------------------------------------------------------------ */
 /* Per-process SSL_CTX                                                 */
@@ -1015,6 +1091,15 @@ struct ossl_proc_stats {
 				       them (0: no quiesce ran) */
 	uint64_t fork_quiesce_give_ups; /**< prepares that forked with a
 					     lock still held elsewhere */
+	uint64_t objects_queued;  /**< objects ossl_proc_free_by_owner()
+				       handed to the process that made them */
+	uint64_t objects_destroyed; /**< objects other processes handed to
+					 this one, destroyed at a drain */
+	uint64_t objects_dropped; /**< objects not destroyed: the process
+				       that made them exited */
+	uint64_t shared_frees;    /**< blocks another process allocated,
+				       freed and released here
+				       (OSSL_PROC_F_SHARED_OBJECTS) */
 };
 
 /**

@@ -76,6 +76,7 @@ ossl_proc_ctx_get(struct ossl_proc_ctx *pc)
 	}
 	proc_check_fork();
 	alloc_check();
+	handoff_drain();
 	self = proc_self();
 	ctx = atomic_load(&pc->ctx);
 	if (ctx && atomic_load(&pc->pid) == self)

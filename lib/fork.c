@@ -88,6 +88,7 @@ ossl_proc_fork_prepare(void)
 		return;
 	quiesce_openssl();
 	warn_hazards();
+	handoff_prepare();
 	proc_mut.errors_at_fork = ERR_peek_error() != 0;
 	proc_prepare();
 }

@@ -29,7 +29,9 @@ print_counters(FILE *out, const struct ossl_proc_stats *st)
 		"inherited %llu; passed to the previous allocator %llu\n"
 		"fork generation %llu\n"
 		"OpenSSL locks: %llu registered, %llu taken at the last fork "
-		"in %llu us; %llu forks without every lock\n",
+		"in %llu us; %llu forks without every lock\n"
+		"shared objects: %llu handed to their creator, %llu destroyed "
+		"for others, %llu dropped; %llu blocks of others freed\n",
 		(unsigned long long)st->allocs, (unsigned long long)st->frees,
 		(unsigned long long)st->reallocs,
 		(unsigned long long)st->live_blocks,
@@ -47,7 +49,11 @@ print_counters(FILE *out, const struct ossl_proc_stats *st)
 		(unsigned long long)st->locks_registered,
 		(unsigned long long)st->locks_taken_last_fork,
 		(unsigned long long)(st->fork_prepare_ns / 1000),
-		(unsigned long long)st->fork_quiesce_give_ups);
+		(unsigned long long)st->fork_quiesce_give_ups,
+		(unsigned long long)st->objects_queued,
+		(unsigned long long)st->objects_destroyed,
+		(unsigned long long)st->objects_dropped,
+		(unsigned long long)st->shared_frees);
 }
 
 OSSL_PROC_EXPORT int

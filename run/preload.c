@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -33,7 +34,8 @@
 static struct {
 	bool no_env;      /* OSSLPROC_DISABLE=env: OpenSSL's own defaults */
 	bool no_unload;   /* OSSLPROC_DISABLE=unload: no implicit scopes */
-	bool shared;      /* OSSLPROC_SHARED_BACKEND=1 */
+	bool shared;      /* OSSLPROC_SHARED_BACKEND=1, or: */
+	bool objects;     /* OSSLPROC_SHARED_OBJECTS=1 */
 	bool ready;       /* ossl_proc_init() succeeded */
 	/* A copy: programs rewrite their environment's memory (nginx puts
 	 * its process title there). */
@@ -234,6 +236,14 @@ configure(struct ossl_proc_config *cfg)
 	pc.shared = pick_word("OSSLPROC_SHARED_BACKEND",
 			      getenv("OSSLPROC_SHARED_BACKEND"), yes_no,
 			      ARRAY_SIZE(yes_no), 0);
+	/* Sharing live objects needs them in shared memory. */
+	pc.objects = pick_word("OSSLPROC_SHARED_OBJECTS",
+			       getenv("OSSLPROC_SHARED_OBJECTS"), yes_no,
+			       ARRAY_SIZE(yes_no), 0);
+	if (pc.objects) {
+		pc.shared = true;
+		cfg->flags |= OSSL_PROC_F_SHARED_OBJECTS;
+	}
 	off = disabled_parts(getenv("OSSLPROC_DISABLE"));
 	if (off & DISABLE_ALLOCATOR)
 		cfg->flags |= OSSL_PROC_F_NO_ALLOCATOR;
@@ -257,15 +267,25 @@ configure(struct ossl_proc_config *cfg)
 /* glibc's: an exit handler tied to no object. */
 extern int __cxa_atexit(void (*fn)(void *), void *arg, void *dso);
 
+/* Once per process, and only in one osslproc saw start: the child of a
+ * vfork() shares its parent's memory, and must not allocate in it. */
+static pid_t reported;
+
 static void
 report_exit(void *unused)
 {
 	char path[4096 + 64], exe[1024];
-	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	pid_t self = getpid(), known = atomic_load(&proc_mut.pid);
+	ssize_t n;
 	FILE *f;
 	int fd;
 
 	(void)unused;
+	if (!pc.report_dir[0] || reported == self ||
+	    (known != 0 && known != self))
+		return;
+	reported = self;
+	n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
 	exe[n > 0 ? n : 0] = '\0';
 	snprintf(path, sizeof(path), "%s/osslproc-%ld.report", pc.report_dir,
 		 (long)getpid());
@@ -283,11 +303,31 @@ report_exit(void *unused)
 	fclose(f);
 }
 
+/*
+ * Programs whose workers end with _exit() (Kamailio's children, from
+ * their SIGTERM handler) run no exit handler: the report is written
+ * here.  From a signal handler it calls what the handler that called
+ * _exit() already risked (stdio); a worker that is inside malloc at that
+ * moment is the case it does not cover.
+ */
+static void (*real_exit)(int);
+
+PRELOAD_EXPORT void
+_exit(int status)
+{
+	report_exit(NULL);
+	if (real_exit)
+		real_exit(status);
+	for (;;)
+		syscall(SYS_exit_group, status);
+}
+
 /* ---- start ---- */
 
 static void
 resolve_real(void)
 {
+	real_exit = (void (*)(int))dlsym(RTLD_NEXT, "_exit");
 	real_set_mem = (int (*)(CRYPTO_malloc_fn, CRYPTO_realloc_fn,
 				CRYPTO_free_fn))dlsym(RTLD_NEXT,
 						      "CRYPTO_set_mem_functions");
@@ -311,6 +351,7 @@ preload_init(void)
 	int rc;
 
 	resolve_real();
+	objects_resolve();
 	configure(&cfg);
 	/* Registered first, so run last: after OpenSSL's own cleanup. */
 	if (pc.report_dir[0])
@@ -319,6 +360,8 @@ preload_init(void)
 	pc.ready = rc >= 0;
 	if (pc.ready && !pc.no_unload)
 		unload_start();
+	if (pc.ready && pc.objects)
+		objects_start();
 	if (rc < 0)
 		log_error("osslproc-run: ossl_proc_init failed (%s); the "
 			  "program runs without osslproc's protection",

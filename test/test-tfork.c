@@ -14,6 +14,7 @@
  * (measured: 1 child in about 1,000).  The children check dates.
  */
 #include <check.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
@@ -124,10 +125,11 @@ load_stop(void)
 		pthread_join(threads[i], NULL);
 }
 
+/* Init with @al (NULL: malloc) as the backend, and the PKI. */
 static void
-setup(unsigned int flags)
+setup_with(unsigned int flags, const struct ossl_proc_allocator *al)
 {
-	tl_init(TL_CONFIG(.flags = flags,
+	tl_init(TL_CONFIG(.flags = flags, .allocator = al,
 			  .fork_quiesce_ms = QUIESCE_MS * slowdown()));
 	pki = tls_pki_new();
 	ck_assert_ptr_nonnull(pki);
@@ -139,6 +141,12 @@ setup(unsigned int flags)
 				    X509_V_FLAG_NO_CHECK_TIME);
 	ck_assert_ptr_nonnull(client);
 	ck_assert_ptr_nonnull(server);
+}
+
+static void
+setup(unsigned int flags)
+{
+	setup_with(flags, NULL);
 }
 
 static void
@@ -183,6 +191,25 @@ struct tally {
 	int forks, hangs, failures;
 };
 
+/* The host calls the fork functions itself (OSSL_PROC_F_NO_ATFORK). */
+static bool by_hand;
+
+static pid_t
+host_fork(void)
+{
+	pid_t pid;
+
+	if (!by_hand)
+		return fork();
+	ossl_proc_fork_prepare();
+	pid = fork();
+	if (pid == 0)
+		ossl_proc_child_reinit();
+	else
+		ossl_proc_fork_parent();
+	return pid;
+}
+
 /* Fork up to @n children (stopping at the first hang with @until_hang),
  * each reaped before the next. */
 static struct tally
@@ -194,7 +221,7 @@ fork_children(int n, int until_hang)
 	for (int i = 0; i < n && !(until_hang && t.hangs); i++) {
 		if (until_hang && time(NULL) > end)
 			break;
-		pid_t pid = fork();
+		pid_t pid = host_fork();
 		int st;
 
 		ck_assert_int_ge(pid, 0);
@@ -210,17 +237,19 @@ fork_children(int n, int until_hang)
 	return t;
 }
 
-START_TEST(threaded_forks_never_hang)
+/* @n forks under the load: none hangs, every lock was taken. */
+static void
+forks_never_hang(int n, int (*stats)(struct ossl_proc_stats *))
 {
 	struct ossl_proc_stats st = { .size = sizeof(st) };
-	int n = slowdown() > 1 ? FORKS / 10 : FORKS;
 	struct tally t;
 
-	setup(0);
+	if (slowdown() > 1)
+		n /= 10;
 	load_start();
 	t = fork_children(n, 0);
 	load_stop();
-	ck_assert_int_eq(ossl_proc_get_stats(&st), 0);
+	ck_assert_int_eq(stats(&st), 0);
 	ck_assert_int_eq(t.forks, n);
 	ck_assert_msg(t.hangs == 0 && t.failures == 0,
 		      "%d of %d children hung, %d failed (%llu give-ups)",
@@ -230,8 +259,85 @@ START_TEST(threaded_forks_never_hang)
 	ck_assert_uint_gt(st.locks_taken_last_fork, 0);
 	ck_assert_uint_gt(st.fork_prepare_ns, 0);
 	ck_assert_uint_eq(st.fork_quiesce_give_ups, 0);
+}
+
+START_TEST(threaded_forks_never_hang)
+{
+	setup(0);
+	forks_never_hang(FORKS, ossl_proc_get_stats);
 	ck_assert_int_eq(tl_count(OSSL_PROC_LOG_INFO, "held every OpenSSL"),
 			 1);
+	teardown();
+}
+END_TEST
+
+/* The same with the host calling the fork functions in the documented
+ * order instead of pthread_atfork(). */
+START_TEST(threaded_forks_by_hand)
+{
+	setup(OSSL_PROC_F_NO_ATFORK);
+	by_hand = true;
+	forks_never_hang(FORKS / 4, ossl_proc_get_stats);
+	teardown();
+}
+END_TEST
+
+/* And with a host allocator stacked under the tracked one: the locks
+ * still come from the registry's slabs, the rest from the host. */
+static atomic_long host_calls;
+
+static void *
+host_malloc(size_t n, void *arg)
+{
+	(void)arg;
+	atomic_fetch_add(&host_calls, 1);
+	return malloc(n);
+}
+
+static void
+host_free(void *p, void *arg)
+{
+	(void)arg;
+	free(p);
+}
+
+static const struct ossl_proc_allocator host = {
+	.malloc = host_malloc,
+	.free = host_free,
+};
+
+START_TEST(threaded_forks_host_allocator)
+{
+	setup_with(0, &host);
+	forks_never_hang(FORKS / 4, ossl_proc_get_stats);
+	ck_assert_int_gt(atomic_load(&host_calls), 0);
+	teardown();
+}
+END_TEST
+
+/* With two copies of osslproc: a plugin's vendored copy owns the
+ * allocator, the program's attaches; one registry, the owner's, and its
+ * handlers quiesce. */
+START_TEST(threaded_forks_vendored_owner)
+{
+	void *h = dlopen(VENDORED_PLUGIN, RTLD_NOW);
+	int (*init)(const struct ossl_proc_config *);
+	int (*get_stats)(struct ossl_proc_stats *);
+	struct ossl_proc_stats mine = { .size = sizeof(mine) };
+
+	ck_assert_msg(h, "dlopen: %s", dlerror());
+	init = (int (*)(const struct ossl_proc_config *))dlsym(h,
+		"vendored_init_config");
+	get_stats = (int (*)(struct ossl_proc_stats *))dlsym(h,
+		"vendored_get_stats");
+	ck_assert(init && get_stats);
+	/* The owner's deadline is the one that counts. */
+	ck_assert_int_eq(init(&TL_CONFIG(.fork_quiesce_ms = QUIESCE_MS *
+							     slowdown())), 0);
+	setup(0);
+	ck_assert_int_eq(ossl_proc_get_stats(&mine), 0);
+	ck_assert_uint_eq(mine.allocator, OSSL_PROC_ALLOC_ATTACHED);
+	forks_never_hang(FORKS / 4, get_stats);
 	teardown();
 }
 END_TEST
@@ -434,6 +540,9 @@ main(void)
 
 	tcase_set_timeout(tc, 300);
 	tcase_add_test(tc, threaded_forks_never_hang);
+	tcase_add_test(tc, threaded_forks_by_hand);
+	tcase_add_test(tc, threaded_forks_host_allocator);
+	tcase_add_test(tc, threaded_forks_vendored_owner);
 	tcase_add_test(tc, without_quiesce_children_hang);
 	tcase_add_test(tc, fork_inside_callback);
 	tcase_add_test(tc, child_uses_and_frees_inherited_locks);

@@ -254,6 +254,9 @@ void site_link(struct blk *h, const char *file, int line);
 void site_unlink(struct blk *h, const char *file, int line);
 /* Each live block's site, as "  @label: N bytes at P, allocated at f:l". */
 void sites_report(FILE *out, const char *label);
+/* The pid that allocated @p when it is a live block of the shared
+ * backend, else 0 (any pointer: the header is only peeked at). */
+pid_t blk_shared_owner(void *p);
 /* In a child: forget parked chunks of a shared backend (the parent's). */
 void park_forget_shared(struct tstate *t);
 /* Give every parked chunk of @t back. */
@@ -340,6 +343,13 @@ void budget_return(struct tstate *t);
 /* In a child: forget @t's quarantined shared blocks that belong to another
  * process; with @release, release the rest too (@t's thread is gone). */
 void quarantine_child(struct tstate *t, bool release);
+
+/* handoff.c: queues of objects to their creators, and the books of
+ * blocks freed by other processes (OSSL_PROC_F_SHARED_OBJECTS). */
+void handoff_child(void);
+void handoff_freed_for(pid_t owner, size_t bytes);
+uint64_t handoff_reclaim(pid_t pid);
+void handoff_stats(struct ossl_proc_stats *st);
 
 /* arena.c: marks arenas in use as the tracked allocator's backend, which
  * can hold up to @hold_per_user bytes of it in each process. */

@@ -354,6 +354,14 @@ blk_finish(void *p, uint32_t word, const char *file, int line)
 		return;
 	}
 	t = tstate_get();
+	if (unlikely(blk_foreign(word))) {
+		/* Another process's (OSSL_PROC_F_SHARED_OBJECTS): its books,
+		 * and back to the backend, never into this thread's cache
+		 * (its owner's death must not reclaim a block reused here). */
+		handoff_freed_for((pid_t)(word >> OWNER_SHIFT), n);
+		quarantine_push(t, p, blk_held(h), 0);
+		return;
+	}
 	tstate_count_free(t, n);
 	quarantine_push(t, p, blk_held(h), blk_cache_class(t, h, word));
 }

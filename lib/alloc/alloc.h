@@ -59,6 +59,11 @@ void alloc_fork_parent(void);
  * lose the mark the prepared fork that made this process left, lest a
  * fork nobody prepared wipe them. */
 void alloc_fork_disarm(void);
+/* Fork prepare: with a shared backend, make the queues of shared live
+ * objects (handoff.c) before the first worker exists. */
+void handoff_prepare(void);
+/* Destroy the objects other processes queued for this one; how many. */
+int handoff_drain(void);
 /* The OpenSSL locks registered now (locks.c). */
 uint64_t alloc_locks_registered(void);
 /* The part of ossl_proc_report() that is the allocator's. */

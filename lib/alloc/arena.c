@@ -1510,6 +1510,7 @@ ossl_proc_arena_reclaim(struct ossl_proc_arena *a, pid_t pid)
 	n = reclaim_locked(a, pid, &bytes, &corrupt);
 	pthread_mutex_unlock(&a->lock);
 	log_lock_outcome(a, 0, died, deaths);
+	handoff_reclaim(pid);
 	if (corrupt)
 		log_corrupt(a);
 	if (n)

@@ -121,14 +121,15 @@ blk_check(void *p, uint32_t *word, const char *file, int line)
 }
 
 /* A block of a shared backend may be freed only by the process that
- * allocated it: anything else means live OpenSSL objects are shared
- * between processes, which OpenSSL 3 cannot support. */
+ * allocated it, unless the host declared that it shares live objects
+ * (OSSL_PROC_F_SHARED_OBJECTS): anything else means live OpenSSL objects
+ * are shared between processes, which OpenSSL 3 cannot support. */
 bool
 owned_here(void *p, uint32_t word, const char *file, int line)
 {
 	pid_t owner, self;
 
-	if (!blk_foreign(word))
+	if (!blk_foreign(word) || aconf.flags & OSSL_PROC_F_SHARED_OBJECTS)
 		return true;
 	owner = (pid_t)(word >> OWNER_SHIFT);
 	self = proc_self();
@@ -136,8 +137,9 @@ owned_here(void *p, uint32_t word, const char *file, int line)
 	if (site_first_time(NULL, 0, BAD_INHERITED))
 		log_warn("process %ld freed %p, a shared block allocated by "
 			 "process %ld (at %s:%d); it is not released.  Keep "
-			 "each SSL object in the process that created it "
-			 "(logged once)", (long)self, p, (long)owner,
+			 "each SSL object in the process that created it, or "
+			 "declare OSSL_PROC_F_SHARED_OBJECTS and destroy them "
+			 "with ossl_proc_free_by_owner() (logged once)", (long)self, p, (long)owner,
 			 file ? file : "?", line);
 	return false;
 }

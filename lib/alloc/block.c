@@ -170,6 +170,18 @@ blk_peek(void *user, uint32_t *word)
 	return magic == blk_magic(user, size_gen, *word);
 }
 
+pid_t
+blk_shared_owner(void *p)
+{
+	uint32_t word;
+
+	if ((uintptr_t)p & ALIGN_MASK || page_reserved(p) ||
+	    !blk_peek(p, &word) || (word & ST_MASK) != ST_LIVE ||
+	    ((word & BK_MASK) >> BK_SHIFT) != BK_SHARED)
+		return 0;
+	return (pid_t)(word >> OWNER_SHIFT);
+}
+
 /* Fresh memory from the backend for a block with @word's layout.  A
  * chunk only 8-byte aligned is replaced by a larger one, padded to 16:
  * its size is then no longer its class's (@c becomes 0), so it goes back

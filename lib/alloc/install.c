@@ -327,6 +327,7 @@ own_stats(struct ossl_proc_stats *st)
 	st->foreign_frees -= b->foreign_frees;
 	st->inherited_frees -= b->inherited_frees;
 	lk_stats(st);
+	handoff_stats(st);
 }
 
 /* Fill every field this version knows; the caller copies the prefix. */

@@ -315,6 +315,7 @@ alloc_child(void)
 			      memory_order_relaxed);
 	alloc_stats_rebase();
 	lk_child();
+	handoff_child();
 	return 0;
 }
 

@@ -10,6 +10,7 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,10 +20,12 @@
 
 #include <openssl/ssl.h>
 
+#define MAX_PORTS 8
+
 static SSL_CTX *ctx;
-static int port;
+static int ports[MAX_PORTS], n_ports;
 static double seconds;
-static atomic_ulong done, failures;
+static atomic_ulong done[MAX_PORTS], failures[MAX_PORTS];
 
 static double
 now(void)
@@ -34,7 +37,7 @@ now(void)
 }
 
 static int
-one(void)
+one(int port)
 {
 	struct sockaddr_in sa = { .sin_family = AF_INET,
 				  .sin_port = htons((uint16_t)port) };
@@ -70,10 +73,13 @@ static void *
 worker(void *arg)
 {
 	double end = now() + seconds;
+	/* Threads start on different ports. */
+	int p = (int)(intptr_t)arg % n_ports;
 
-	(void)arg;
-	while (now() < end)
-		atomic_fetch_add(one() ? &done : &failures, 1);
+	while (now() < end) {
+		atomic_fetch_add(one(ports[p]) ? &done[p] : &failures[p], 1);
+		p = (p + 1) % n_ports;
+	}
 	return NULL;
 }
 
@@ -81,15 +87,22 @@ int
 main(int argc, char **argv)
 {
 	pthread_t t[64];
+	unsigned long all = 0, bad = 0;
+	char *next = NULL;
 	int n;
-	double start;
+	double start, took;
 
 	if (argc != 5) {
-		fprintf(stderr, "usage: tls-client PORT CAFILE SECONDS "
-			"THREADS\n");
+		fprintf(stderr, "usage: tls-client PORT[,PORT...] CAFILE "
+			"SECONDS THREADS\n");
 		return 2;
 	}
-	port = atoi(argv[1]);
+	for (char *s = argv[1]; n_ports < MAX_PORTS && *s; s = next) {
+		ports[n_ports++] = (int)strtol(s, &next, 10);
+		if (*next != ',')
+			break;
+		next++;
+	}
 	seconds = atof(argv[3]);
 	n = atoi(argv[4]);
 	if (n < 1 || n > 64)
@@ -102,12 +115,19 @@ main(int argc, char **argv)
 	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
 	start = now();
 	for (int i = 0; i < n; i++)
-		pthread_create(&t[i], NULL, worker, NULL);
+		pthread_create(&t[i], NULL, worker, (void *)(intptr_t)i);
 	for (int i = 0; i < n; i++)
 		pthread_join(t[i], NULL);
-	printf("handshakes %lu rate %.1f/s failures %lu\n", atomic_load(&done),
-	       (double)atomic_load(&done) / (now() - start),
-	       atomic_load(&failures));
+	took = now() - start;
+	for (int i = 0; i < n_ports; i++) {
+		all += atomic_load(&done[i]);
+		bad += atomic_load(&failures[i]);
+	}
+	printf("handshakes %lu rate %.1f/s failures %lu\n", all,
+	       (double)all / took, bad);
+	for (int i = 0; n_ports > 1 && i < n_ports; i++)
+		printf("port %d handshakes %lu failures %lu\n", ports[i],
+		       atomic_load(&done[i]), atomic_load(&failures[i]));
 	SSL_CTX_free(ctx);
-	return atomic_load(&failures) ? 1 : 0;
+	return bad ? 1 : 0;
 }

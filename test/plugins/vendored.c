@@ -7,6 +7,7 @@
 
 PLUGIN_API int vendored_init(unsigned flags);
 PLUGIN_API int vendored_init_with(const struct ossl_proc_allocator *al);
+PLUGIN_API int vendored_init_config(const struct ossl_proc_config *c);
 PLUGIN_API int vendored_teardown(void);
 PLUGIN_API int vendored_get_stats(struct ossl_proc_stats *st);
 PLUGIN_API int vendored_report(FILE *out);
@@ -28,6 +29,12 @@ vendored_init_with(const struct ossl_proc_allocator *al)
 
 	c.allocator = al;
 	return ossl_proc_init(&c);
+}
+
+int
+vendored_init_config(const struct ossl_proc_config *c)
+{
+	return ossl_proc_init(c);
 }
 
 int
