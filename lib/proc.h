@@ -96,6 +96,10 @@ struct proc_mut {
 	/* The caches' budget not yet drawn by a thread (alloc/cache.c);
 	 * a child, whose other threads are gone, starts it afresh. */
 	_Atomic int64_t cache_pool;
+	/* alloc/thread.c: in a child, the registry still lists threads that
+	 * do not exist here; forgotten at its next walk (reg_settle). */
+	bool reg_stale;
+	void *reg_survivor;
 	struct proc_lk lk;
 	/* fork.c: the forking thread's error queue held errors at the last
 	 * prepare, so the child must empty its copy (most forks have none,

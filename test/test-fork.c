@@ -598,6 +598,68 @@ START_TEST(vanished_thread_blocks_forgotten)
 }
 END_TEST
 
+static pthread_barrier_t child_hold;
+
+static void *
+child_thread(void *arg)
+{
+	int n = *(int *)arg;
+
+	for (int i = 0; i < n; i++)
+		OPENSSL_free(OPENSSL_malloc(64));
+	pthread_barrier_wait(&child_hold); /* its first block */
+	pthread_barrier_wait(&child_hold); /* the stats were read */
+	for (int i = 0; i < 100; i++)
+		OPENSSL_free(OPENSSL_malloc(64));
+	return NULL;
+}
+
+/* In the child of a threaded parent: the vanished thread's quarantine is
+ * not the child's, while a thread the child starts counts in full.
+ * The child forgets the parent's threads lazily (at the first read of
+ * the registry), by fork generation, so a thread started in the child
+ * must not be taken for one of them. */
+START_TEST(child_registry_after_threaded_fork)
+{
+	struct ossl_proc_config c = tl_config();
+	struct ossl_proc_stats st = { .size = sizeof(st) };
+	uint64_t parent_q;
+	pthread_t t;
+	pid_t pid;
+
+	ck_assert_int_eq(ossl_proc_init(&c), 0);
+	pthread_barrier_init(&hold, NULL, 2);
+	pthread_create(&t, NULL, busy_thread, NULL);
+	pthread_barrier_wait(&hold); /* its block is in its quarantine */
+	ossl_proc_get_stats(&st);
+	parent_q = st.quarantined_blocks;
+	pid = fork();
+	if (pid == 0) {
+		struct ossl_proc_stats a = { .size = sizeof(a) };
+		struct ossl_proc_stats b = { .size = sizeof(b) };
+		int one = 1;
+		pthread_t u;
+
+		pthread_barrier_init(&child_hold, NULL, 2);
+		if (pthread_create(&u, NULL, child_thread, &one) != 0)
+			_exit(2);
+		pthread_barrier_wait(&child_hold);
+		ossl_proc_get_stats(&a);
+		pthread_barrier_wait(&child_hold);
+		pthread_join(u, NULL);
+		ossl_proc_get_stats(&b);
+		if (a.quarantined_blocks >= parent_q + (uint64_t)one)
+			_exit(3); /* the parent's thread still counted */
+		_exit(b.allocs - a.allocs == 100 && b.frees - a.frees == 100
+		      ? 0 : 4);
+	}
+	ck_assert_int_eq(tl_reap(pid), 0);
+	pthread_barrier_wait(&hold);
+	pthread_join(t, NULL);
+	ossl_proc_teardown();
+}
+END_TEST
+
 /* ---- shared mode: the built-in arena ---- */
 
 static struct ossl_proc_arena *arena;
@@ -894,6 +956,7 @@ main(void)
 	tcase_add_test(tc, manual_fork_handlers);
 	tcase_add_loop_test(tc, threaded_parent_warned, 0, 2);
 	tcase_add_test(tc, vanished_thread_blocks_forgotten);
+	tcase_add_test(tc, child_registry_after_threaded_fork);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("shared");

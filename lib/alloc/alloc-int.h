@@ -170,6 +170,7 @@ struct tstate {
 	uint8_t parked_bk[PARK_SLOTS];
 	unsigned park_next;
 	struct list link;        /* the registry (thread.c) */
+	uint64_t gen;            /* the fork generation that registered it */
 	bool shared;             /* the fallback for exiting threads */
 };
 

@@ -24,6 +24,8 @@ __thread struct tstate *tls_state __attribute__((tls_model("initial-exec")));
 static __thread bool tls_exiting __attribute__((tls_model("initial-exec")));
 static __thread bool tls_creating __attribute__((tls_model("initial-exec")));
 
+static void reg_settle(void);
+
 static void
 peak_raise(uint64_t now)
 {
@@ -147,6 +149,7 @@ tstate_new(void)
 	t->qmask = ring_slots() - 1;
 	t->qring = calloc(t->qmask + 1, sizeof(*t->qring));
 	proc_lock(&proc_mut.reg_lock);
+	t->gen = proc_generation();
 	list_add(&reg, &t->link);
 	proc_unlock(&proc_mut.reg_lock);
 	pthread_setspecific(tkey, t);
@@ -211,6 +214,7 @@ void
 tstate_sum(struct ossl_proc_stats *st)
 {
 	proc_lock(&proc_mut.reg_lock);
+	reg_settle();
 	tstate_sum_unlocked(st);
 	proc_unlock(&proc_mut.reg_lock);
 	/* Deltas not yet flushed can put the sum above the peak.  Not in
@@ -230,6 +234,7 @@ alloc_other_threads(void)
 	struct list *l;
 
 	proc_lock(&proc_mut.reg_lock);
+	reg_settle();
 	list_for_each(l, &reg)
 		n += tstate_of(l) != tls_state;
 	proc_unlock(&proc_mut.reg_lock);
@@ -261,6 +266,29 @@ forget_thread(struct tstate *t)
 	fold(&tstate_retired, t);
 	list_del(&t->link);
 	list_add(&forgotten, &t->link);
+}
+
+/* Under the registry's lock: a child's registry lists the threads of
+ * the process it was forked from until here, as forgetting them in the
+ * child handler writes each one's state and the counters of exited
+ * threads, each a page fault in every child, and most children exec or
+ * exit before anything reads the registry.  A thread registered in an
+ * earlier generation is gone, unless it forked this process. */
+static void
+reg_settle(void)
+{
+	uint64_t gen = proc_generation();
+	struct list *l, *next;
+
+	if (!proc_mut.reg_stale)
+		return;
+	proc_mut.reg_stale = false;
+	list_for_each_safe(l, next, &reg) {
+		struct tstate *t = tstate_of(l);
+
+		if (t != proc_mut.reg_survivor && t->gen < gen)
+			forget_thread(t);
+	}
 }
 
 /* What the forking thread's cache held when a worker of a shared backend
@@ -295,20 +323,20 @@ alloc_child(void)
 	struct list *l, *next;
 	uint64_t mine = 0;
 
-	list_for_each_safe(l, next, &reg) {
-		struct tstate *t = tstate_of(l);
-
-		park_forget_shared(t);
-		if (t != tls_state) {
-			forget_thread(t);
-		} else if (shared_backend()) {
-			/* Only a shared backend leaves blocks that are not
-			 * this process's; private ones are its own copies. */
-			quarantine_child(t, false);
-			cache_inherit(t);
+	proc_mut.reg_stale = true;
+	proc_mut.reg_survivor = tls_state;
+	if (tls_state)
+		mine = tls_state->budget;
+	/* Only a shared backend leaves blocks that are not this process's
+	 * (private ones are its own copies): at once, then. */
+	if (shared_backend()) {
+		list_for_each_safe(l, next, &reg)
+			park_forget_shared(tstate_of(l));
+		reg_settle();
+		if (tls_state) {
+			quarantine_child(tls_state, false);
+			cache_inherit(tls_state);
 		}
-		if (t == tls_state)
-			mine = t->budget;
 	}
 	atomic_store_explicit(&proc_mut.cache_pool,
 			      (int64_t)(aconf.cache_total_bytes - mine),
