@@ -604,6 +604,8 @@ blk_held(struct blk *h)
 /* Read a header that may not be ours, without faulting (block.c). */
 __attribute__((noipa, no_sanitize_address)) bool blk_peek(void *user,
 							   uint32_t *word);
+/* The same, healing a lock header a fork wiped (block.c). */
+bool blk_peek_healed(void *user, uint32_t *word);
 
 /*
  * A cached block's first payload word links it to the next block of its

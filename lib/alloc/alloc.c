@@ -149,7 +149,7 @@ realloc_block(void *p, size_t n, const char *file, int line)
 	if (((uintptr_t)p & PAGE_MASK) == LARGE_OFF)
 		return large_realloc(p, n, file, line);
 	if ((uintptr_t)p & ALIGN_MASK || !((uintptr_t)p & PAGE_MASK) ||
-	    (!blk_peek(p, &word) && !(lk_heal(p) && blk_peek(p, &word)))) {
+	    !blk_peek_healed(p, &word)) {
 		if (aconf.prior_r)
 			return aconf.prior_r(p, n, file, line);
 		bad_free((uintptr_t)p & PAGE_MASK ? BAD_INVALID : BAD_FOREIGN,

@@ -113,7 +113,7 @@ blk_check(void *p, uint32_t *word, const char *file, int line)
 		not_ours(BAD_INVALID, p, file, line);
 		return false;
 	}
-	if (!blk_peek(p, word) && !(lk_heal(p) && blk_peek(p, word))) {
+	if (!blk_peek_healed(p, word)) {
 		not_ours(BAD_INVALID, p, file, line);
 		return false;
 	}

@@ -170,6 +170,14 @@ blk_peek(void *user, uint32_t *word)
 	return magic == blk_magic(user, size_gen, *word);
 }
 
+/* blk_peek(), for a live lock's header too, which a fork may have wiped
+ * (locks.c writes it again). */
+bool
+blk_peek_healed(void *user, uint32_t *word)
+{
+	return blk_peek(user, word) || (lk_heal(user) && blk_peek(user, word));
+}
+
 pid_t
 blk_shared_owner(void *p)
 {

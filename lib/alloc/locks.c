@@ -237,6 +237,15 @@ state_of(const void *user)
 	return slot_state(ch, slot_index(ch, user));
 }
 
+/* The link that chains a free (or pending) slot to the next one. */
+static inline char **
+free_link(const char *user)
+{
+	struct chunk *ch = chunk_of(user);
+
+	return slot_link(ch, slot_index(ch, user));
+}
+
 /* ---- recognising a lock ---- */
 
 /*
@@ -307,13 +316,13 @@ lk_shape_of(size_t n, const char *file, int line)
 static void
 slot_push(struct chunk *ch, char *u)
 {
-	unsigned i = slot_index(ch, u);
 	char *tail = free_tail[ch->shape];
 
-	__atomic_store_n(slot_use(ch, i), SLOT_FREE, __ATOMIC_RELEASE);
-	*slot_link(ch, i) = NULL;
+	__atomic_store_n(slot_use(ch, slot_index(ch, u)), SLOT_FREE,
+			 __ATOMIC_RELEASE);
+	*free_link(u) = NULL;
 	if (tail)
-		*slot_link(chunk_of(tail), slot_index(chunk_of(tail), tail)) = u;
+		*free_link(tail) = u;
 	else
 		free_head[ch->shape] = u;
 	free_tail[ch->shape] = u;
@@ -414,8 +423,7 @@ slot_take(unsigned shape)
 	if (!u && chunk_new(shape))
 		u = free_head[shape];
 	if (u) {
-		free_head[shape] = *slot_link(chunk_of(u),
-					      slot_index(chunk_of(u), u));
+		free_head[shape] = *free_link(u);
 		if (!free_head[shape])
 			free_tail[shape] = NULL;
 	}
@@ -479,7 +487,7 @@ lk_free(void *user)
 	proc_lock(&lkf->slab_lock);
 	if (lkf->quiescing) {
 		st_set(state_of(user), LS_DEAD);
-		*slot_link(ch, slot_index(ch, user)) = lkf->pending;
+		*free_link(user) = lkf->pending;
 		lkf->pending = user;
 	} else {
 		slot_push(ch, user);
@@ -726,8 +734,7 @@ quiesce_end(void)
 	while (lkf->pending) {
 		char *u = lkf->pending;
 
-		lkf->pending = *slot_link(chunk_of(u),
-					   slot_index(chunk_of(u), u));
+		lkf->pending = *free_link(u);
 		slot_push(chunk_of(u), u);
 	}
 }
