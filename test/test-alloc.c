@@ -1041,6 +1041,7 @@ END_TEST
  */
 static struct {
 	atomic_uint calls, eight, frees;
+	bool all; /* every block 8-byte aligned */
 } a8;
 
 static void *
@@ -1052,6 +1053,8 @@ a8_malloc(size_t n, void *arg)
 	(void)arg;
 	if (!base)
 		return NULL;
+	if (a8.all)
+		k = 1;
 	p = base + (k & 1 ? 8 : 16);
 	atomic_fetch_add(&a8.eight, k & 1);
 	((char **)p)[-1] = base;
@@ -1098,6 +1101,38 @@ START_TEST(backend_aligned_to_8)
 			  stats().live_blocks - stats().locks_registered);
 	if (OpenSSL_version_num() < 0x40000000L)
 		ck_assert_uint_eq(stats().live_blocks, 0);
+}
+END_TEST
+
+/* A block refitted for such a backend keeps its size class: past the
+ * quarantine it is reused from the cache like any other, rather than
+ * going back to the backend at every free (then every allocation of
+ * its class, once the quarantine is full, was a backend call). */
+START_TEST(refitted_blocks_cached)
+{
+	struct ossl_proc_allocator eight = { .malloc = a8_malloc,
+					     .free = a8_free };
+	unsigned calls0;
+
+	a8.all = true;
+	init_with(TL_CONFIG(.allocator = &eight));
+	for (int i = 0; i < 1000; i++)
+		OPENSSL_free(OPENSSL_malloc(40));
+	calls0 = atomic_load(&a8.calls);
+	for (int i = 0; i < 10000; i++) {
+		char *p = OPENSSL_malloc(40);
+
+		ck_assert_ptr_nonnull(p);
+		ck_assert_uint_eq((uintptr_t)p % 16, 0);
+		memset(p, 0xee, 40);
+		OPENSSL_free(p);
+	}
+	ck_assert_uint_lt(atomic_load(&a8.calls) - calls0, 100);
+	ck_assert_uint_eq(stats().invalid_frees + stats().double_frees, 0);
+	ck_assert_int_eq(tl_count(OSSL_PROC_LOG_ERROR, ""), 0);
+	ossl_proc_thread_release();
+	ossl_proc_teardown();
+	a8.all = false;
 }
 END_TEST
 
@@ -1701,6 +1736,7 @@ alloc_suite(void)
 	tcase_add_test(tc, cache_bytes_bounds_the_cache);
 	tcase_add_test(tc, cache_bytes_one_keeps_nothing);
 	tcase_add_test(tc, cache_misaligned_link_refused);
+	tcase_add_test(tc, refitted_blocks_cached);
 	tcase_add_test(tc, cache_null_link_refused);
 	tcase_add_test(tc, cache_forged_link_refused);
 	tcase_add_test(tc, cache_small_link_refused);

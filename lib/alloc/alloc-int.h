@@ -670,20 +670,27 @@ cache_empty(void *head)
 /* A list turned out to be corrupted: abandon it, say why (cache.c). */
 __attribute__((cold)) void *cache_corrupt(struct tstate *t, unsigned c);
 
+/* The bits of a header word that say where the backend's chunk starts:
+ * a refitted block (block.c) keeps them through the cache. */
+#define W_LAYOUT (W_PADDED | W_ALIGN8)
+
 /* Pop the head @user of list @c, a block whose header must be a valid
  * one of class @c with the word @cached (a cached block's of this
- * process's layout). */
+ * process's layout), but for the chunk's layout bits, which go to
+ * @layout for the block's next header. */
 static inline bool
-cache_pop(struct tstate *t, unsigned c, void *user, uint32_t cached)
+cache_pop(struct tstate *t, unsigned c, void *user, uint32_t cached,
+	  uint32_t *layout)
 {
 	struct blk *h = hdr_of(user);
 	void *next = link_of(user);
+	uint32_t word = atomic_load_explicit(&h->word, memory_order_relaxed);
 
-	if (unlikely(atomic_load_explicit(&h->word, memory_order_relaxed) !=
-		     cached || blk_class(h) != c ||
-		     h->magic != blk_magic(user, h->size_gen, cached) ||
+	if (unlikely((word & ~W_LAYOUT) != cached || blk_class(h) != c ||
+		     h->magic != blk_magic(user, h->size_gen, word) ||
 		     !link_ok(next)))
 		return false;
+	*layout = word & W_LAYOUT;
 	t->cache[c] = next;
 	own_add(&t->cached_bytes, -(uint64_t)class_size(c));
 	return true;
@@ -692,14 +699,17 @@ cache_pop(struct tstate *t, unsigned c, void *user, uint32_t cached)
 /* A cached block of class @c for a block with @word's layout, or NULL.
  * The caller made sure the cache holds blocks of its backend. */
 static inline void *
-cache_take(struct tstate *t, unsigned c, uint32_t word)
+cache_take(struct tstate *t, unsigned c, uint32_t *word)
 {
 	void *user = t->cache[c];
+	uint32_t layout;
 
 	if (cache_empty(user))
 		return NULL;
-	if (unlikely(!cache_pop(t, c, user, (word & ~ST_MASK) | ST_CACHED)))
+	if (unlikely(!cache_pop(t, c, user, (*word & ~ST_MASK) | ST_CACHED,
+				&layout)))
 		return cache_corrupt(t, c);
+	*word |= layout;
 	return user;
 }
 

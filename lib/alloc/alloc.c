@@ -46,6 +46,7 @@ malloc_fast(size_t n, const char *file, int line)
 {
 	struct tstate *t = tls_state;
 	uint32_t word = aconf.fast_word;
+	uint32_t layout;
 	void *user;
 	unsigned c;
 
@@ -59,9 +60,9 @@ malloc_fast(size_t n, const char *file, int line)
 	user = t->cache[c];
 	/* cache_take() reports a bad block, on the slow path. */
 	if (unlikely(cache_empty(user) || !cache_pop(t, c, user,
-					 (word & ~ST_MASK) | ST_CACHED)))
+					 (word & ~ST_MASK) | ST_CACHED, &layout)))
 		return malloc_miss(t, n, file, line);
-	blk_stamp(user, n, c, word);
+	blk_stamp(user, n, c, word | layout);
 	tstate_count_own(t, &t->allocs, (int64_t)n);
 	atomic_signal_fence(memory_order_seq_cst);
 	t->busy = 0;
@@ -303,7 +304,7 @@ blk_new(struct tstate *t, size_t n, bool reentrant, const char *file,
 	} else if (total <= CLASS_MAX_TOTAL && cache_holds(t, bk)) {
 		c = class_of(total);
 		total = class_size(c);
-		user = cache_take(t, c, word);
+		user = cache_take(t, c, &word);
 	} else if (n < sizeof(void *)) {
 		/* Room for the link that carries it to the backend later
 		 * (cache_link); a class always has it. */

@@ -191,9 +191,14 @@ blk_shared_owner(void *p)
 }
 
 /* Fresh memory from the backend for a block with @word's layout.  A
- * chunk only 8-byte aligned is replaced by a larger one, padded to 16:
- * its size is then no longer its class's (@c becomes 0), so it goes back
- * to the backend when freed instead of waiting in a cache list. */
+ * chunk only 8-byte aligned, or one that would put the user pointer at a
+ * reserved page offset, is replaced by a larger one, padded: it keeps
+ * its class (the padding is in @word, and the cache keeps it), since a
+ * block of no class goes back to the backend when freed, and a LIFO
+ * backend then hands out the chunk just parked for the next block of
+ * that size, which is refitted again: measured, every cache miss of two
+ * classes in a handshake went round that way (0.91x of glibc's
+ * handshakes instead of 0.99x). */
 char *
 backend_block(struct tstate *t, enum backend bk, size_t total, uint32_t *word,
 	      unsigned *c, const char *file, int line)
@@ -204,7 +209,6 @@ backend_block(struct tstate *t, enum backend bk, size_t total, uint32_t *word,
 		return NULL;
 	if (unlikely(misfit(base, *word))) {
 		base = refit(t, bk, base, total, word, file, line);
-		*c = 0;
 		if (!base)
 			return NULL;
 	}
